@@ -1,0 +1,22 @@
+"""lm-eval-lingreg: find, ablate, perturb and freeze the linguistic regions of causal LMs.
+
+Importing this package is cheap (no torch); see `register()` for lm-eval integration.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+#: lm-eval model names provided by this package -> lazy "module:Class" targets.
+MODELS = {
+    "hf-region-ablated": "lm_eval_lingreg.models:RegionAblatedLM",
+}
+
+
+def register() -> None:
+    """Register our models with lm-eval's registry (idempotent; needs lm-eval imported)."""
+    from lm_eval.api.registry import model_registry
+
+    for name, target in MODELS.items():
+        if name not in model_registry:
+            model_registry.register(name, target=target)

@@ -1,0 +1,116 @@
+"""Start-up hook run by `lm_eval_lingreg.pth`: plugs into lm-eval when, and only when, it is imported.
+
+lm-eval 0.4.13 resolves `--model` only from its own registry and finds tasks only in its own
+folder or an `--include_path`. This hook waits (a meta-path finder, no imports) until
+`lm_eval.api.registry` / `lm_eval.tasks.manager` are imported, then registers our model
+names as lazy placeholders and adds our task folder. It never imports torch, and any
+failure is reported as a warning instead of breaking the interpreter.
+Set LINGREG_DISABLE_HOOK=1 to turn it off.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib.abc import MetaPathFinder
+
+
+def _on_registry(module) -> None:
+    import lm_eval_lingreg
+
+    lm_eval_lingreg.register()
+
+
+def _on_task_manager(module) -> None:
+    import functools
+
+    from lm_eval_lingreg.resources import tasks_dir
+
+    cls = module.TaskManager
+    if getattr(cls.__init__, "_lingreg", False):
+        return
+    original = cls.__init__
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        ours = str(tasks_dir())
+        if len(args) >= 2:  # (verbosity, include_path, ...)
+            args = (args[0], _with_ours(args[1], ours), *args[2:])
+        else:
+            kwargs["include_path"] = _with_ours(kwargs.get("include_path"), ours)
+        original(self, *args, **kwargs)
+
+    __init__._lingreg = True
+    cls.__init__ = __init__
+
+
+def _with_ours(include_path, ours: str) -> list:
+    """Our task folder first, so a user's own --include_path can still override it."""
+    if include_path is None:
+        paths = []
+    elif isinstance(include_path, (list, tuple)):
+        paths = list(include_path)
+    else:
+        paths = [include_path]
+    resolved = {os.path.realpath(str(p)) for p in paths}
+    return paths if os.path.realpath(ours) in resolved else [ours, *paths]
+
+
+_CALLBACKS = {"lm_eval.api.registry": _on_registry, "lm_eval.tasks.manager": _on_task_manager}
+
+
+class _Loader:
+    """Delegates to the real loader, then runs our callback on the fresh module."""
+
+    def __init__(self, loader, callback) -> None:
+        self._loader = loader
+        self._callback = callback
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._loader.exec_module(module)
+        try:
+            self._callback(module)
+        except Exception as e:  # never break lm-eval because of the plugin
+            import warnings
+
+            warnings.warn(f"lm-eval-lingreg could not register with lm-eval: {e!r}", stacklevel=2)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+class _Finder(MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        callback = _CALLBACKS.get(fullname)
+        if callback is None:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _Loader(spec.loader, callback)
+                return spec
+        return None
+
+
+def install() -> None:
+    if os.environ.get("LINGREG_DISABLE_HOOK"):
+        return
+    if not any(isinstance(f, _Finder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _Finder())
+    # lm-eval already imported (e.g. the hook installed late): register right away.
+    for name, callback in _CALLBACKS.items():
+        module = sys.modules.get(name)
+        if module is not None:
+            callback(module)
+
+
+try:
+    install()
+except Exception:  # a start-up hook must never stop Python from starting
+    pass

@@ -1,0 +1,180 @@
+"""`lingreg`: the command-line interface.
+
+    lingreg prepare                       convert the bundled model once; print its path last
+    lingreg apply --mask M --out DIR      write an ablated model as a standard HF checkpoint
+    lingreg demo                          base vs random-1% region on the 30 languages
+    lingreg mask info|convert ...         inspect and convert region files
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+from lm_eval_lingreg import __version__
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from lm_eval_lingreg.bundled import prepare
+
+    print(prepare(force=args.force))
+    return 0
+
+
+def _load_model(pretrained: str | None, dtype: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lm_eval_lingreg.bundled import resolve_pretrained
+
+    path = resolve_pretrained(pretrained)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    from lm_eval_lingreg._atomic import atomic_path
+    from lm_eval_lingreg.region_io import file_sha256, load_region, resolve
+    from lm_eval_lingreg.regions import apply
+
+    path = resolve(args.mask)
+    region = load_region(path)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise SystemExit(f"error: {out} exists and is not empty; pass --overwrite to replace it")
+    model, tokenizer = _load_model(args.pretrained, args.dtype)
+    apply(region, model, args.mask_value)
+    with atomic_path(out, directory=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "lingreg_ablation.json").write_text(
+            json.dumps(
+                {
+                    "pretrained": args.pretrained or "gemma-3-270m (bundled)",
+                    "mask": str(args.mask),
+                    "mask_sha256": file_sha256(path),
+                    "mask_value": args.mask_value,
+                    "entries_changed": region.num_selected,
+                    "mask_metadata": region.metadata,
+                    "lm_eval_lingreg": __version__,
+                },
+                indent=1,
+                default=str,
+            )
+        )
+    print(f"wrote {out} ({region.num_selected} entries set to {args.mask_value})")
+    print(out.resolve())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from lm_eval_lingreg.evaluation import evaluate_conditions, per_language
+    from lm_eval_lingreg.languages import LANGUAGES, parse_languages
+    from lm_eval_lingreg.models import RegionAblatedLM
+    from lm_eval_lingreg.regions import scope_shapes
+    from lm_eval_lingreg.selection import select_random
+
+    langs = parse_languages(args.langs)
+    lm = RegionAblatedLM(pretrained=args.pretrained, dtype=args.dtype, batch_size=args.batch_size, device=args.device)
+    region = select_random(scope_shapes(lm.model), args.ratio, seed=args.seed)
+    label = f"random-{args.ratio:g}"
+    print(f"random region: {region.num_selected} entries ({region.density:.2%} of {region.num_covered} block parameters), seed {args.seed}")
+    results = evaluate_conditions(lm, {"base": None, label: region}, langs, limit=args.limit, output_dir=args.output_path)
+    rows = []
+    base_bpb, abl_bpb = per_language(results["base"], "bits_per_byte"), per_language(results[label], "bits_per_byte")
+    base_tok, abl_tok = per_language(results["base"], "token_perplexity"), per_language(results[label], "token_perplexity")
+    for iso in langs:
+        rows.append([LANGUAGES[iso].name, iso, base_bpb[iso], abl_bpb[iso], base_tok[iso], abl_tok[iso], abl_tok[iso] / base_tok[iso]])
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    rows.append(["Mean", "", mean([r[2] for r in rows]), mean([r[3] for r in rows]), mean([r[4] for r in rows]), mean([r[5] for r in rows]), math.exp(mean([math.log(r[6]) for r in rows]))])
+    headers = ["Language", "ISO", "bpb base", f"bpb {label}", "tok-ppl base", f"tok-ppl {label}", "ppl ratio"]
+    print(tabulate(rows, headers=headers, floatfmt=".3f", tablefmt="github"))
+    if args.output_path:
+        print(f"results JSON per condition under {args.output_path}/")
+    return 0
+
+
+def _cmd_mask_info(args: argparse.Namespace) -> int:
+    from lm_eval_lingreg.region_io import load_region
+
+    region = load_region(args.mask)
+    print(json.dumps(region.metadata, indent=1, default=str))
+    print(f"{region.num_selected} selected of {region.num_covered} entries ({region.density:.3%}) in {len(region.shapes)} tensors")
+    return 0
+
+
+def _cmd_mask_convert(args: argparse.Namespace) -> int:
+    from lm_eval_lingreg.region_io import load_region, save_region
+
+    region = load_region(args.src)
+    out = save_region(region, args.dst, fmt=args.format)
+    print(f"wrote {out} ({region.num_selected} entries)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lingreg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"lm-eval-lingreg {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="more logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("prepare", help="convert the bundled model once; print its local path as the last line")
+    s.add_argument("--force", action="store_true", help="convert again even if cached")
+    s.set_defaults(func=_cmd_prepare)
+
+    s = sub.add_parser("apply", help="write an ablated model as a standard HF checkpoint (safetensors)")
+    s.add_argument("--mask", required=True, help="region file, official-layout directory, or shipped mask name")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--pretrained", default=None, help="HF model dir or id (default: bundled gemma-3-270m)")
+    s.add_argument("--mask-value", type=float, default=0.0, help="value written to the selected entries (default 0)")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    s.set_defaults(func=_cmd_apply)
+
+    s = sub.add_parser("demo", help="main job: evaluate base and a seeded random region on the 30 languages")
+    s.add_argument("--pretrained", default=None, help="HF model dir or id (default: bundled gemma-3-270m)")
+    s.add_argument("--langs", default="all", help="comma-separated ISO codes or 'all' (default)")
+    s.add_argument("--ratio", type=float, default=0.01, help="share of entries per tensor (default 0.01)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--limit", type=int, default=None, help="documents per language (default: all 31)")
+    s.add_argument("--batch-size", default="1")
+    s.add_argument("--dtype", default="float32")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--output-path", default="lingreg-demo", help="where results JSON go (default ./lingreg-demo)")
+    s.set_defaults(func=_cmd_demo)
+
+    mask = sub.add_parser("mask", help="inspect and convert region files").add_subparsers(dest="mask_command", required=True)
+    s = mask.add_parser("info", help="summary of a region file")
+    s.add_argument("mask")
+    s.set_defaults(func=_cmd_mask_info)
+    s = mask.add_parser("convert", help="convert between .safetensors, .pt and the official directory layout")
+    s.add_argument("src")
+    s.add_argument("dst")
+    s.add_argument("--format", choices=["safetensors", "pt", "official"], default=None, help="default: from dst's suffix (no suffix = official directory)")
+    s.set_defaults(func=_cmd_mask_convert)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from lm_eval_lingreg.bundled import BundledModelError
+    from lm_eval_lingreg.languages import UnknownLanguageError
+    from lm_eval_lingreg.regions import RegionError
+
+    try:
+        return args.func(args)
+    except (RegionError, UnknownLanguageError, BundledModelError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

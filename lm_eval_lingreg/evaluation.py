@@ -1,0 +1,75 @@
+"""Evaluate several conditions (regions) on one loaded model through lm-eval, in process.
+
+Loading the model and building the tasks dominate a run on small models, so each
+condition is applied to the same model, evaluated, then restored exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lm_eval_lingreg._atomic import atomic_path
+from lm_eval_lingreg.languages import LANGUAGES
+from lm_eval_lingreg.regions import Region, apply, restore
+
+METRICS = ("bits_per_byte", "byte_perplexity", "word_perplexity", "token_perplexity")
+
+
+def task_names(langs: Sequence[str]) -> list[str]:
+    return [f"lingreg_ppl_{iso}" for iso in langs]
+
+
+def evaluate_conditions(
+    lm: Any,
+    conditions: Mapping[str, Region | None],
+    langs: Sequence[str],
+    limit: int | None = None,
+    output_dir: str | os.PathLike | None = None,
+) -> dict[str, dict]:
+    """Run lm-eval on `lm` under each condition; return {condition: lm-eval results dict}.
+
+    `lm` is a lingreg HFLM wrapper loaded without a mask. With `output_dir`, each
+    condition's results JSON is written atomically to `<output_dir>/<condition>/results.json`.
+    """
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import handle_non_serializable
+
+    manager = TaskManager()
+    out: dict[str, dict] = {}
+    for label, region in conditions.items():
+        saved = apply(region, lm.model) if region is not None else None
+        lm._lingreg_info.update(
+            condition=label,
+            entries_changed=region.num_selected if region is not None else 0,
+            mask_metadata=region.metadata if region is not None else None,
+        )
+        try:
+            results = lm_eval.simple_evaluate(model=lm, tasks=task_names(langs), task_manager=manager, limit=limit)
+        finally:
+            if region is not None:
+                restore(region, lm.model, saved)
+        results.pop("samples", None)
+        out[label] = results
+        if output_dir is not None:
+            with atomic_path(Path(output_dir) / label / "results.json") as tmp:
+                tmp.write_text(json.dumps(results, indent=1, default=handle_non_serializable, ensure_ascii=False))
+    return out
+
+
+def per_language(results: Mapping[str, Any], metric: str) -> dict[str, float]:
+    """{iso: value} of one metric from an lm-eval results dict (NaN where absent)."""
+    table = results.get("results", {})
+    values = {}
+    for iso in LANGUAGES:
+        row = table.get(f"lingreg_ppl_{iso}")
+        if row is None:
+            continue
+        value = row.get(f"{metric},none")
+        values[iso] = float(value) if isinstance(value, (int, float)) else math.nan
+    return values

@@ -1,0 +1,79 @@
+"""The lm-eval model wrappers: thin `HFLM` subclasses that change the weights once after loading.
+
+`hf-region-ablated`: every HFLM model_arg, plus `mask` (path or shipped mask name) and
+`mask_value` (default 0.0). `pretrained` may be omitted for the bundled default model.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from lm_eval.models.huggingface import HFLM
+
+from lm_eval_lingreg import __version__
+from lm_eval_lingreg.bundled import resolve_pretrained
+from lm_eval_lingreg.region_io import file_sha256, load_region, resolve
+from lm_eval_lingreg.regions import Region, apply
+
+log = logging.getLogger(__name__)
+
+
+class TokenCountedLoglik(float):
+    """A rolling log-likelihood that also carries how many tokens it scored."""
+
+    n_tokens: int
+
+    def __new__(cls, value: float, n_tokens: int) -> TokenCountedLoglik:
+        obj = super().__new__(cls, value)
+        obj.n_tokens = n_tokens
+        return obj
+
+    def __reduce__(self):
+        return (TokenCountedLoglik, (float(self), self.n_tokens))
+
+
+class _LingregHFLM(HFLM):
+    """HFLM that reports token counts (for token perplexity) and lingreg provenance."""
+
+    def __init__(self, pretrained: Any = None, **kwargs: Any) -> None:
+        self._lingreg_pretrained = pretrained
+        super().__init__(pretrained=resolve_pretrained(pretrained), **kwargs)
+        self._lingreg_info: dict[str, Any] = {"version": __version__}
+        if pretrained in (None, ""):
+            self._lingreg_info["pretrained"] = "gemma-3-270m (bundled)"
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        lls = super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+        # get_rolling_token_windows predicts every token of the encoded string once.
+        return [TokenCountedLoglik(ll, len(self.tok_encode(req.args[0]))) for ll, req in zip(lls, requests)]
+
+    def get_model_info(self) -> dict:
+        return {**super().get_model_info(), "lingreg": self._lingreg_info}
+
+
+class RegionAblatedLM(_LingregHFLM):
+    """`lm_eval --model hf-region-ablated --model_args [pretrained=...,]mask=core.safetensors`."""
+
+    def __init__(self, pretrained: Any = None, mask: str | None = None, mask_value: float | str = 0.0, **kwargs: Any) -> None:
+        region: Region | None = None
+        if mask:  # read and check the file before spending time on the model
+            path = resolve(mask)
+            region = load_region(path)
+        super().__init__(pretrained=pretrained, **kwargs)
+        if region is None:
+            self._lingreg_info["mask"] = None
+            log.warning("hf-region-ablated: no `mask` given, evaluating the unchanged model")
+            return
+        value = float(mask_value)
+        apply(region, self._model, value)
+        self._lingreg_info.update(
+            mask=str(mask),
+            mask_path=str(path),
+            mask_sha256=file_sha256(path),
+            mask_value=value,
+            entries_changed=region.num_selected,
+            tensors_changed=sum(1 for i in region.indices.values() if i.numel()),
+            mask_metadata=region.metadata,
+        )
+        log.info("hf-region-ablated: set %d entries in %d tensors to %s", region.num_selected, len(region.indices), value)

@@ -1,0 +1,69 @@
+"""Test helpers: tiny random models built from configs, a tiny tokenizer, subprocess runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+VOCAB = 320
+SENTENCES = [
+    "All human beings are born free and equal in dignity and rights.",
+    "Tous les êtres humains naissent libres et égaux en dignité et en droits.",
+    "人人生而自由,在尊严和权利上一律平等。",
+    "Все люди рождаются свободными и равными в своем достоинстве и правах.",
+]
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB, special_tokens=["<pad>", "<bos>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(SENTENCES * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+
+
+def make_tiny(arch: str, seed: int = 0) -> torch.nn.Module:
+    """A 2-layer random model of the given family, small enough for unit tests."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common)).eval()
+    if arch == "gemma3":
+        cfg = Gemma3TextConfig(**common, head_dim=8, sliding_window=64, layer_types=["sliding_attention", "full_attention"])
+        model = Gemma3ForCausalLM(cfg).eval()
+        with torch.no_grad():  # random norm weights, so "x * (1 + w)" is not trivially 1
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.normal_(0, 0.1)
+        return model
+    raise ValueError(arch)
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run a command, capturing output; show it if the test fails."""
+    env = {**os.environ, **kwargs.pop("env", {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, **kwargs)
+    print(proc.stdout[-4000:], proc.stderr[-8000:], sep="\n")
+    return proc
+
+
+def bin_path(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+

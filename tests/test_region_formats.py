@@ -1,0 +1,169 @@
+"""Region file formats: exact round-trips, compactness, safety and clear errors."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from lm_eval_lingreg.region_io import (
+    RegionFileError,
+    decode_indices,
+    encode_indices,
+    file_sha256,
+    load_region,
+    save_region,
+)
+from lm_eval_lingreg.regions import Region, RegionError, scope_shapes
+from lm_eval_lingreg.selection import select_random
+
+
+@pytest.fixture
+def region(tiny_model) -> Region:
+    return select_random(scope_shapes(tiny_model), 0.05, seed=3, metadata={"model": "tiny", "languages": ["ar", "zh"]})
+
+
+@pytest.mark.parametrize("name", ["r.safetensors", "r.pt", "official_dir"])
+def test_every_format_round_trips_exactly(region, tmp_path, name):
+    path = save_region(region, tmp_path / name)
+    assert load_region(path) == region
+
+
+def test_conversion_chain_preserves_region(region, tmp_path):
+    a = load_region(save_region(region, tmp_path / "a", fmt="official"))
+    b = load_region(save_region(a, tmp_path / "b.pt"))
+    c = load_region(save_region(b, tmp_path / "c.safetensors"))
+    assert c == region
+
+
+def test_safetensors_is_compact_at_one_percent():
+    shapes = {f"model.layers.{i}.mlp.down_proj.weight": (640, 2048) for i in range(4)}
+    region = select_random(shapes, 0.01, seed=0)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = save_region(region, os.path.join(d, "r.safetensors"))
+        per_entry = os.path.getsize(path) / region.num_selected
+    assert per_entry <= 4.5, f"{per_entry:.2f} bytes per selected entry"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], [0], [0, 1, 2, 3], [127, 128, 16383, 16384], [5, 2**35 + 7, 2**40], list(range(0, 10**6, 997))],
+)
+def test_varint_codec_round_trips(values):
+    idx = torch.tensor(values, dtype=torch.int64)
+    assert torch.equal(decode_indices(encode_indices(idx)), idx)
+
+
+def test_truncated_varint_is_rejected():
+    data = encode_indices(torch.tensor([300], dtype=torch.int64))[:-1]
+    with pytest.raises(RegionFileError, match="truncated"):
+        decode_indices(data)
+
+
+def test_metadata_survives_in_header(region, tmp_path):
+    path = save_region(region.with_metadata(note="x", ratio=0.05), tmp_path / "r.safetensors")
+    meta = load_region(path).metadata
+    assert meta["note"] == "x" and meta["languages"] == ["ar", "zh"] and meta["kind"] == "random"
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_pickle_payload_is_refused_and_not_executed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"model.layers.0.mlp.up_proj.weight": _Payload()}, f)
+    with pytest.raises(RegionFileError, match="refused to load"):
+        load_region(path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_pt_with_flat_indices_needs_shapes(tmp_path):
+    name = "model.layers.0.mlp.up_proj.weight"
+    torch.save({name: torch.tensor([3, 1, 3])}, tmp_path / "idx.pt")
+    with pytest.raises(RegionFileError, match="__shapes__"):
+        load_region(tmp_path / "idx.pt")
+    torch.save({name: torch.tensor([3, 1, 3]), "__shapes__": {name: [4, 4]}}, tmp_path / "idx2.pt")
+    region = load_region(tmp_path / "idx2.pt")
+    assert region.indices[name].tolist() == [1, 3] and region.shapes[name] == (4, 4)
+
+
+def test_index_beyond_declared_shape_is_rejected(tmp_path):
+    name = "model.layers.0.mlp.up_proj.weight"
+    torch.save({name: torch.tensor([1, 16]), "__shapes__": {name: [4, 4]}}, tmp_path / "bad.pt")
+    with pytest.raises(RegionError, match="out of range"):
+        load_region(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize(
+    "payload, match",
+    [
+        ([1, 2, 3], "expected a dict"),
+        ({"a": torch.zeros(3)}, "bool mask or a 1-D integer"),
+        ({"a": "text"}, "expected a tensor"),
+    ],
+)
+def test_malformed_pt_files_name_the_problem(tmp_path, payload, match):
+    torch.save(payload, tmp_path / "m.pt")
+    with pytest.raises(RegionFileError, match=match):
+        load_region(tmp_path / "m.pt")
+
+
+def test_non_region_safetensors_is_rejected(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "weights.safetensors"))
+    with pytest.raises(RegionFileError, match="not a region file"):
+        load_region(tmp_path / "weights.safetensors")
+    (tmp_path / "garbage.safetensors").write_bytes(b"\x00\x01garbage")
+    with pytest.raises(RegionFileError, match="cannot read"):
+        load_region(tmp_path / "garbage.safetensors")
+
+
+def test_missing_mask_says_what_to_give(tmp_path):
+    with pytest.raises(RegionFileError, match="not found.*shipped"):
+        load_region(tmp_path / "nope.safetensors")
+
+
+def test_unknown_suffix_is_rejected(tmp_path):
+    (tmp_path / "m.npz").write_bytes(b"x")
+    with pytest.raises(RegionFileError, match="unknown region format"):
+        load_region(tmp_path / "m.npz")
+
+
+def test_failed_save_leaves_nothing_behind(region, tmp_path, monkeypatch):
+    import safetensors.numpy
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", boom)
+    with pytest.raises(OSError):
+        save_region(region, tmp_path / "r.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sha256_of_file_and_directory_is_stable(region, tmp_path):
+    f = save_region(region, tmp_path / "r.safetensors")
+    d = save_region(region, tmp_path / "d", fmt="official")
+    assert file_sha256(f) == file_sha256(f) and len(file_sha256(d)) == 64
+
+
+def test_region_algebra_matches_boolean_logic(tiny_model):
+    shapes = scope_shapes(tiny_model)
+    a, b = select_random(shapes, 0.3, seed=1), select_random(shapes, 0.3, seed=2)
+    for name in shapes:
+        ma, mb = a.mask(name), b.mask(name)
+        assert torch.equal((a | b).mask(name), ma | mb)
+        assert torch.equal((a & b).mask(name), ma & mb)
+        assert torch.equal((a - b).mask(name), ma & ~mb)
+        assert torch.equal((~a).mask(name), ~ma)
+    assert np.isclose((a | b).num_selected + (a & b).num_selected, a.num_selected + b.num_selected)
