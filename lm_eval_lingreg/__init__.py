@@ -14,7 +14,10 @@ MODELS = {
 
 
 def register() -> None:
-    """Register our models with lm-eval's registry (idempotent; needs lm-eval imported)."""
+    """Register our models with lm-eval's registry (idempotent; imports no torch)."""
+    # lm-eval fills its registry with the built-in models only when it finds it empty, so
+    # load those first or ours would hide them ("no model named 'hf'").
+    import lm_eval.models  # noqa: F401
     from lm_eval.api.registry import model_registry
 
     for name, target in MODELS.items():

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-from importlib.abc import MetaPathFinder
 
 
 def _on_registry(module) -> None:
@@ -82,7 +81,9 @@ class _Loader:
         return getattr(self._loader, name)
 
 
-class _Finder(MetaPathFinder):
+class _Finder:
+    """A meta-path finder (duck-typed: importing importlib.abc would cost ~25 ms at start-up)."""
+
     def find_spec(self, fullname, path, target=None):
         callback = _CALLBACKS.get(fullname)
         if callback is None:

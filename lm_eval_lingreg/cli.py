@@ -3,7 +3,9 @@
     lingreg prepare                       convert the bundled model once; print its path last
     lingreg apply --mask M --out DIR      write an ablated model as a standard HF checkpoint
     lingreg demo                          base vs random-1% region on the 30 languages
-    lingreg mask info|convert ...         inspect and convert region files
+    lingreg score --langs ar,es,... --out scores/     per-language importance (torchrun-able)
+    lingreg extract core|monolingual ...  regions from score files
+    lingreg mask info|compare|convert ... inspect, compare and convert region files
 """
 
 from __future__ import annotations
@@ -101,12 +103,98 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from lm_eval_lingreg.importance import score_languages
+    from lm_eval_lingreg.languages import parse_languages
+
+    langs = parse_languages(args.langs)
+    rank = 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun / accelerate
+        import torch.distributed as dist
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+        rank = dist.get_rank()
+    model, tokenizer = _load_model(args.pretrained, args.dtype)
+    if torch.cuda.is_available():
+        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    torch.manual_seed(args.seed)
+    score_languages(
+        model, tokenizer, langs, args.out, args.samples, data=args.data, unit=args.unit, seq_len=args.seq_len,
+        seed=args.seed, batch_size=args.batch_size, scope=args.scope, model_name=args.pretrained or "gemma-3-270m",
+        log=(print if rank == 0 else (lambda _msg: None)),
+    )
+    if rank == 0:
+        print(Path(args.out).resolve())
+    return 0
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from lm_eval_lingreg.languages import CORE_LANGUAGES, parse_languages
+    from lm_eval_lingreg.region_io import save_region
+    from lm_eval_lingreg.scores import ScoreSet
+    from lm_eval_lingreg.selection import select_core, select_monolingual
+
+    langs = parse_languages(args.langs) if args.langs else None
+    scores = ScoreSet(args.scores, langs or (None if args.kind == "core" and args.all_scored else list(CORE_LANGUAGES)))
+    meta = {**scores.provenance(), "lm_eval_lingreg": __version__, "command": "lingreg " + " ".join(sys.argv[1:])}
+    if args.kind == "core":
+        region = select_core(scores.get, scores.names, scores.langs, args.ratio, which=args.which, seed=args.seed, metadata=meta)
+    else:
+        if not args.lang:
+            raise SystemExit("error: `lingreg extract monolingual` needs --lang (e.g. --lang ar)")
+        region = select_monolingual(scores.get, scores.names, parse_languages(args.lang)[0], scores.langs, args.ratio, metadata=meta)
+    save_region(region, args.out)
+    print(f"wrote {args.out}: {region.metadata['kind']} region, {region.num_selected} entries ({region.density:.3%}) over {len(region.shapes)} tensors")
+    return 0
+
+
 def _cmd_mask_info(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
     from lm_eval_lingreg.region_io import load_region
+    from lm_eval_lingreg.regions import summarize
 
     region = load_region(args.mask)
-    print(json.dumps(region.metadata, indent=1, default=str))
-    print(f"{region.num_selected} selected of {region.num_covered} entries ({region.density:.3%}) in {len(region.shapes)} tensors")
+    rows = summarize(region)
+    if args.json:
+        print(json.dumps({"metadata": region.metadata, "selected": region.num_selected, "entries": region.num_covered, "tensors": rows}, indent=1, default=str))
+        return 0
+    meta = {k: v for k, v in region.metadata.items() if k not in ("samples", "tokens", "calibration")}
+    print(json.dumps(meta, indent=1, default=str))
+    print(f"{region.num_selected} selected of {region.num_covered} entries ({region.density:.3%}) in {len(region.shapes)} tensors\n")
+    by_module: dict[str, list[int]] = {}
+    by_layer: dict[object, list[int]] = {}
+    for r in rows:
+        by_module.setdefault(r["module"], [0, 0])
+        by_layer.setdefault(r["layer"], [0, 0])
+        for acc in (by_module[r["module"]], by_layer[r["layer"]]):
+            acc[0] += r["selected"]
+            acc[1] += r["entries"]
+    print(tabulate([[m, s, f"{s / max(1, e):.3%}"] for m, (s, e) in by_module.items()], headers=["module", "selected", "share"], tablefmt="github"))
+    print()
+    print(tabulate([[layer, s, f"{s / max(1, e):.3%}"] for layer, (s, e) in by_layer.items()], headers=["layer", "selected", "share"], tablefmt="github"))
+    return 0
+
+
+def _cmd_mask_compare(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from lm_eval_lingreg.region_io import load_region
+    from lm_eval_lingreg.regions import jaccard
+
+    a, b = load_region(args.a), load_region(args.b)
+    overall, per = jaccard(a, b)
+    if args.json:
+        print(json.dumps({"jaccard": overall, "per_tensor": per}, indent=1))
+        return 0
+    print(f"Jaccard overall: {overall:.4f}  ({a.num_selected} vs {b.num_selected} entries)")
+    worst = sorted(per.items(), key=lambda kv: (math.isnan(kv[1]), kv[1]))
+    print(tabulate([[n, f"{j:.4f}"] for n, j in worst[: args.top]], headers=["tensor (lowest first)", "Jaccard"], tablefmt="github"))
     return 0
 
 
@@ -150,10 +238,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output-path", default="lingreg-demo", help="where results JSON go (default ./lingreg-demo)")
     s.set_defaults(func=_cmd_demo)
 
-    mask = sub.add_parser("mask", help="inspect and convert region files").add_subparsers(dest="mask_command", required=True)
-    s = mask.add_parser("info", help="summary of a region file")
+    s = sub.add_parser("score", help="per-language importance scores (theta * summed gradient)")
+    s.add_argument("--langs", default="ar,es,ru,zh,ko,vi", help="comma-separated ISO codes (default: the paper's six)")
+    s.add_argument("--samples", type=int, default=200, help="calibration samples per language (default 200)")
+    s.add_argument("--out", required=True, help="directory for <lang>.safetensors score files")
+    s.add_argument("--pretrained", default=None, help="HF model dir or id (default: bundled gemma-3-270m)")
+    s.add_argument("--data", default=None, help="'eld' (default, offline), a directory of <iso>.txt/.jsonl, a file, or datasets:<path>[:<config>] ({lang} is substituted)")
+    s.add_argument("--unit", choices=["sentences", "blocks"], default="sentences", help="a sample is one sentence/line, or a packed block of --seq-len tokens (paper: blocks of 512)")
+    s.add_argument("--seq-len", type=int, default=512, help="block length / sentence truncation in tokens (default 512)")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--scope", default=r"layers\.\d+\.", help="regex on parameter names to score (default: transformer blocks)")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.set_defaults(func=_cmd_score)
+
+    s = sub.add_parser("extract", help="extract a region from score files")
+    s.add_argument("kind", choices=["core", "monolingual"])
+    s.add_argument("--scores", required=True, help="directory written by `lingreg score`")
+    s.add_argument("--ratio", type=float, default=0.01, help="share of each tensor (default 0.01)")
+    s.add_argument("--which", choices=["top", "bottom", "random"], default="top", help="core only (default top)")
+    s.add_argument("--lang", default=None, help="monolingual only: the language whose region to extract")
+    s.add_argument("--langs", default=None, help="languages to combine (default: the paper's six: ar,es,ru,zh,ko,vi)")
+    s.add_argument("--all-scored", action="store_true", help="core: use every language found in --scores")
+    s.add_argument("--seed", type=int, default=0, help="for --which random")
+    s.add_argument("--out", required=True, help="output region file (.safetensors, .pt, or a directory)")
+    s.set_defaults(func=_cmd_extract)
+
+    mask = sub.add_parser("mask", help="inspect, compare and convert region files").add_subparsers(dest="mask_command", required=True)
+    s = mask.add_parser("info", help="entries per layer and module, share of parameters")
     s.add_argument("mask")
+    s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_mask_info)
+    s = mask.add_parser("compare", help="Jaccard index overall and per tensor")
+    s.add_argument("a")
+    s.add_argument("b")
+    s.add_argument("--top", type=int, default=10, help="tensors to list (lowest Jaccard first)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_mask_compare)
     s = mask.add_parser("convert", help="convert between .safetensors, .pt and the official directory layout")
     s.add_argument("src")
     s.add_argument("dst")
@@ -167,11 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from lm_eval_lingreg.bundled import BundledModelError
     from lm_eval_lingreg.languages import UnknownLanguageError
+    from lm_eval_lingreg.corpora import CorpusError
     from lm_eval_lingreg.regions import RegionError
+    from lm_eval_lingreg.scores import ScoreFileError
 
     try:
         return args.func(args)
-    except (RegionError, UnknownLanguageError, BundledModelError, FileNotFoundError) as e:
+    except (RegionError, UnknownLanguageError, BundledModelError, CorpusError, ScoreFileError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -293,3 +293,33 @@ def restore(region: Region, model: torch.nn.Module, saved: Mapping[str, torch.Te
 
 def _flat(p: torch.Tensor) -> torch.Tensor:
     return p.data.view(-1)
+
+
+# inspection ------------------------------------------------------------------------------
+
+_LAYER = re.compile(r"layers\.(\d+)\.(.+?)(?:\.weight|\.bias)?$")
+
+
+def summarize(region: Region) -> list[dict[str, Any]]:
+    """Selected entries per (layer, module), with the share of that module's entries."""
+    rows = []
+    for name, shape in region.shapes.items():
+        m = _LAYER.search(name)
+        layer, module = (int(m.group(1)), m.group(2)) if m else (None, name)
+        n = int(region.indices[name].numel()) if name in region.indices else 0
+        rows.append({"name": name, "layer": layer, "module": module, "selected": n, "entries": _numel(shape), "share": n / max(1, _numel(shape))})
+    return rows
+
+
+def jaccard(a: Region, b: Region) -> tuple[float, dict[str, float]]:
+    """Jaccard index |a & b| / |a | b|, overall and per tensor (as the official code computes it)."""
+    per, inter_total, union_total = {}, 0, 0
+    empty = torch.empty(0, dtype=torch.int64)
+    for name in list(a.shapes) + [n for n in b.shapes if n not in a.shapes]:
+        x, y = a.indices.get(name, empty), b.indices.get(name, empty)
+        inter = int(torch.isin(x, y).sum())
+        union = int(x.numel() + y.numel() - inter)
+        per[name] = inter / union if union else float("nan")
+        inter_total += inter
+        union_total += union
+    return (inter_total / union_total if union_total else float("nan")), per

@@ -5,7 +5,7 @@ Selection is per tensor, not global: each tensor contributes `int(ratio * numel)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -32,3 +32,73 @@ def select_random(shapes: Mapping[str, tuple[int, ...]], ratio: float, seed: int
         indices[name] = torch.sort(torch.randperm(numel, generator=gen)[:k]).values
     meta = {"kind": "random", "ratio": ratio, "seed": int(seed), **(metadata or {})}
     return Region(indices, dict(shapes), meta)
+
+
+WHICH = ("top", "bottom", "random")
+
+
+def select_tensor(score: torch.Tensor, k: int, which: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sorted flat indices of `k` entries of one tensor: largest, smallest or random by `score`."""
+    flat = score.reshape(-1)
+    if which == "top":
+        idx = torch.topk(flat, k, largest=True, sorted=False).indices
+    elif which == "bottom":
+        idx = torch.topk(flat, k, largest=False, sorted=False).indices
+    elif which == "random":
+        idx = torch.randperm(flat.numel(), generator=generator)[:k]
+    else:
+        raise RegionError(f"unknown selection {which!r}; expected one of {', '.join(WHICH)}")
+    return torch.sort(idx).values
+
+
+def select_core(
+    get: Callable[[str, str], torch.Tensor],
+    names: Iterable[str],
+    langs: Sequence[str],
+    ratio: float,
+    which: str = "top",
+    seed: int = 0,
+    metadata: Mapping | None = None,
+) -> Region:
+    """Core region: per tensor, Top/Bottom/Random of S = sum over `langs` of |s_l|.
+
+    `get(lang, name)` returns s_l of one tensor, so score files are read one tensor at a time.
+    """
+    ratio = _check_ratio(ratio)
+    gen = torch.Generator().manual_seed(int(seed))
+    indices, shapes = {}, {}
+    for name in names:
+        total = None
+        for lang in langs:
+            s = get(lang, name).to(torch.float32).abs()
+            total = s if total is None else total.add_(s)
+        shapes[name] = tuple(total.shape)
+        indices[name] = select_tensor(total, int(ratio * total.numel()), which, gen)
+    meta = {"kind": f"core-{which}", "ratio": ratio, "languages": list(langs), **({"seed": int(seed)} if which == "random" else {}), **(metadata or {})}
+    return Region(indices, shapes, meta)
+
+
+def select_monolingual(
+    get: Callable[[str, str], torch.Tensor],
+    names: Iterable[str],
+    lang: str,
+    langs: Sequence[str],
+    ratio: float,
+    metadata: Mapping | None = None,
+) -> Region:
+    """Monolingual region of `lang`: Top-k(|s_lang|) minus the union of Top-k(|s_o|), o in `langs` - {lang}."""
+    ratio = _check_ratio(ratio)
+    others = [o for o in langs if o != lang]
+    if lang not in langs or not others:
+        raise RegionError(f"monolingual region of {lang!r} needs it among --langs plus at least one other language (got {list(langs)})")
+    indices, shapes = {}, {}
+    for name in names:
+        own = get(lang, name).to(torch.float32).abs()
+        k = int(ratio * own.numel())
+        keep = select_tensor(own, k, "top")
+        for o in others:
+            keep = keep[~torch.isin(keep, select_tensor(get(o, name).to(torch.float32).abs(), k, "top"))]
+        shapes[name] = tuple(own.shape)
+        indices[name] = keep
+    meta = {"kind": "monolingual", "lang": lang, "ratio": ratio, "languages": list(langs), **(metadata or {})}
+    return Region(indices, shapes, meta)

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "udhr"
+
+
+class _QuietCustomDataset(logging.Filter):
+    """lm-eval warns once per task that `custom_dataset` tasks take --metadata kwargs; ours take none."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith("lingreg_ppl_") and "Custom kwargs can be passed" in msg)
+
+
+logging.getLogger("lm_eval.api.task").addFilter(_QuietCustomDataset())
 
 
 def load_udhr(lang: str, **_: object):
@@ -40,3 +52,17 @@ def process_results(doc: dict, results: list) -> dict:
     if n_tokens:
         out["token_perplexity"] = (float(loglikelihood), n_tokens)
     return out
+
+
+def weighted_perplexity(items: list[tuple[float, int]]) -> float:
+    """exp(-sum(ll) / sum(weight)), as lm-eval's, but inf instead of an OverflowError.
+
+    Ablated models (and word perplexity on unsegmented scripts) easily exceed 1e308.
+    """
+    import math
+
+    lls, weights = zip(*items)
+    try:
+        return math.exp(-sum(lls) / sum(weights))
+    except OverflowError:
+        return math.inf

@@ -1,0 +1,157 @@
+"""Calibration text for importance scoring (never the UDHR evaluation text).
+
+Sources, per language:
+- the offline default: `eld`'s test sentences (1000 real sentences for each of 60 languages,
+  Apache-2.0; not id or sw);
+- the user's files: a directory with `<iso>.txt` (one sample per line) or `<iso>.jsonl`
+  (a "text" field per line), or a single such file when scoring one language;
+- any `datasets` source: `datasets:<path>[:<config>]` with `{lang}` substituted, e.g.
+  `datasets:wikimedia/wikipedia:20231101.{lang}` (options: split=, column=).
+
+Samples are either whole sentences/lines (truncated to `max_len` tokens) or packed token
+blocks of `seq_len` tokens (the paper: 512), drawn with a seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lm_eval_lingreg.languages import LANGUAGES
+
+
+class CorpusError(ValueError):
+    """Calibration data that is missing, unreadable or too small."""
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Token id sequences for one language, and where they came from."""
+
+    lang: str
+    input_ids: list[list[int]]
+    source: str
+    sha256: str  # of the raw text used, for provenance
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s) for s in self.input_ids)
+
+
+def eld_path() -> Path:
+    try:
+        import eld
+    except ImportError as e:
+        raise CorpusError("the offline calibration corpus needs the `eld` package: pip install eld") from e
+    return Path(eld.__file__).resolve().parent / "tests" / "data" / "big-test.txt"
+
+
+def read_texts(lang: str, data: str | None = None, split: str = "train", column: str = "text") -> tuple[list[str], str]:
+    """All raw texts available for `lang` from `data` (None = offline default), and a source label."""
+    if lang not in LANGUAGES:
+        raise CorpusError(f"unknown language {lang!r}; expected one of {','.join(LANGUAGES)}")
+    if data is None or data == "eld":
+        code = LANGUAGES[lang].eld
+        if code is None:
+            raise CorpusError(
+                f"the offline calibration corpus (eld) has no {LANGUAGES[lang].name} ({lang}); "
+                "give your own text with --data DIR (holding <iso>.txt or <iso>.jsonl) or a datasets source"
+            )
+        path = eld_path()
+        texts = [line.split("\t", 1)[1].strip() for line in path.read_text(encoding="utf-8").splitlines() if line.startswith(code + "\t")]
+        return texts, f"eld:{code}"
+    if data.startswith("datasets:"):
+        return _read_datasets(data, lang, split, column)
+    path = Path(data).expanduser()
+    if path.is_dir():
+        for suffix in (".jsonl", ".txt"):
+            if (path / f"{lang}{suffix}").is_file():
+                return _read_file(path / f"{lang}{suffix}", column), str(path / f"{lang}{suffix}")
+        raise CorpusError(f"{path}: no {lang}.txt or {lang}.jsonl calibration file for {LANGUAGES[lang].name}")
+    if path.is_file():
+        return _read_file(path, column), str(path)
+    raise CorpusError(f"calibration data {data!r} not found: give a directory, a file, 'eld', or 'datasets:<path>[:<config>]'")
+
+
+def _read_file(path: Path, column: str) -> list[str]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix != ".jsonl":
+        return [line.strip() for line in lines if line.strip()]
+    texts = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            texts.append(str(json.loads(line)[column]))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CorpusError(f"{path}:{i}: expected a JSON object with a {column!r} field ({e})") from e
+    return texts
+
+
+def _read_datasets(spec: str, lang: str, split: str, column: str) -> tuple[list[str], str]:
+    import datasets
+
+    parts = spec[len("datasets:") :].format(lang=lang).split(":")
+    path, name = parts[0], (parts[1] if len(parts) > 1 and parts[1] else None)
+    try:
+        ds = datasets.load_dataset(path, name, split=split)
+    except Exception as e:
+        raise CorpusError(f"cannot load datasets source {path!r} (config {name!r}, split {split!r}): {e}") from e
+    if column not in ds.column_names:
+        raise CorpusError(f"datasets source {path!r} has no column {column!r}; columns: {ds.column_names}")
+    return [str(t) for t in ds[column] if str(t).strip()], f"datasets:{path}:{name or ''}:{split}"
+
+
+def make_samples(
+    tokenizer,
+    lang: str,
+    n: int,
+    data: str | None = None,
+    unit: str = "sentences",
+    seq_len: int = 512,
+    seed: int = 0,
+    split: str = "train",
+    column: str = "text",
+) -> Samples:
+    """`n` samples of token ids: sentences (truncated to `seq_len`) or packed `seq_len`-token blocks."""
+    texts, source = read_texts(lang, data, split, column)
+    if not texts:
+        raise CorpusError(f"{source}: no text for {lang}")
+    rng = random.Random(f"{seed}:{lang}")
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    used: list[str] = []
+    if unit == "sentences":
+        if n > len(texts):
+            raise CorpusError(f"{source}: asked for {n} samples of {lang} but only {len(texts)} sentences exist; lower --samples")
+        used = [texts[i] for i in order[:n]]
+        ids = [(bos + tokenizer(t, add_special_tokens=False)["input_ids"])[:seq_len] for t in used]
+    elif unit == "blocks":
+        stream: list[int] = []
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        for i in order:
+            used.append(texts[i])
+            stream.extend(tokenizer(texts[i], add_special_tokens=False)["input_ids"] + eos)
+            if len(stream) >= n * (seq_len - len(bos)):
+                break
+        body = seq_len - len(bos)
+        ids = [bos + stream[k * body : (k + 1) * body] for k in range(n) if (k + 1) * body <= len(stream)]
+        if len(ids) < n:
+            raise CorpusError(
+                f"{source}: only {len(ids)} blocks of {seq_len} tokens fit in the {lang} text (asked for {n}); "
+                "lower --samples or --seq-len, or give more text"
+            )
+    else:
+        raise CorpusError(f"unknown sampling unit {unit!r}; expected 'sentences' or 'blocks'")
+    digest = hashlib.sha256("\n".join(used).encode("utf-8")).hexdigest()
+    return Samples(lang, ids, source, digest)
+
+
+def shard(items: Sequence, rank: int, world: int) -> list:
+    """Round-robin share of one rank (so the union over ranks is every item once)."""
+    return list(items[rank::world])
