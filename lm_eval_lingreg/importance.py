@@ -76,15 +76,20 @@ def sum_gradients(
         model.eval()  # no dropout: the estimate is of the deployed model
         device = next(iter(in_scope.values())).device
         tokens = done = 0
-        for start in range(0, len(samples), batch_size):
-            batch = [s for s in samples[start : start + batch_size] if len(s) >= 2]
-            if not batch:
-                continue
+        # Batches of similar length waste little compute on padding; the sum is order-free.
+        ordered = sorted((s for s in samples if len(s) >= 2), key=len)
+        for start in range(0, len(ordered), batch_size):
+            batch = ordered[start : start + batch_size]
             ids, attn = _pad(batch, pad_id)
             ids, attn = ids.to(device), attn.to(device)
-            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-            target, keep = ids[:, 1:], attn[:, 1:].bool()
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none") * keep
+            logits = model(input_ids=ids, attention_mask=attn).logits
+            # position t predicts token t+1; the last position and padding predict nothing
+            labels = torch.full_like(ids, -100)
+            labels[:, :-1] = ids[:, 1:].masked_fill(attn[:, 1:] == 0, -100)
+            keep = labels != -100
+            nll = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), reduction="none"
+            ).view(ids.shape)
             per_sample = nll.sum(1) / keep.sum(1)
             per_sample.sum().backward()
             tokens += int(keep.sum())

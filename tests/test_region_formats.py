@@ -167,3 +167,14 @@ def test_region_algebra_matches_boolean_logic(tiny_model):
         assert torch.equal((a - b).mask(name), ma & ~mb)
         assert torch.equal((~a).mask(name), ~ma)
     assert np.isclose((a | b).num_selected + (a & b).num_selected, a.num_selected + b.num_selected)
+
+
+def test_saved_files_get_normal_permissions(region, tmp_path):
+    import stat
+
+    f = save_region(region, tmp_path / "r.safetensors")
+    d = save_region(region, tmp_path / "d", fmt="official")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(d.stat().st_mode) == 0o777 & ~umask
