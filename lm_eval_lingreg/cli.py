@@ -187,7 +187,8 @@ def _cmd_mask_info(args: argparse.Namespace) -> int:
             acc[1] += r["entries"]
     print(tabulate([[m, s, f"{s / max(1, e):.3%}"] for m, (s, e) in by_module.items()], headers=["module", "selected", "share"], tablefmt="github"))
     print()
-    print(tabulate([[layer, s, f"{s / max(1, e):.3%}"] for layer, (s, e) in by_layer.items()], headers=["layer", "selected", "share"], tablefmt="github"))
+    layers = sorted(by_layer.items(), key=lambda kv: (kv[0] is None, kv[0] if kv[0] is not None else 0))
+    print(tabulate([[layer, s, f"{s / max(1, e):.3%}"] for layer, (s, e) in layers], headers=["layer", "selected", "share"], tablefmt="github"))
     return 0
 
 

@@ -39,6 +39,44 @@ def _pad(batch: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, attn
 
 
+def _split_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module, float | None] | None:
+    """(body, head, softcap) when logits == softcap(head(body(...)[0])) for this model, else None."""
+    cfg = model.config
+    if any(getattr(cfg, a, None) not in (None, 1, 1.0) for a in ("logit_scale", "logits_scaling", "output_multiplier_scale")):
+        return None
+    body, head = getattr(model, "model", None), model.get_output_embeddings()
+    if body is None or head is None or type(model).__name__.endswith("ForConditionalGeneration"):
+        return None
+    return body, head, getattr(cfg, "final_logit_softcapping", None)
+
+
+def _backward_weighted_nll(model, ids, attn, labels, weights, chunk: int) -> None:
+    """Backward of sum_t weights_t * nll_t, never holding the full [batch, len, vocab] logits.
+
+    The head and loss run on `chunk` predicted positions at a time against a detached copy of
+    the final hidden states; their gradient is then pushed through the body once. Models
+    whose logits are not a plain (soft-capped) head of the hidden states use one full pass.
+    """
+    split = _split_head(model)
+    if split is None:
+        logits = model(input_ids=ids, attention_mask=attn).logits
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), reduction="none")
+        (nll * weights.reshape(-1)).sum().backward()
+        return
+    body, head, cap = split
+    hidden = body(input_ids=ids, attention_mask=attn)[0]
+    rows = (labels != -100).reshape(-1).nonzero().reshape(-1)
+    flat = hidden.detach().reshape(-1, hidden.shape[-1]).requires_grad_(True)
+    for start in range(0, rows.numel(), chunk):
+        sel = rows[start : start + chunk]
+        logits = head(flat[sel]).float()
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        nll = torch.nn.functional.cross_entropy(logits, labels.reshape(-1)[sel], reduction="none")
+        (nll * weights.reshape(-1)[sel]).sum().backward()
+    hidden.backward(flat.grad.view_as(hidden))
+
+
 def sum_gradients(
     model: torch.nn.Module,
     samples: Sequence[list[int]],
@@ -46,10 +84,12 @@ def sum_gradients(
     batch_size: int = 8,
     pad_id: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    chunk: int = 64,
 ) -> GradientSum:
     """Sum over `samples` of the gradient of each sample's mean next-token loss.
 
-    `progress(samples_done, tokens_done)` is called after every batch. The model's
+    `progress(samples_done, tokens_done)` is called after every batch; `chunk` bounds how
+    many positions' vocabulary-sized logits exist at once (memory). The model's
     `requires_grad` flags are restored afterwards; its weights are never changed.
     """
     pattern = re.compile(scope)
@@ -82,16 +122,13 @@ def sum_gradients(
             batch = ordered[start : start + batch_size]
             ids, attn = _pad(batch, pad_id)
             ids, attn = ids.to(device), attn.to(device)
-            logits = model(input_ids=ids, attention_mask=attn).logits
             # position t predicts token t+1; the last position and padding predict nothing
             labels = torch.full_like(ids, -100)
             labels[:, :-1] = ids[:, 1:].masked_fill(attn[:, 1:] == 0, -100)
             keep = labels != -100
-            nll = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), reduction="none"
-            ).view(ids.shape)
-            per_sample = nll.sum(1) / keep.sum(1)
-            per_sample.sum().backward()
+            # each sample's mean token loss: weight 1/n on each of its n predicted tokens
+            weights = (keep / keep.sum(1, keepdim=True)).to(torch.float32)
+            _backward_weighted_nll(model, ids, attn, labels, weights, chunk)
             tokens += int(keep.sum())
             done += len(batch)
             if progress is not None:

@@ -31,7 +31,7 @@ def lingreg(*args: str) -> None:
 
 def main() -> None:
     from lm_eval_lingreg import __version__
-    from lm_eval_lingreg.region_io import file_sha256, load_region
+    from lm_eval_lingreg.region_io import file_sha256, load_region, save_region
     from lm_eval_lingreg.resources import cache_dir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,10 +57,12 @@ def main() -> None:
     for name, cmd in jobs.items():
         out = MASKS / f"{name}.safetensors"
         lingreg(*cmd, "--out", str(out))
-        region = load_region(out)
+        portable = "lingreg " + " ".join(cmd[:3] + ["<scores>"] + cmd[4:]) + f" --out masks/{out.name}"
+        region = load_region(out).with_metadata(command=portable)  # no paths of the machine that made it
+        save_region(region, out)
         manifest["masks"][name] = {
             "file": out.name,
-            "command": "lingreg " + " ".join(cmd[:3] + ["<scores>"] + cmd[4:]) + f" --out masks/{out.name}",
+            "command": portable,
             "kind": region.metadata["kind"],
             "ratio": region.metadata["ratio"],
             "lang": region.metadata.get("lang"),

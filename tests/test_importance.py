@@ -45,6 +45,19 @@ def test_importance_is_theta_times_summed_gradient_of_per_sample_mean_loss(tok):
         torch.testing.assert_close(s, params[n].detach() * params[n].grad, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_chunked_head_gives_the_same_gradients_as_a_full_forward(arch, tok, monkeypatch):
+    model = make_tiny(arch)
+    if arch == "gemma3":
+        model.config.final_logit_softcapping = 3.0  # exercised on the chunked path too
+    samples = make_samples(tok, "ko", 6, seed=2).input_ids
+    chunked = imp.sum_gradients(model, samples, batch_size=3, chunk=7)
+    monkeypatch.setattr(imp, "_split_head", lambda model: None)
+    full = imp.sum_gradients(model, samples, batch_size=3)
+    for n in full.grads:
+        torch.testing.assert_close(chunked.grads[n], full.grads[n], rtol=1e-4, atol=1e-6)
+
+
 def test_only_block_parameters_are_scored_and_the_model_is_left_as_it_was(tiny_model, tok):
     before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
     flags = {n: p.requires_grad for n, p in tiny_model.named_parameters()}
