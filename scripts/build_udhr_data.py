@@ -77,7 +77,7 @@ include: _lingreg_ppl_template_yaml
 task: lingreg_ppl_{iso}
 task_alias: {name}
 dataset_kwargs:
-  lang: {iso}
+  lang: "{iso}"
 """
 
 

@@ -38,8 +38,20 @@ def test_group_lists_all_thirty_tasks_and_each_yaml_points_at_its_language():
     group = yaml.safe_load((TASKS / "lingreg_ppl.yaml").read_text())
     assert group["task"] == [f"lingreg_ppl_{iso}" for iso in LANGUAGES]
     for iso, lang in LANGUAGES.items():
-        text = (TASKS / f"lingreg_ppl_{iso}.yaml").read_text()
-        assert f"task: lingreg_ppl_{iso}" in text and f"lang: {iso}" in text and lang.name in text
+        # parsed as YAML: an unquoted `lang: no` would be the boolean False
+        config = yaml.safe_load((TASKS / f"lingreg_ppl_{iso}.yaml").read_text())
+        assert config["task"] == f"lingreg_ppl_{iso}" and config["task_alias"] == lang.name
+        assert config["dataset_kwargs"] == {"lang": iso}
+
+
+def test_every_task_builds_through_lm_eval():
+    from lm_eval.tasks import TaskManager
+
+    tasks = TaskManager().load(["lingreg_ppl"])["tasks"]
+    assert len(tasks) == 30
+    for name, task in tasks.items():
+        docs = list(task.test_docs())
+        assert len(docs) == 31 and docs[0]["lang"] == name.rsplit("_", 1)[1], name
 
 
 def test_manifest_hashes_match_the_vendored_files():
