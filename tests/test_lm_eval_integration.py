@@ -142,3 +142,13 @@ def test_random_one_percent_raises_perplexity_of_the_bundled_model(bundled_model
         b = _results(base)["results"][f"lingreg_ppl_{iso}"]["token_perplexity,none"]
         a = _results(abl)["results"][f"lingreg_ppl_{iso}"]["token_perplexity,none"]
         assert 1 < b < 1000 and a > 1.05 * b, (iso, b, a)
+
+
+@pytest.mark.parametrize("model", ["hf", "hf-region-ablated"])
+def test_group_of_thirty_aggregates_with_and_without_token_counts(model, tiny_model_dir, tmp_path):
+    assert _lm_eval(model, f"pretrained={tiny_model_dir}", "lingreg_ppl", tmp_path, limit=1).returncode == 0
+    res = _results(tmp_path)["results"]
+    assert sum(k.startswith("lingreg_ppl_") for k in res) == 30
+    group = res["lingreg_ppl"]
+    assert group["bits_per_byte,none"] > 0
+    assert ("token_perplexity,none" in group) == (model == "hf-region-ablated")
