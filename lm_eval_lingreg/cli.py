@@ -2,7 +2,7 @@
 
     lingreg prepare                       convert the bundled model once; print its path last
     lingreg apply --mask M --out DIR      write an ablated model as a standard HF checkpoint
-    lingreg demo                          base vs random-1% region on the 30 languages
+    lingreg demo                          base vs core and random 1% regions on the 30 languages
     lingreg score --langs ar,es,... --out scores/     per-language importance (torchrun-able)
     lingreg extract core|monolingual ...  regions from score files
     lingreg mask info|compare|convert ... inspect, compare and convert region files
@@ -89,25 +89,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from lm_eval_lingreg.evaluation import evaluate_conditions, per_language
     from lm_eval_lingreg.languages import LANGUAGES, parse_languages
     from lm_eval_lingreg.models import RegionAblatedLM
-    from lm_eval_lingreg.regions import scope_shapes
+    from lm_eval_lingreg.region_io import load_region
+    from lm_eval_lingreg.regions import scope_shapes, validate
     from lm_eval_lingreg.selection import select_random
 
     langs = parse_languages(args.langs)
+    bundled = args.pretrained in (None, "", "gemma-3-270m")
+    masks = [m for m in (args.masks if args.masks is not None else ("core" if bundled else "")).split(",") if m]
+    regions = {}
+    for m in masks:  # bad mask files fail before the model loads
+        label = Path(m).name.removesuffix(".safetensors").removesuffix(".pt") or m
+        regions[label if label not in regions else f"{label}-{len(regions)}"] = load_region(m)
     lm = RegionAblatedLM(pretrained=args.pretrained, dtype=args.dtype, batch_size=args.batch_size, device=args.device)
-    region = select_random(scope_shapes(lm.model), args.ratio, seed=args.seed)
+    for region in regions.values():
+        validate(region, lm.model)
     label = f"random-{args.ratio:g}"
-    print(f"random region: {region.num_selected} entries ({region.density:.2%} of {region.num_covered} block parameters), seed {args.seed}")
-    results = evaluate_conditions(lm, {"base": None, label: region}, langs, limit=args.limit, output_dir=args.output_path)
-    rows = []
-    base_bpb, abl_bpb = per_language(results["base"], "bits_per_byte"), per_language(results[label], "bits_per_byte")
-    base_tok, abl_tok = per_language(results["base"], "token_perplexity"), per_language(results[label], "token_perplexity")
-    for iso in langs:
-        rows.append([LANGUAGES[iso].name, iso, base_bpb[iso], abl_bpb[iso], base_tok[iso], abl_tok[iso], abl_tok[iso] / base_tok[iso]])
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    rows.append(["Mean", "", mean([r[2] for r in rows]), mean([r[3] for r in rows]), mean([r[4] for r in rows]), mean([r[5] for r in rows]), math.exp(mean([math.log(r[6]) for r in rows]))])
-    headers = ["Language", "ISO", "bpb base", f"bpb {label}", "tok-ppl base", f"tok-ppl {label}", "ppl ratio"]
-    print(f"{args.limit or 31} UDHR documents per language; token perplexity (tok-ppl) and bits per byte (bpb)")
-    print(tabulate(rows, headers=headers, floatfmt=".3f", tablefmt="github"))
+    regions[label] = select_random(scope_shapes(lm.model), args.ratio, seed=args.seed)
+    for name, region in regions.items():
+        print(f"{name}: {region.num_selected} entries ({region.density:.2%} of the {region.num_covered} parameters it covers)")
+    results = evaluate_conditions(lm, {"base": None, **regions}, langs, limit=args.limit, output_dir=args.output_path)
+    bpb = per_language(results["base"], "bits_per_byte")
+    ppl = {c: per_language(r, "token_perplexity") for c, r in results.items()}
+    rows = [[LANGUAGES[iso].name, iso, bpb[iso], ppl["base"][iso], *(ppl[c][iso] / ppl["base"][iso] for c in regions)] for iso in langs]
+    gmean = [math.exp(sum(math.log(r[4 + i]) for r in rows) / len(rows)) for i in range(len(regions))]
+    rows.append(["Geometric mean", "", None, None, *gmean])
+    headers = ["Language", "ISO", "bpb base", "tok-ppl base", *(f"x ppl {c}" for c in regions)]
+    print(f"\n{args.limit or 31} UDHR documents per language; token perplexity of each ablated model divided by the base model's")
+    print(tabulate(rows, headers=headers, floatfmt=".3g", tablefmt="github", missingval=""))
     if args.output_path:
         print(f"results JSON per condition under {args.output_path}/")
     return 0
@@ -237,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     s.set_defaults(func=_cmd_apply)
 
-    s = sub.add_parser("demo", help="main job: evaluate base and a seeded random region on the 30 languages")
+    s = sub.add_parser("demo", help="main job: base vs the core region and a seeded random control on the 30 languages")
+    s.add_argument("--masks", default=None, help="comma-separated masks (paths or shipped names) to evaluate beside the random control (default: 'core' for the bundled model, none otherwise)")
     s.add_argument("--pretrained", default=None, help="HF model dir or id (default: bundled gemma-3-270m)")
     s.add_argument("--langs", default="all", help="comma-separated ISO codes or 'all' (default)")
     s.add_argument("--ratio", type=float, default=0.01, help="share of entries per tensor (default 0.01)")

@@ -40,6 +40,9 @@ def evaluate_conditions(
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
 
+    bad = [label for label in conditions if not label or label != Path(label).name or label.startswith(".")]
+    if bad:
+        raise ValueError(f"condition labels must be plain names (they name output folders), got {bad}")
     manager = TaskManager()
     out: dict[str, dict] = {}
     for label, region in conditions.items():

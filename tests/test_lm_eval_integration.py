@@ -152,3 +152,11 @@ def test_group_of_thirty_aggregates_with_and_without_token_counts(model, tiny_mo
     group = res["lingreg_ppl"]
     assert group["bits_per_byte,none"] > 0
     assert ("token_perplexity,none" in group) == (model == "hf-region-ablated")
+
+
+def test_demo_evaluates_given_masks_and_rejects_ones_for_another_model(tiny_model_dir, tiny_mask, tmp_path):
+    proc = run([bin_path("lingreg"), "demo", "--pretrained", str(tiny_model_dir), "--langs", "en", "--limit", "1",
+                "--masks", str(tiny_mask), "--output-path", str(tmp_path)])
+    assert proc.returncode == 0 and "x ppl tiny" in proc.stdout and (tmp_path / "tiny" / "results.json").is_file()
+    proc = run([bin_path("lingreg"), "demo", "--pretrained", str(tiny_model_dir), "--langs", "en", "--masks", "core"])
+    assert proc.returncode == 2 and "shape mismatch" in proc.stderr and "made for 'gemma-3-270m'" in proc.stderr
