@@ -178,3 +178,14 @@ def test_saved_files_get_normal_permissions(region, tmp_path):
     os.umask(umask)
     assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask
     assert stat.S_IMODE(d.stat().st_mode) == 0o777 & ~umask
+
+
+def test_shipped_mask_names_resolve_through_the_manifest():
+    from lm_eval_lingreg.region_io import resolve, shipped_masks
+    from lm_eval_lingreg.resources import masks_dir
+
+    masks = shipped_masks()
+    assert resolve("core") == masks_dir() / "core-top-1.safetensors" == resolve("core-top-1")
+    for name, entry in masks.items():
+        path = masks_dir() / entry["file"]
+        assert path.is_file() and file_sha256(path) == entry["sha256"], name
