@@ -6,7 +6,7 @@
 (2) peak resident memory while scoring divided by the model's fp32 size (target <= 3),
     measured in a fresh process with the kernel's high-water mark reset after loading.
 
-    python bench/scoring_throughput.py [--lang es] [--samples 48] [--batch-size 8] [--repeats 3]
+    python bench/scoring_throughput.py [--lang es] [--samples 48] [--batch-size 4] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lang", default="es")
     ap.add_argument("--samples", type=int, default=48)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default=None, help="'eld' (default, offline), a directory of <iso>.txt/.jsonl, a file, or datasets:<path>[:<config>] ({lang} is substituted)")
     s.add_argument("--unit", choices=["sentences", "blocks"], default="sentences", help="a sample is one sentence/line, or a packed block of --seq-len tokens (paper: blocks of 512)")
     s.add_argument("--seq-len", type=int, default=512, help="block length / sentence truncation in tokens (default 512)")
-    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--batch-size", type=int, default=4, help="samples per forward+backward (default 4; memory grows with it)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--scope", default=r"layers\.\d+\.", help="regex on parameter names to score (default: transformer blocks)")
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
