@@ -21,8 +21,6 @@ import time
 
 def _plain_loop(model, batches) -> int:
     """Every parameter requires grad, HF's own loss, gradients accumulate in .grad."""
-    import torch
-
     tokens = 0
     for ids, attn in batches:
         labels = ids.masked_fill(attn == 0, -100)

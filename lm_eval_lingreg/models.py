@@ -46,7 +46,7 @@ class _LingregHFLM(HFLM):
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         lls = super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
         # get_rolling_token_windows predicts every token of the encoded string once.
-        return [TokenCountedLoglik(ll, len(self.tok_encode(req.args[0]))) for ll, req in zip(lls, requests)]
+        return [TokenCountedLoglik(ll, len(self.tok_encode(req.args[0]))) for ll, req in zip(lls, requests, strict=True)]
 
     def get_model_info(self) -> dict:
         return {**super().get_model_info(), "lingreg": self._lingreg_info}
