@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--langs", default="all", help="comma-separated ISO codes or 'all' (default)")
     s.add_argument("--ratio", type=float, default=0.01, help="share of entries per tensor (default 0.01)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--limit", type=_limit, default=8, help="documents per language, or 'all' for the 31 (default 8: about 9 min on 2 CPU cores; all: about 35 min)")
+    s.add_argument("--limit", type=_limit, default=8, help="documents per language, or 'all' for the 31 (default 8; 'all' reads the 31 and takes about 3x longer)")
     s.add_argument("--batch-size", default="1")
     s.add_argument("--dtype", default="float32")
     s.add_argument("--device", default="cpu")
