@@ -37,7 +37,6 @@ class _LingregHFLM(HFLM):
     """HFLM that reports token counts (for token perplexity) and lingreg provenance."""
 
     def __init__(self, pretrained: Any = None, **kwargs: Any) -> None:
-        self._lingreg_pretrained = pretrained
         super().__init__(pretrained=resolve_pretrained(pretrained), **kwargs)
         self._lingreg_info: dict[str, Any] = {"version": __version__}
         if pretrained in (None, ""):

@@ -7,6 +7,7 @@ unique flat indices into that tensor, with the tensor's shape and free-form meta
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -170,10 +171,7 @@ class Region:
 
 
 def _numel(shape: Iterable[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
+    return math.prod(int(d) for d in shape)
 
 
 def _first(items: list, k: int = _MAX_LISTED) -> str:

@@ -5,6 +5,7 @@ Selection is per tensor, not global: each tensor contributes `int(ratio * numel)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -25,9 +26,7 @@ def select_random(shapes: Mapping[str, tuple[int, ...]], ratio: float, seed: int
     gen = torch.Generator().manual_seed(int(seed))
     indices = {}
     for name, shape in shapes.items():
-        numel = 1
-        for d in shape:
-            numel *= int(d)
+        numel = math.prod(shape)
         k = int(ratio * numel)
         indices[name] = torch.sort(torch.randperm(numel, generator=gen)[:k]).values
     meta = {"kind": "random", "ratio": ratio, "seed": int(seed), **(metadata or {})}
