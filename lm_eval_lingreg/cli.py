@@ -6,6 +6,10 @@
     lingreg score --langs ar,es,... --out scores/     per-language importance (torchrun-able)
     lingreg extract core|monolingual ...  regions from score files
     lingreg mask info|compare|convert ... inspect, compare and convert region files
+    lingreg params [--filter REGEX]       parameter names, shapes and residual-stream roles
+    lingreg dims MASK --top 10            hidden dimensions a region concentrates on
+    lingreg scan --layer 1 --op mul --value 4 --dims top:20,random:20   rank dimensions by effect
+    lingreg generate --prompt P --compare base,mask=core,...            greedy outputs side by side
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ import sys
 from pathlib import Path
 
 from lm_eval_lingreg import __version__
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one `error:` line, exit status 2."""
 
 
 def _limit(value: str) -> int | None:
@@ -57,7 +65,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     region = load_region(path)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise SystemExit(f"error: {out} exists and is not empty; pass --overwrite to replace it")
+        raise UsageError(f"{out} exists and is not empty; pass --overwrite to replace it")
     model, tokenizer = _load_model(args.pretrained, args.dtype)
     apply(region, model, args.mask_value)
     with atomic_path(out, directory=True) as tmp:
@@ -164,7 +172,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         region = select_core(scores.get, scores.names, scores.langs, args.ratio, which=args.which, seed=args.seed, metadata=meta)
     else:
         if not args.lang:
-            raise SystemExit("error: `lingreg extract monolingual` needs --lang (e.g. --lang ar)")
+            raise UsageError("`lingreg extract monolingual` needs --lang (e.g. --lang ar)")
         region = select_monolingual(scores.get, scores.names, parse_languages(args.lang)[0], scores.langs, args.ratio, metadata=meta)
     save_region(region, args.out)
     print(f"wrote {args.out}: {region.metadata['kind']} region, {region.num_selected} entries ({region.density:.3%}) over {len(region.shapes)} tensors")
@@ -223,6 +231,168 @@ def _cmd_mask_convert(args: argparse.Namespace) -> int:
     region = load_region(args.src)
     out = save_region(region, args.dst, fmt=args.format)
     print(f"wrote {out} ({region.num_selected} entries)")
+    return 0
+
+
+def _write_json(path: str, data: object) -> None:
+    from lm_eval_lingreg._atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
+    import re
+
+    from tabulate import tabulate
+
+    from lm_eval_lingreg.perturbation import hidden_size, residual_slots
+    from lm_eval_lingreg.regions import named_parameters
+
+    model, _ = _load_model(args.pretrained, "float32")
+    params = named_parameters(model)
+    slots, hidden = residual_slots({n: tuple(p.shape) for n, p in params.items()}, hidden_size(model))
+    pattern = re.compile(args.filter) if args.filter else None
+    rows = [
+        [n, "x".join(map(str, p.shape)), {"norm": "norm entry d", "read": "column d (reads)", "write": "row d (writes)"}.get(slots[n].role, "") if n in slots else ""]
+        for n, p in params.items()
+        if pattern is None or pattern.search(n)
+    ]
+    print(tabulate(rows, headers=["parameter", "shape", f"hidden dim d (hidden size {hidden})"], tablefmt="github"))
+    return 0
+
+
+def _cmd_dims(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from lm_eval_lingreg.dimensions import dimension_counts, mean_abs_activations, plot_dimensions
+    from lm_eval_lingreg.region_io import load_region
+
+    region = load_region(args.mask)
+    dc = dimension_counts(region)
+    acts = None
+    if args.activations:
+        from lm_eval_lingreg.corpora import read_texts
+        from lm_eval_lingreg.languages import parse_languages
+
+        model, tokenizer = _load_model(args.pretrained, "float32")
+        texts = []
+        for iso in parse_languages(args.langs):
+            texts += read_texts(iso, args.data)[0][: args.samples]
+        acts = mean_abs_activations(model, tokenizer, texts)
+    data = dc.to_json(args.top, acts)
+    headers = ["rank", "dim", "entries", "share of its entries", "norm", "columns read", "rows written", "top layers (entries)"]
+    rows = [
+        [i, r["dim"], r["total"], f"{r['share']:.2%}", r["norm"], r["read"], r["write"], ", ".join(f"L{k} ({v})" for k, v in r["top_layers"].items())]
+        for i, r in enumerate(data["dims"], 1)
+    ]
+    if acts:
+        headers += ["mean |act|", "act rank"]
+        for row, r in zip(rows, data["dims"], strict=True):
+            row += [f"{r['mean_abs_activation']:.3g}", r["activation_rank"]]
+    print(f"{region.num_selected} region entries over {dc.hidden} hidden dimensions x {data['layers']} layers; "
+          f"each dimension has {dc.entries_per_dim} entries; mean {data['mean_per_dim']:.1f} / median {data['median_per_dim']:.0f} region entries per dimension")
+    print(tabulate(rows, headers=headers, tablefmt="github"))
+    if acts:
+        print(f"activations: {acts['tokens']} tokens; largest mean |activation| / median = {acts['max_over_median']:.1f}; top dims {acts['top'][:5]}")
+    if args.json:
+        _write_json(args.json, data)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot_dimensions(dc, args.plot, top=args.top)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _parse_candidates(text: str, ranked: list[int] | None, hidden: int, seed: int) -> list[tuple[str, int]]:
+    from lm_eval_lingreg.scan import random_dims
+
+    out: list[tuple[str, int]] = []
+    n_random = 0
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        kind, _, n = part.partition(":")
+        if kind in ("top", "random"):
+            if not n.isdigit() or int(n) < 1:
+                raise UsageError(f"--dims {part!r}: expected {kind}:<count>, e.g. {kind}:20")
+            if kind == "top":
+                if ranked is None:
+                    raise UsageError("--dims top:N needs a region to rank dimensions (--mask)")
+                out += [(f"top{i + 1}", d) for i, d in enumerate(ranked[: int(n)])]
+            else:
+                n_random = int(n)
+        elif part.isdigit():
+            if int(part) >= hidden:
+                raise UsageError(f"--dims {part}: out of range (hidden size {hidden})")
+            out.append(("given", int(part)))
+        else:
+            raise UsageError(f"--dims {part!r}: use top:N, random:N or dimension numbers, comma-separated")
+    if n_random:
+        out += [("random", d) for d in random_dims(hidden, n_random, [d for _, d in out] + (ranked[:n_random] if ranked else []), seed)]
+    return out
+
+
+def _cmd_scan(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from lm_eval_lingreg.dimensions import dimension_counts
+    from lm_eval_lingreg.languages import parse_languages
+    from lm_eval_lingreg.perturbation import Perturbation, hidden_size
+    from lm_eval_lingreg.region_io import load_region
+    from lm_eval_lingreg.scan import ProbeSet, probe_texts, scan
+
+    langs = parse_languages(args.langs)
+    bundled = args.pretrained in (None, "", "gemma-3-270m")
+    mask = args.mask if args.mask is not None else ("core" if bundled else None)
+    ranked = counts = None
+    if mask:
+        dc = dimension_counts(load_region(mask))
+        ranked, counts = dc.ranked(), dc.total
+    model, tokenizer = _load_model(args.pretrained, args.dtype)
+    hidden = hidden_size(model) or (counts.numel() if counts is not None else 0)
+    cands = _parse_candidates(args.dims, ranked, hidden, args.seed)
+    common = {"op": args.op, "value": None if args.op == "zero" else args.value, "on": args.on, "scale": args.scale, "seed": args.seed}
+    if args.param:
+        built = [(f"{src}:d{d}", [Perturbation(param=args.param, index=d, **common)]) for src, d in cands]
+    else:
+        layers = Perturbation.from_dict({"layers": args.layer, "dim": 0, "op": "zero"}).layers
+        modules = tuple(m for m in args.modules.replace(",", "+").split("+") if m)
+        built = [(f"{src}:d{d}", [Perturbation(dims=(d,), layers=layers, modules=modules, **common)]) for src, d in cands]
+    probe = ProbeSet.build(tokenizer, probe_texts(langs, args.docs), args.tokens)
+    print(f"scanning {len(built)} candidates on {len(langs)} languages x {args.docs} UDHR documents (<= {args.tokens} tokens each)", file=sys.stderr)
+    result = scan(model, probe, built)
+    if counts is not None:
+        for r in result["rows"]:
+            r["region_entries_on_dim"] = int(counts[int(r["label"].rsplit(":d", 1)[1])])
+    result.update(what=str(built[0][1][0]).replace(f"dims={cands[0][1]}", "dims=<d>").replace(f"index={cands[0][1]}", "index=<d>"), mask=mask, docs=args.docs, tokens=args.tokens)
+    rows = [
+        [r["rank"], r["label"], r.get("region_entries_on_dim", ""), *(f"{r['ratio'][iso]:.3g}" for iso in langs), f"{r['geomean_ratio']:.3g}"]
+        for r in result["rows"]
+    ]
+    print(f"perturbation: {result['what']}; base token perplexity: " + ", ".join(f"{iso} {v:.3g}" for iso, v in result["base_perplexity"].items()))
+    print(tabulate(rows, headers=["rank", "candidate", "region entries", *(f"x ppl {iso}" for iso in langs), "geo-mean"], tablefmt="github"))
+    if args.output:
+        _write_json(args.output, result)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from lm_eval_lingreg.scan import generate, parse_condition
+
+    conditions = {}
+    for group in args.compare or ["base"]:
+        for c in (c.strip() for c in group.split(",")):
+            if c:
+                conditions[c] = parse_condition(c)
+    model, tokenizer = _load_model(args.pretrained, args.dtype)
+    rows = generate(model, tokenizer, args.prompt, conditions, max_new_tokens=args.max_new_tokens)
+    table = [[r["prompt"], r["condition"], r["continuation"].replace("\n", " ⏎ ")] for r in rows]
+    print(tabulate(table, headers=["prompt", "condition", "greedy continuation"], tablefmt="github"))
+    if args.output:
+        _write_json(args.output, {"max_new_tokens": args.max_new_tokens, "generations": rows, "conditions": {k: [p.to_dict() for p in v] for k, v in conditions.items()}})
+        print(f"wrote {args.output}")
     return 0
 
 
@@ -300,6 +470,51 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dst")
     s.add_argument("--format", choices=["safetensors", "pt", "official"], default=None, help="default: from dst's suffix (no suffix = official directory)")
     s.set_defaults(func=_cmd_mask_convert)
+
+    s = sub.add_parser("params", help="parameter names and shapes, and where a hidden dimension sits in each")
+    s.add_argument("--pretrained", default=None, help="HF model dir or id (default: bundled gemma-3-270m)")
+    s.add_argument("--filter", default=None, help="regex on parameter names, e.g. 'layers\\.1\\.'")
+    s.set_defaults(func=_cmd_params)
+
+    s = sub.add_parser("dims", help="hidden dimensions a region concentrates on (norm entries, rows written, columns read)")
+    s.add_argument("mask", help="region file or shipped mask name (e.g. core)")
+    s.add_argument("--top", type=int, default=10, help="dimensions to list (default 10)")
+    s.add_argument("--json", default=None, help="write the ranking (and per-layer counts of the top dims) as JSON")
+    s.add_argument("--plot", default=None, help="write a plot (.png or .svg)")
+    s.add_argument("--activations", action="store_true", help="also measure mean |hidden state| per dimension on calibration text")
+    s.add_argument("--pretrained", default=None, help="model for --activations (default: bundled gemma-3-270m)")
+    s.add_argument("--langs", default="ar,es,ru,zh,ko,vi", help="calibration languages for --activations")
+    s.add_argument("--data", default=None, help="calibration corpus for --activations (default: eld sentences)")
+    s.add_argument("--samples", type=int, default=8, help="calibration sentences per language for --activations (default 8)")
+    s.set_defaults(func=_cmd_dims)
+
+    s = sub.add_parser("scan", help="apply one perturbation to each candidate dimension in turn; rank by perplexity change")
+    s.add_argument("--dims", default="top:20,random:20", help="candidates: top:N (from --mask), random:N (seeded controls), and/or dimension numbers (default top:20,random:20)")
+    s.add_argument("--mask", default=None, help="region whose dimensions rank the candidates (default: core for the bundled model)")
+    s.add_argument("--layer", default="1", help="layer(s): 1, 0+1, 0-3 or all (default 1)")
+    s.add_argument("--modules", default="all", help="modules at the dimension: all, norms, readers, writers or names joined by + (default all)")
+    s.add_argument("--param", default=None, help="perturb one entry of this 1-D parameter instead (index = the dimension), e.g. model.layers.1.post_attention_layernorm.weight")
+    s.add_argument("--op", choices=["zero", "set", "mul", "add", "noise"], default="mul")
+    s.add_argument("--value", type=float, default=4.0, help="operand of the op (default 4)")
+    s.add_argument("--on", choices=["param", "gain"], default="param", help="stored weight (default) or a norm's effective gain")
+    s.add_argument("--scale", choices=["relative", "absolute"], default="relative", help="for --op noise")
+    s.add_argument("--langs", default="en,zh,ar,ru", help="probe languages (default en,zh,ar,ru)")
+    s.add_argument("--docs", type=int, default=2, help="UDHR documents per language (default 2)")
+    s.add_argument("--tokens", type=int, default=128, help="tokens per document (default 128)")
+    s.add_argument("--seed", type=int, default=0, help="for random:N and op=noise")
+    s.add_argument("--pretrained", default=None, help="HF model dir or id (default: bundled gemma-3-270m)")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("-o", "--output", default=None, help="write the ranked results as JSON")
+    s.set_defaults(func=_cmd_scan)
+
+    s = sub.add_parser("generate", help="greedy continuations under several conditions, side by side")
+    s.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
+    s.add_argument("--compare", action="append", default=None, help="conditions, comma-separated: base, mask=<m>, or perturbations like layer=1:dim=639:op=mul:value=4 (';' composes)")
+    s.add_argument("--max-new-tokens", type=int, default=24)
+    s.add_argument("--pretrained", default=None, help="HF model dir or id (default: bundled gemma-3-270m)")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("-o", "--output", default=None, help="write the generations as JSON")
+    s.set_defaults(func=_cmd_generate)
     return p
 
 
@@ -307,14 +522,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from lm_eval_lingreg.bundled import BundledModelError
-    from lm_eval_lingreg.languages import UnknownLanguageError
     from lm_eval_lingreg.corpora import CorpusError
-    from lm_eval_lingreg.regions import RegionError
+    from lm_eval_lingreg.languages import UnknownLanguageError
+    from lm_eval_lingreg.regions import RegionError  # PerturbationError is one
     from lm_eval_lingreg.scores import ScoreFileError
 
     try:
         return args.func(args)
-    except (RegionError, UnknownLanguageError, BundledModelError, CorpusError, ScoreFileError, FileNotFoundError) as e:
+    except (UsageError, RegionError, UnknownLanguageError, BundledModelError, CorpusError, ScoreFileError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

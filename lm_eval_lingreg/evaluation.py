@@ -1,4 +1,4 @@
-"""Evaluate several conditions (regions) on one loaded model through lm-eval, in process.
+"""Evaluate several conditions (regions, perturbations) on one loaded model through lm-eval, in process.
 
 Loading the model and building the tasks dominate a run on small models, so each
 condition is applied to the same model, evaluated, then restored exactly.
@@ -6,6 +6,7 @@ condition is applied to the same model, evaluated, then restored exactly.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -15,6 +16,7 @@ from typing import Any
 
 from lm_eval_lingreg._atomic import atomic_path
 from lm_eval_lingreg.languages import LANGUAGES
+from lm_eval_lingreg.perturbation import Perturbation, perturb
 from lm_eval_lingreg.regions import Region, apply, restore
 
 METRICS = ("bits_per_byte", "byte_perplexity", "word_perplexity", "token_perplexity")
@@ -26,13 +28,15 @@ def task_names(langs: Sequence[str]) -> list[str]:
 
 def evaluate_conditions(
     lm: Any,
-    conditions: Mapping[str, Region | None],
+    conditions: Mapping[str, Region | Sequence[Perturbation] | None],
     langs: Sequence[str],
     limit: int | None = None,
     output_dir: str | os.PathLike | None = None,
 ) -> dict[str, dict]:
     """Run lm-eval on `lm` under each condition; return {condition: lm-eval results dict}.
 
+    A condition is a region (its entries are zeroed), a list of perturbations, or None (the
+    unchanged model).
     `lm` is a lingreg HFLM wrapper loaded without a mask. With `output_dir`, each
     condition's results JSON is written atomically to `<output_dir>/<condition>/results.json`.
     """
@@ -45,23 +49,32 @@ def evaluate_conditions(
         raise ValueError(f"condition labels must be plain names (they name output folders), got {bad}")
     manager = TaskManager()
     out: dict[str, dict] = {}
-    for label, region in conditions.items():
-        saved = apply(region, lm.model) if region is not None else None
-        lm._lingreg_info.update(
-            condition=label,
-            entries_changed=region.num_selected if region is not None else 0,
-            mask_metadata=region.metadata if region is not None else None,
-        )
+    base_info = dict(lm._lingreg_info)
+    for label, cond in conditions.items():
+        lm._lingreg_info = {**base_info, "condition": label}
+        region = cond if isinstance(cond, Region) else None
+        if region is not None:
+            saved = apply(region, lm.model)
+            lm._lingreg_info.update(entries_changed=region.num_selected, mask_metadata=region.metadata)
+            undo = functools.partial(restore, region, lm.model, saved)
+        elif cond:
+            applied = perturb(lm.model, cond)
+            lm._lingreg_info.update(applied.info())
+            undo = applied.restore
+        else:
+            lm._lingreg_info.update(entries_changed=0)
+            undo = None
         try:
             results = lm_eval.simple_evaluate(model=lm, tasks=task_names(langs), task_manager=manager, limit=limit)
         finally:
-            if region is not None:
-                restore(region, lm.model, saved)
+            if undo is not None:
+                undo()
         results.pop("samples", None)
         out[label] = results
         if output_dir is not None:
             with atomic_path(Path(output_dir) / label / "results.json") as tmp:
                 tmp.write_text(json.dumps(results, indent=1, default=handle_non_serializable, ensure_ascii=False))
+    lm._lingreg_info = base_info
     return out
 
 

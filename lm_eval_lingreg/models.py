@@ -1,7 +1,9 @@
 """The lm-eval model wrappers: thin `HFLM` subclasses that change the weights once after loading.
 
 `hf-region-ablated`: every HFLM model_arg, plus `mask` (path or shipped mask name) and
-`mask_value` (default 0.0). `pretrained` may be omitted for the bundled default model.
+`mask_value` (default 0.0).
+`hf-perturbed`: every HFLM model_arg, plus one or more perturbations (`PerturbedLM`).
+`pretrained` may be omitted for the bundled default model.
 """
 
 from __future__ import annotations
@@ -76,3 +78,35 @@ class RegionAblatedLM(_LingregHFLM):
             mask_metadata=region.metadata,
         )
         log.info("hf-region-ablated: set %d entries in %d tensors to %s", region.num_selected, len(region.indices), value)
+
+
+class PerturbedLM(_LingregHFLM):
+    """`lm_eval --model hf-perturbed --model_args [pretrained=...,]layer=1,dim=2100,op=mul,value=4`.
+
+    Perturbation keys (see `lm_eval_lingreg.perturbation`): `param`+`index` (or `row`+`col`) for
+    one entry, `layer`/`layers`+`dim`/`dims` [+`modules`] for a hidden dimension, `mask` for a
+    region; `op`, `value`, `on`, `scale`, `seed`. `perturb=` takes a spec file (YAML/JSON) or the
+    compact form `k=v:k=v;k=v:...` for several perturbations, applied in order.
+    """
+
+    def __init__(self, pretrained: Any = None, perturb: str | None = None, **kwargs: Any) -> None:
+        from lm_eval_lingreg.perturbation import _KEYS, PerturbationError, parse_spec
+
+        direct = {k: kwargs.pop(k) for k in list(kwargs) if k in _KEYS}
+        perturbations = parse_spec(perturb) if perturb else []
+        if direct:
+            perturbations += parse_spec(direct)
+        if not perturbations:
+            raise PerturbationError(
+                "hf-perturbed needs a perturbation in --model_args, e.g. layer=1,dim=2100,op=mul,value=4 "
+                "or param=<name>,index=<i>,op=mul,value=4 or perturb=spec.yaml"
+            )
+        for p in perturbations:  # region files are read and checked before the model loads
+            if p.kind == "region":
+                load_region(resolve(p.mask))
+        super().__init__(pretrained=pretrained, **kwargs)
+        from lm_eval_lingreg.perturbation import perturb as apply_perturbations
+
+        self.perturbation = apply_perturbations(self._model, perturbations)
+        self._lingreg_info.update(self.perturbation.info())
+        log.info("hf-perturbed: %s changed %d entries", self._lingreg_info["perturbation_spec"], self.perturbation.entries_changed)

@@ -1,0 +1,158 @@
+"""Which hidden dimensions a region concentrates on, and how large the activations there are.
+
+A hidden dimension d of the residual stream appears in every layer as entry d of the norm
+weights, row d of o_proj/down_proj (what a layer writes to d) and column d of
+q/k/v/gate/up_proj (what a layer reads from d). Every dimension has the same number of entries,
+so the raw count of region entries on a dimension ranks dimensions directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lm_eval_lingreg.perturbation import residual_slots
+from lm_eval_lingreg.regions import Region
+
+ROLES = ("norm", "read", "write")
+
+
+@dataclass
+class DimensionCounts:
+    """Region entries per (role, layer, hidden dimension)."""
+
+    counts: torch.Tensor  # [3 roles, layers, hidden], int64
+    entries: torch.Tensor  # [3 roles, layers]: entries one dimension has in that role and layer
+    hidden: int
+    metadata: dict[str, Any]
+
+    @property
+    def total(self) -> torch.Tensor:
+        """Entries per dimension, all roles and layers summed."""
+        return self.counts.sum(dim=(0, 1))
+
+    @property
+    def entries_per_dim(self) -> int:
+        return int(self.entries.sum())
+
+    def ranked(self, top: int | None = None) -> list[int]:
+        total = self.total
+        order = sorted(range(self.hidden), key=lambda d: (-int(total[d]), d))
+        return order[:top] if top else order
+
+    def row(self, d: int) -> dict[str, Any]:
+        c = self.counts[:, :, d]
+        by_layer = c.sum(0)
+        layers = [int(i) for i in by_layer.argsort(descending=True)[:3] if by_layer[i] > 0]
+        return {
+            "dim": d,
+            "total": int(c.sum()),
+            "share": int(c.sum()) / max(1, self.entries_per_dim),
+            **{role: int(c[i].sum()) for i, role in enumerate(ROLES)},
+            "top_layers": {int(la): int(by_layer[la]) for la in layers},
+        }
+
+    def to_json(self, top: int | None = None, activations: dict[str, Any] | None = None) -> dict[str, Any]:
+        total = self.total.double()
+        out = {
+            "hidden_size": self.hidden,
+            "layers": int(self.counts.shape[1]),
+            "entries_per_dim": self.entries_per_dim,
+            "mean_per_dim": float(total.mean()),
+            "median_per_dim": float(total.median()),
+            "region": self.metadata,
+            "dims": [self.row(d) for d in self.ranked(top)],
+        }
+        if activations:
+            out["activations"] = {k: v for k, v in activations.items() if k != "per_layer"}
+            for r in out["dims"]:
+                r["mean_abs_activation"] = activations["mean_abs"][r["dim"]]
+                r["activation_rank"] = activations["rank"][r["dim"]]
+        return out
+
+
+def dimension_counts(region: Region, hidden: int | None = None) -> DimensionCounts:
+    """Count the region's entries per hidden dimension (norm entries, rows written, columns read)."""
+    slots, hidden = residual_slots(region.shapes, hidden)
+    if not slots:
+        raise ValueError("the region covers no per-layer norm or projection tensors, so it has no hidden dimensions to count")
+    n_layers = max(s.layer for s in slots.values()) + 1
+    counts = torch.zeros(len(ROLES), n_layers, hidden, dtype=torch.int64)
+    entries = torch.zeros(len(ROLES), n_layers, dtype=torch.int64)
+    for name, slot in slots.items():
+        r = ROLES.index(slot.role)
+        entries[r, slot.layer] += slot.indices(0).numel()
+        idx = region.indices.get(name)
+        if idx is not None and idx.numel():
+            counts[r, slot.layer] += slot.counts(idx, hidden)
+    return DimensionCounts(counts, entries, hidden, dict(region.metadata))
+
+
+@torch.no_grad()
+def mean_abs_activations(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], max_tokens: int = 128) -> dict[str, Any]:
+    """Mean |hidden state| per dimension over the tokens of `texts`, at every layer's input.
+
+    Returns `mean_abs` (averaged over layers 1..L, i.e. after the first block), `per_layer`
+    ([layers+1][hidden]), `rank` (1 = largest) and the ratio of the largest to the median.
+    """
+    sums: torch.Tensor | None = None
+    n = 0
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_tokens).input_ids
+        out = model(input_ids=ids.to(model.device), output_hidden_states=True)
+        h = torch.stack([s[0].float().abs().cpu() for s in out.hidden_states])  # [L+1, T, H]
+        sums = h.sum(1) if sums is None else sums + h.sum(1)
+        n += h.shape[1]
+    if sums is None:
+        raise ValueError("no calibration texts for the activation statistics")
+    per_layer = sums / n
+    mean_abs = per_layer[1:].mean(0)
+    order = mean_abs.argsort(descending=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(1, order.numel() + 1)
+    return {
+        "tokens": n,
+        "texts": len(texts),
+        "mean_abs": [round(float(v), 6) for v in mean_abs],
+        "rank": [int(r) for r in rank],
+        "top": [int(d) for d in order[:10]],
+        "max_over_median": float(mean_abs.max() / mean_abs.median()),
+        "per_layer": per_layer.tolist(),
+    }
+
+
+def plot_dimensions(dc: DimensionCounts, path: str, top: int = 10, title: str | None = None) -> None:
+    """Entries per hidden dimension (all of them, top ones labelled) and a layer x top-dims heatmap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lm_eval_lingreg._atomic import atomic_path
+
+    total = dc.total.numpy()
+    best = dc.ranked(top)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7), gridspec_kw={"height_ratios": [1, 1.2]})
+    ax1.bar(range(dc.hidden), total, width=1.0, color="#4c72b0")
+    ax1.axhline(float(dc.total.double().mean()), color="#dd8452", lw=1, ls="--", label="mean over dimensions")
+    for d in best[: min(top, 8)]:
+        ax1.annotate(str(d), (d, total[d]), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=8)
+    ax1.set_xlabel("hidden dimension")
+    ax1.set_ylabel("region entries")
+    ax1.set_xlim(-1, dc.hidden)
+    ax1.legend(loc="upper right", fontsize=8)
+    ax1.set_title(title or "Region entries per hidden dimension (norm entries + rows written + columns read)")
+    per_layer = dc.counts.sum(0)[:, best].numpy()  # [layers, top]
+    im = ax2.imshow(per_layer, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax2.set_xticks(range(len(best)), [str(d) for d in best])
+    ax2.set_xlabel(f"top {len(best)} dimensions")
+    ax2.set_ylabel("layer")
+    fig.colorbar(im, ax=ax2, label="region entries")
+    fig.tight_layout()
+    suffix = "." + str(path).rsplit(".", 1)[-1] if "." in str(path) else ".png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=suffix.lstrip(".").replace("jpg", "jpeg"), dpi=120)
+    plt.close(fig)
