@@ -10,6 +10,8 @@
     lingreg dims MASK --top 10            hidden dimensions a region concentrates on
     lingreg scan --layer 1 --op mul --value 4 --dims top:20,random:20   rank dimensions by effect
     lingreg generate --prompt P --compare base,mask=core,...            greedy outputs side by side
+    lingreg train --lang ko --freeze core:0.05 --steps 300 --out ckpt/   further pre-training, region frozen
+    lingreg forget --lang ko --conditions none,core:0.05,random:0.05 -o forget/   the forgetting experiment
 """
 
 from __future__ import annotations
@@ -396,6 +398,104 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_lora(text: str) -> dict:
+    out = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
+    keys = {"r": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target": "target_modules"}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        k, sep, v = part.partition("=")
+        if not sep or k.strip() not in keys:
+            raise UsageError(f"--lora {text!r}: expected comma-separated r=16,alpha=32,dropout=0.05,target=q_proj+v_proj (got {part!r})")
+        key = keys[k.strip()]
+        try:
+            out[key] = int(v) if key == "r" else float(v) if key in ("lora_alpha", "lora_dropout") else (v if v == "all-linear" else v.split("+"))
+        except ValueError:
+            raise UsageError(f"--lora {k}={v!r} is not a number") from None
+    return out
+
+
+def _train_config(args: argparse.Namespace, lang: str):
+    from lm_eval_lingreg.languages import parse_languages
+    from lm_eval_lingreg.training import TrainConfig
+
+    try:
+        return TrainConfig(
+            lang=lang, data=args.data, steps=args.steps, lr=args.lr, batch_size=args.batch_size, seq_len=args.seq_len,
+            grad_accum=args.grad_accum, warmup=args.warmup, schedule=args.schedule, weight_decay=args.weight_decay,
+            seed=args.seed, train_scope=args.train_scope, eval_every=args.eval_every, eval_langs=parse_languages(args.watch_langs),
+            eval_blocks=args.eval_blocks,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from lm_eval_lingreg.freeze import FrozenRegion, merge_and_reimpose
+    from lm_eval_lingreg.languages import parse_languages
+    from lm_eval_lingreg.training import resolve_freeze, save_checkpoint, train
+
+    lang = parse_languages(args.lang)[0]
+    cfg = _train_config(args, lang)
+    lora = _parse_lora(args.lora) if args.lora else None
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise UsageError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    model, tokenizer = _load_model(args.pretrained, "float32")
+    region = resolve_freeze(args.freeze, model, cfg.seed)
+    frozen_at_start = FrozenRegion(model, region) if region is not None and lora else None
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+    record = train(model, tokenizer, cfg, freeze=region if not lora else None)
+    if lora:
+        model = merge_and_reimpose(model, frozen_at_start) if frozen_at_start else model.merge_and_unload()
+        record["lora"] = {k: v for k, v in lora.items()}
+        if frozen_at_start:
+            record["frozen"] = {"entries": frozen_at_start.num_frozen, "exact": frozen_at_start.verify(), "region": region.metadata,
+                                "how": "adapters merged into the base weights, then the frozen entries written back"}
+    record["pretrained"] = args.pretrained or "gemma-3-270m (bundled)"
+    record["freeze"] = args.freeze
+    save_checkpoint(model, tokenizer, out, record)
+    last = record["curves"][-1]["perplexity"]
+    first = record["curves"][0]["perplexity"]
+    print("held-out token perplexity, before -> after: " + ", ".join(f"{k} {first[k]:.3g} -> {last[k]:.3g}" for k in last))
+    print(f"{record['tokens']} tokens in {record['seconds']:.0f} s ({record['tokens_per_second']:.0f} tokens/s)")
+    print(out.resolve())
+    return 0
+
+
+def _cmd_forget(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from lm_eval_lingreg.languages import LANGUAGES, parse_languages
+    from lm_eval_lingreg.models import RegionAblatedLM
+    from lm_eval_lingreg.training import condition_label, forget, plot_curves, resolve_freeze
+
+    lang = parse_languages(args.lang)[0]
+    cfg = _train_config(args, lang)
+    conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    labels = [condition_label(c) for c in conditions]
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"--conditions {args.conditions!r}: a condition is given twice")
+    eval_langs = parse_languages(args.eval_langs)
+    out = Path(args.output)
+    lm = RegionAblatedLM(pretrained=args.pretrained, dtype="float32", batch_size=1, device="cpu")
+    for c in conditions:  # every freeze spec is checked before the first training run
+        resolve_freeze(c, lm.model, cfg.seed)
+    summary = forget(lm, cfg, conditions, eval_langs, args.eval_limit, out, save_checkpoints=args.save_checkpoints)
+    plot_curves(summary, out / "curves.png")
+    f = summary["forgetting"]
+    rows = [
+        [c, (summary["frozen"][c] or {}).get("entries", 0), f"{f[c]['target_ratio']:.3g}", f"{f[c]['others_geomean_ratio']:.3g}",
+         f"{f[c]['others_max_ratio']:.3g} ({f[c]['others_worst']})"]
+        for c in summary["conditions"]
+    ]
+    print(f"\\n{cfg.steps} steps on {LANGUAGES[lang].name}; token perplexity after / before, on {len(eval_langs)} languages x {args.eval_limit or 'all'} UDHR documents")
+    print(tabulate(rows, headers=["condition", "frozen entries", f"x ppl {lang} (target)", "x ppl others (geo-mean)", "x ppl others (max)"], tablefmt="github"))
+    print(f"results under {out}/ (summary.json, curves.png, <condition>/results.json, <condition>/train.json); {summary['seconds'] / 60:.1f} min")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lingreg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"lm-eval-lingreg {__version__}")
@@ -515,6 +615,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     s.add_argument("-o", "--output", default=None, help="write the generations as JSON")
     s.set_defaults(func=_cmd_generate)
+
+    def training_args(s: argparse.ArgumentParser, steps: int) -> None:
+        s.add_argument("--data", default=None, help="training text: 'eld' (default, offline sentences), a directory of <iso>.txt/.jsonl, a file, or datasets:<path>[:<config>]")
+        s.add_argument("--pretrained", default=None, help="HF model dir or id (default: bundled gemma-3-270m)")
+        s.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
+        s.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5, as in the paper)")
+        s.add_argument("--batch-size", type=int, default=4, help="blocks per micro-batch (default 4)")
+        s.add_argument("--seq-len", type=int, default=128, help="tokens per packed block (default 128)")
+        s.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
+        s.add_argument("--warmup", type=int, default=10, help="linear warmup steps (default 10)")
+        s.add_argument("--schedule", choices=["cosine", "linear", "constant"], default="cosine")
+        s.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay on matrices (default 0.01)")
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--train-scope", default="all", help="'all' (default) or a regex on parameter names to train")
+        s.add_argument("--eval-every", type=int, default=25, help="held-out evaluation every N steps (default 25)")
+        s.add_argument("--watch-langs", default="en,zh,ar", help="languages whose held-out perplexity is tracked besides the target (default en,zh,ar)")
+        s.add_argument("--eval-blocks", type=int, default=8, help="held-out blocks per watched language (default 8)")
+
+    s = sub.add_parser("train", help="further pre-train on one language, optionally with a region frozen")
+    s.add_argument("--lang", required=True, help="language to train on (ISO code)")
+    s.add_argument("--freeze", default=None, help="region kept frozen: core:0.05, bottom:0.05, random:0.05, a mask file or shipped name (default: none)")
+    s.add_argument("--lora", default=None, help="train a peft LoRA adapter instead: r=16,alpha=32,dropout=0.05,target=q_proj+v_proj; merged at the end, frozen entries re-imposed")
+    s.add_argument("--out", required=True, help="output checkpoint directory (standard HF, safetensors)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    training_args(s, 300)
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("forget", help="the catastrophic-forgetting experiment: train under each freezing condition, harness before and after")
+    s.add_argument("--lang", default="ko", help="language to train on (default ko)")
+    s.add_argument("--conditions", default="none,core:0.05,random:0.05", help="comma-separated: none, core:R, bottom:R, random:R or mask files (default none,core:0.05,random:0.05)")
+    s.add_argument("--eval-langs", default="all", help="harness languages before and after (default all 30)")
+    s.add_argument("--eval-limit", type=_limit, default=2, help="UDHR documents per language for the harness (default 2, or 'all')")
+    s.add_argument("--save-checkpoints", action="store_true", help="also write each trained model under <output>/<condition>/checkpoint")
+    s.add_argument("-o", "--output", default="lingreg-forget", help="output directory (default ./lingreg-forget)")
+    training_args(s, 120)
+    s.set_defaults(func=_cmd_forget)
     return p
 
 

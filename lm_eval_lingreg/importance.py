@@ -41,6 +41,8 @@ def _pad(batch: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 def _split_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module, float | None] | None:
     """(body, head, softcap) when logits == softcap(head(body(...)[0])) for this model, else None."""
+    if hasattr(model, "get_base_model"):  # peft: the wrapped causal LM, adapter layers injected in place
+        model = model.get_base_model()
     cfg = model.config
     if any(getattr(cfg, a, None) not in (None, 1, 1.0) for a in ("logit_scale", "logits_scaling", "output_multiplier_scale")):
         return None

@@ -115,6 +115,9 @@ def test_generate_side_by_side_restores(tiny_model):
 
 
 def test_scan_and_generate_cli(tiny_model_dir, tmp_path):
+    proc = run([bin_path("lingreg"), "params", "--pretrained", str(tiny_model_dir), "--filter", r"layers\.0\."])
+    assert proc.returncode == 0 and "embed_tokens" not in proc.stdout
+    assert "column d (reads)" in proc.stdout and "row d (writes)" in proc.stdout and "norm entry d" in proc.stdout
     out = tmp_path / "scan.json"
     proc = run([bin_path("lingreg"), "scan", "--pretrained", str(tiny_model_dir), "--dims", "3,5,random:2", "--langs", "en,zh",
                 "--docs", "1", "--tokens", "32", "--modules", "norms", "-o", str(out)])

@@ -38,9 +38,9 @@ def test_get_model_materialises_our_class():
 def test_builtin_models_still_resolve():
     out = _py(
         "import json\nfrom lm_eval.api.registry import get_model\n"
-        "print(json.dumps([get_model(n).__name__ for n in ('hf', 'dummy', 'hf-region-ablated')]))"
+        "print(json.dumps([get_model(n).__name__ for n in ('hf', 'dummy', 'hf-region-ablated', 'hf-perturbed')]))"
     )
-    assert out == ["HFLM", "DummyLM", "RegionAblatedLM"]
+    assert out == ["HFLM", "DummyLM", "RegionAblatedLM", "PerturbedLM"]
 
 
 def test_tasks_found_without_include_path():

@@ -44,14 +44,14 @@ def test_installed_wheel_resolves_model_and_task(fresh_python):
         "from lm_eval.api.registry import get_model\n"
         "from lm_eval.tasks import TaskManager\n"
         "tm = TaskManager()\n"
-        "print(json.dumps({'file': lm_eval_lingreg.__file__, 'model': get_model('hf-region-ablated').__name__,"
+        "print(json.dumps({'file': lm_eval_lingreg.__file__, 'model': get_model('hf-region-ablated').__name__, 'perturbed': get_model('hf-perturbed').__name__,"
         " 'tasks': tm.match_tasks(['lingreg_ppl_en', 'lingreg_ppl'])}))"
     )
     proc = run([str(py), "-c", code], cwd="/")
     assert proc.returncode == 0
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["file"].startswith(str(purelib)), out["file"]
-    assert out["model"] == "RegionAblatedLM" and set(out["tasks"]) == {"lingreg_ppl_en", "lingreg_ppl"}
+    assert out["model"] == "RegionAblatedLM" and out["perturbed"] == "PerturbedLM" and set(out["tasks"]) == {"lingreg_ppl_en", "lingreg_ppl"}
 
 
 def test_installed_wheel_runs_lm_eval_end_to_end(fresh_python, tiny_model_dir, tmp_path):

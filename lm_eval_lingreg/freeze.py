@@ -1,0 +1,128 @@
+"""Frozen regions: entries of a region keep their exact original values through training.
+
+As in the paper's code, the frozen entries are written back after every optimizer step, so
+neither the gradient, weight decay nor momentum (AdamW, SGD, anything) can move them. Only
+the frozen entries' indices and original values are kept: memory is proportional to the
+region, not to the model.
+
+    frozen = FrozenRegion(model, region)          # captures the current values
+    frozen.attach(optimizer)                      # restores after every optimizer.step()
+    ...
+    frozen.verify()                               # True: every frozen entry is bit-identical
+
+With the transformers `Trainer`, pass `FreezeCallback(region)` in `callbacks=`. In a plain
+loop either call `frozen.attach(optimizer)` once or `frozen.restore()` after each step.
+
+With peft adapters the base weights do not train, but an adapter's update `B @ A` still
+changes the effective weight of frozen entries. What is frozen is then the *merged* model:
+`merge_and_reimpose(peft_model, frozen)` merges the adapters into the base weights and writes
+the frozen entries back, so the merged model has the original values there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from lm_eval_lingreg.regions import Region, named_parameters, validate
+
+
+class FrozenRegion:
+    """The original values of a region's entries, restorable into the model at any time."""
+
+    def __init__(self, model: torch.nn.Module, region: Region) -> None:
+        params = validate(region, model)
+        self.model = model
+        self.region = region
+        self._idx: dict[str, torch.Tensor] = {}
+        self._values: dict[str, torch.Tensor] = {}
+        for name, idx in region.indices.items():
+            if not idx.numel():
+                continue
+            p = params[name]
+            small = idx.to(torch.int32) if p.numel() < 2**31 else idx
+            self._idx[name] = small.to(p.device)
+            self._values[name] = p.detach().view(-1)[idx.to(p.device)].clone()
+        self._hooks: list[Any] = []
+
+    @property
+    def num_frozen(self) -> int:
+        return sum(int(v.numel()) for v in self._values.values())
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held: the frozen entries' indices and values."""
+        return sum(i.numel() * i.element_size() + v.numel() * v.element_size() for i, v in zip(self._idx.values(), self._values.values(), strict=True))
+
+    def _params(self) -> Mapping[str, torch.Tensor]:
+        return named_parameters(self.model)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Write the original values back into the frozen entries."""
+        params = self._params()
+        for name, idx in self._idx.items():
+            flat = params[name].data.view(-1)
+            flat.index_copy_(0, idx.to(device=flat.device, dtype=torch.int64), self._values[name].to(device=flat.device, dtype=flat.dtype))
+
+    @torch.no_grad()
+    def zero_grads(self) -> None:
+        """Zero the frozen entries' gradients (optional: keeps them out of gradient-norm clipping)."""
+        params = self._params()
+        for name, idx in self._idx.items():
+            g = params[name].grad
+            if g is not None:
+                g.view(-1).index_fill_(0, idx.to(device=g.device, dtype=torch.int64), 0.0)
+
+    @torch.no_grad()
+    def verify(self) -> bool:
+        """True when every frozen entry equals its original value bit for bit."""
+        params = self._params()
+        for name, idx in self._idx.items():
+            flat = params[name].data.view(-1)
+            if not torch.equal(flat[idx.to(device=flat.device, dtype=torch.int64)], self._values[name].to(device=flat.device, dtype=flat.dtype)):
+                return False
+        return True
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> FrozenRegion:
+        """Restore the frozen entries after every `optimizer.step()`, whatever the optimizer."""
+        self._hooks.append(optimizer.register_step_post_hook(lambda *_: self.restore()))
+        return self
+
+    def detach(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+
+
+def merge_and_reimpose(model: torch.nn.Module, frozen: FrozenRegion) -> torch.nn.Module:
+    """Merge peft adapters into the base weights, then put the frozen entries back; returns the plain model."""
+    merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    frozen.model = merged
+    frozen.restore()
+    return merged
+
+
+class FreezeCallback(TrainerCallback):
+    """`Trainer(..., callbacks=[FreezeCallback(region)])`: the region's entries keep their values.
+
+    The values are captured when training starts and written back after every optimizer step.
+    """
+
+    def __init__(self, region: Region) -> None:
+        self.region = region
+        self.frozen: FrozenRegion | None = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.frozen = FrozenRegion(model, self.region)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self.frozen is not None:
+            self.frozen.restore()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.frozen is not None:
+            self.frozen.restore()
