@@ -12,6 +12,11 @@
     lingreg generate --prompt P --compare base,mask=core,...            greedy outputs side by side
     lingreg train --lang ko --freeze core:0.05 --steps 300 --out ckpt/   further pre-training, region frozen
     lingreg forget --lang ko --conditions none,core:0.05,random:0.05 -o forget/   the forgetting experiment
+    lingreg table out/ [--ratio-to base] [--format markdown|csv|latex|html|json]  leaderboard tables
+    lingreg compare out/ --baseline B     side by side with published or reference values
+    lingreg check out/ [--baseline B] [--rules R]   regression gate: exit 0 pass, 1 regression, 2 bad input
+    lingreg plot out/ -o heatmap.png      languages x conditions, log ratio to base
+    lingreg baseline out/ -o B.json       a reference baseline file from runs of this tool
 """
 
 from __future__ import annotations
@@ -490,9 +495,121 @@ def _cmd_forget(args: argparse.Namespace) -> int:
          f"{f[c]['others_max_ratio']:.3g} ({f[c]['others_worst']})"]
         for c in summary["conditions"]
     ]
-    print(f"\\n{cfg.steps} steps on {LANGUAGES[lang].name}; token perplexity after / before, on {len(eval_langs)} languages x {args.eval_limit or 'all'} UDHR documents")
+    print(f"\n{cfg.steps} steps on {LANGUAGES[lang].name}; token perplexity after / before, on {len(eval_langs)} languages x {args.eval_limit or 'all'} UDHR documents")
     print(tabulate(rows, headers=["condition", "frozen entries", f"x ppl {lang} (target)", "x ppl others (geo-mean)", "x ppl others (max)"], tablefmt="github"))
     print(f"results under {out}/ (summary.json, curves.png, <condition>/results.json, <condition>/train.json); {summary['seconds'] / 60:.1f} min")
+    return 0
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output:
+        from lm_eval_lingreg._atomic import atomic_path
+
+        with atomic_path(output) as tmp:
+            tmp.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        print(f"wrote {output}", file=sys.stderr)
+    else:
+        print(text)
+
+
+def _labels(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        where, sep, label = item.partition("=")
+        if not sep or not where or not label:
+            raise UsageError(f"--label {item!r}: expected PATH=LABEL (e.g. --label out/run1=mul4:L1-N2100)")
+        out[where] = label
+    return out
+
+
+def _runs_note(runs) -> None:
+    print(f"{len(runs)} run(s): " + ", ".join(f"{r.label} [{r.path}]" for r in runs), file=sys.stderr)
+
+
+def _cmd_table(args: argparse.Namespace) -> int:
+    from lm_eval_lingreg.report import build_table, load_runs, render_table
+
+    runs = load_runs(args.paths, _labels(args.label))
+    _runs_note(runs)
+    df = build_table(runs, args.metric, args.ratio_to)
+    _emit(render_table(df, args.format), args.output)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from lm_eval_lingreg.report import compare, fmt_value, load_baseline, load_runs
+
+    runs = load_runs(args.paths, _labels(args.label))
+    rows = compare(runs, load_baseline(args.baseline), rtol=args.rtol, atol=args.atol)
+    table = [[r["condition"], r["language"], r["metric"] if r["metric"] == r["compared_metric"] else f"{r['metric']} vs {r['compared_metric']}", fmt_value(r["value"]), fmt_value(r["got"]), (f"{r['rel']:+.1%}" if abs(r["rel"]) < 100 else f"x{r['rel'] + 1:.3g}") if r["rel"] == r["rel"] else "", r["status"],
+              f"{r['kind'] or ''} {r['source']}".strip()] for r in rows]
+    print(tabulate(table, headers=["condition", "lang", "metric", "baseline", "this run", "rel. change", "status", "baseline source"], tablefmt="github", disable_numparse=True))
+    flagged = [r for r in rows if r["status"] not in ("ok",)]
+    print(f"\n{len(rows)} baseline values: {sum(r['status'] == 'ok' for r in rows)} agree within rtol={args.rtol:g}, atol={args.atol:g}; {len(flagged)} flagged "
+          f"({', '.join(sorted({r['status'] for r in flagged})) or 'none'})")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from lm_eval_lingreg.report import apply_rules, compare, fmt_value, load_baseline, load_rules, load_runs
+
+    if not args.baseline and not args.rules:
+        raise UsageError("give --baseline and/or --rules to check against")
+    runs = load_runs(args.paths, _labels(args.label))
+    failures, checked, skipped = [], 0, 0
+    if args.baseline:
+        for r in compare(runs, load_baseline(args.baseline), rtol=args.rtol, atol=args.atol):
+            if r["status"] == "missing" and not args.strict:
+                skipped += 1
+                continue
+            checked += 1
+            if r["status"] in ("worse", "missing") or (args.both_ways and r["status"] == "better"):
+                failures.append(f"{r['condition']} {r['language']} {r['metric']}: {fmt_value(r['got'])} vs baseline {fmt_value(r['value'])} ({r['status']}"
+                                + (f", {r['rel']:+.1%}" if r["rel"] == r["rel"] else "") + ")")
+    if args.rules:
+        for r in apply_rules(runs, load_rules(args.rules)):
+            checked += 1
+            if not r["ok"]:
+                failures.append(f"rule '{r['rule']}': {r['run']} {r['language']} = {fmt_value(r['value'])} ({r['why']})")
+    note = f" ({skipped} baseline values for conditions or languages not in these runs were skipped; --strict fails on them)" if skipped else ""
+    if failures:
+        print(f"FAIL: {len(failures)} of {checked} checks failed{note}")
+        for f in failures[: args.max_report]:
+            print("  - " + f)
+        if len(failures) > args.max_report:
+            print(f"  ... and {len(failures) - args.max_report} more")
+        return 1
+    print(f"PASS: {checked} checks{note}")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from lm_eval_lingreg.report import load_runs, plot_heatmap, plot_region_density
+
+    if args.mask:
+        from lm_eval_lingreg.region_io import load_region
+
+        plot_region_density(load_region(args.mask), args.output)
+    else:
+        if not args.paths:
+            raise UsageError("give results folders/files to plot, or --mask for a region density plot")
+        runs = load_runs(args.paths, _labels(args.label))
+        _runs_note(runs)
+        plot_heatmap(runs, args.output, args.metric, args.ratio_to)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from lm_eval_lingreg.report import baseline_from_runs, load_runs
+
+    runs = load_runs(args.paths, _labels(args.label))
+    model = args.model or runs[0].model
+    data = baseline_from_runs(runs, args.source, model, args.metric, args.note)
+    _write_json(args.output, data)
+    print(f"wrote {args.output}: {len(data['values'])} values from {len(runs)} runs")
     return 0
 
 
@@ -616,20 +733,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default=None, help="write the generations as JSON")
     s.set_defaults(func=_cmd_generate)
 
-    def training_args(s: argparse.ArgumentParser, steps: int) -> None:
+    def training_args(s: argparse.ArgumentParser, steps: int, seq_len: int, scope: str, eval_every: int) -> None:
         s.add_argument("--data", default=None, help="training text: 'eld' (default, offline sentences), a directory of <iso>.txt/.jsonl, a file, or datasets:<path>[:<config>]")
         s.add_argument("--pretrained", default=None, help="HF model dir or id (default: bundled gemma-3-270m)")
         s.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
         s.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5, as in the paper)")
         s.add_argument("--batch-size", type=int, default=4, help="blocks per micro-batch (default 4)")
-        s.add_argument("--seq-len", type=int, default=128, help="tokens per packed block (default 128)")
+        s.add_argument("--seq-len", type=int, default=seq_len, help=f"tokens per packed block (default {seq_len})")
         s.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
         s.add_argument("--warmup", type=int, default=10, help="linear warmup steps (default 10)")
         s.add_argument("--schedule", choices=["cosine", "linear", "constant"], default="cosine")
         s.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay on matrices (default 0.01)")
         s.add_argument("--seed", type=int, default=0)
-        s.add_argument("--train-scope", default="all", help="'all' (default) or a regex on parameter names to train")
-        s.add_argument("--eval-every", type=int, default=25, help="held-out evaluation every N steps (default 25)")
+        s.add_argument("--train-scope", default=scope, help=f"'all' or a regex on parameter names to train (default {scope!r})")
+        s.add_argument("--eval-every", type=int, default=eval_every, help=f"held-out evaluation every N steps (default {eval_every})")
         s.add_argument("--watch-langs", default="en,zh,ar", help="languages whose held-out perplexity is tracked besides the target (default en,zh,ar)")
         s.add_argument("--eval-blocks", type=int, default=8, help="held-out blocks per watched language (default 8)")
 
@@ -639,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lora", default=None, help="train a peft LoRA adapter instead: r=16,alpha=32,dropout=0.05,target=q_proj+v_proj; merged at the end, frozen entries re-imposed")
     s.add_argument("--out", required=True, help="output checkpoint directory (standard HF, safetensors)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    training_args(s, 300)
+    training_args(s, 300, 128, "all", 25)
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("forget", help="the catastrophic-forgetting experiment: train under each freezing condition, harness before and after")
@@ -649,8 +766,57 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-limit", type=_limit, default=2, help="UDHR documents per language for the harness (default 2, or 'all')")
     s.add_argument("--save-checkpoints", action="store_true", help="also write each trained model under <output>/<condition>/checkpoint")
     s.add_argument("-o", "--output", default="lingreg-forget", help="output directory (default ./lingreg-forget)")
-    training_args(s, 120)
+    training_args(s, 80, 64, r"layers\.\d+\.", 20)
     s.set_defaults(func=_cmd_forget)
+
+    metric_help = "bits_per_byte (default), byte_perplexity, word_perplexity or token_perplexity"
+    s = sub.add_parser("table", help="leaderboard table: languages x conditions, from lm-eval results")
+    s.add_argument("paths", nargs="+", help="results JSON files or folders (searched recursively)")
+    s.add_argument("--metric", default="bits_per_byte", help=metric_help)
+    s.add_argument("--ratio-to", default=None, help="divide every run by the run with this label (e.g. base)")
+    s.add_argument("--format", choices=["markdown", "csv", "latex", "html", "json"], default="markdown")
+    s.add_argument("-o", "--output", default=None, help="write the table here (default: print)")
+    s.add_argument("--label", action="append", default=None, metavar="PATH=LABEL", help="label the runs under PATH (default: what the run recorded)")
+    s.set_defaults(func=_cmd_table)
+
+    s = sub.add_parser("compare", help="runs side by side with a baseline file, with deltas; flags what disagrees")
+    s.add_argument("paths", nargs="+")
+    s.add_argument("--baseline", required=True, help="baseline file (see baselines/README.md)")
+    s.add_argument("--rtol", type=float, default=0.05, help="relative tolerance (default 0.05)")
+    s.add_argument("--atol", type=float, default=0.0, help="absolute tolerance (default 0)")
+    s.add_argument("--label", action="append", default=None, metavar="PATH=LABEL", help="label the runs under PATH (default: what the run recorded)")
+    s.set_defaults(func=_cmd_compare)
+
+    s = sub.add_parser("check", help="regression gate: exit 0 pass, 1 regression, 2 bad input")
+    s.add_argument("paths", nargs="+")
+    s.add_argument("--baseline", default=None, help="values to match (lower-is-better metrics: worse than tolerance fails)")
+    s.add_argument("--rules", default=None, help="YAML expectation rules (see baselines/rules-bundled.yaml)")
+    s.add_argument("--rtol", type=float, default=0.05)
+    s.add_argument("--atol", type=float, default=0.0)
+    s.add_argument("--both-ways", action="store_true", help="also fail when a value is better than the baseline beyond tolerance")
+    s.add_argument("--strict", action="store_true", help="fail on baseline values missing from the runs")
+    s.add_argument("--max-report", type=int, default=20, help="failures to list (default 20)")
+    s.add_argument("--label", action="append", default=None, metavar="PATH=LABEL", help="label the runs under PATH (default: what the run recorded)")
+    s.set_defaults(func=_cmd_check)
+
+    s = sub.add_parser("plot", help="heatmap of languages x conditions (log ratio to base), or --mask for region density")
+    s.add_argument("paths", nargs="*")
+    s.add_argument("-o", "--output", required=True, help=".png or .svg")
+    s.add_argument("--metric", default="token_perplexity", help=metric_help.replace("bits_per_byte (default)", "bits_per_byte").replace("token_perplexity", "token_perplexity (default)"))
+    s.add_argument("--ratio-to", default="base", help="label of the run to divide by (default base)")
+    s.add_argument("--mask", default=None, help="plot a region's density per layer x module instead")
+    s.add_argument("--label", action="append", default=None, metavar="PATH=LABEL", help="label the runs under PATH (default: what the run recorded)")
+    s.set_defaults(func=_cmd_plot)
+
+    s = sub.add_parser("baseline", help="write a reference baseline file from runs of this tool")
+    s.add_argument("paths", nargs="+")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--source", required=True, help="how the runs were produced (the command)")
+    s.add_argument("--model", default=None, help="model name to record (default: from the runs)")
+    s.add_argument("--metric", default="token_perplexity", choices=["bits_per_byte", "byte_perplexity", "word_perplexity", "token_perplexity"])
+    s.add_argument("--note", default="")
+    s.add_argument("--label", action="append", default=None, metavar="PATH=LABEL", help="label the runs under PATH (default: what the run recorded)")
+    s.set_defaults(func=_cmd_baseline)
     return p
 
 
@@ -661,11 +827,12 @@ def main(argv: list[str] | None = None) -> int:
     from lm_eval_lingreg.corpora import CorpusError
     from lm_eval_lingreg.languages import UnknownLanguageError
     from lm_eval_lingreg.regions import RegionError  # PerturbationError is one
+    from lm_eval_lingreg.report import ReportError
     from lm_eval_lingreg.scores import ScoreFileError
 
     try:
         return args.func(args)
-    except (UsageError, RegionError, UnknownLanguageError, BundledModelError, CorpusError, ScoreFileError, FileNotFoundError) as e:
+    except (UsageError, ReportError, RegionError, UnknownLanguageError, BundledModelError, CorpusError, ScoreFileError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

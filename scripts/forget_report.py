@@ -42,7 +42,9 @@ def report(res: Path, wall: float | None) -> str:
     w("Regenerate: `python scripts/forget_report.py`, which runs\n")
     w(f"    lingreg forget --lang {target} --conditions {','.join(s['conditions']).replace('-0', ':0')} -o docs/results/forget\n")
     w(f"- training: {cfg['steps']} AdamW steps, lr {cfg['lr']:g} (warmup {cfg['warmup']}, {cfg['schedule']}), weight decay {cfg['weight_decay']:g}, "
-      f"{cfg['batch_size']} x {cfg['seq_len']}-token blocks per step, every parameter trainable, seed {cfg['seed']}; text: eld {LANGUAGES[target].name} sentences "
+      f"{cfg['batch_size']} x {cfg['seq_len']}-token blocks per step, seed {cfg['seed']}; "
+      + ("every parameter trains" if cfg["train_scope"] == "all" else f"the parameters matching `{cfg['train_scope']}` train (the transformer blocks, where regions live; embeddings and lm_head stay fixed)")
+      + f"; text: eld {LANGUAGES[target].name} sentences "
       f"(90% train, 10% held out)")
     w(f"- evaluation: `lingreg_ppl`, {s['eval_limit'] or 31} UDHR documents per language, token perplexity after / before (below 1 = better)")
     w(f"- wall time: {s['seconds'] / 60:.0f} min on 2 CPU cores (training {', '.join(f'{k} {v / 60:.1f} min' for k, v in s['train_seconds'].items())})"

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from helpers import bin_path, make_tiny, run, tiny_tokenizer
+from helpers import bin_path, run, tiny_tokenizer
 
 from lm_eval_lingreg.dimensions import dimension_counts, plot_dimensions
 from lm_eval_lingreg.perturbation import Perturbation

@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+from helpers import REPO, bin_path, run
+
 from lm_eval_lingreg.evaluation import evaluate_conditions, per_language
 from lm_eval_lingreg.region_io import load_region, shipped_masks
 
@@ -23,8 +25,8 @@ def lm(bundled_model_dir):
     return RegionAblatedLM(pretrained=str(bundled_model_dir), device="cpu", dtype="float32", batch_size=1)
 
 
-def _ratios(lm, masks: list[str], langs: list[str], limit: int) -> dict[str, dict[str, float]]:
-    results = evaluate_conditions(lm, {"base": None, **{m: load_region(m) for m in masks}}, langs, limit=limit)
+def _ratios(lm, masks: list[str], langs: list[str], limit: int, output_dir=None) -> dict[str, dict[str, float]]:
+    results = evaluate_conditions(lm, {"base": None, **{m: load_region(m) for m in masks}}, langs, limit=limit, output_dir=output_dir)
     base = per_language(results["base"], "token_perplexity")
     return {m: {iso: per_language(results[m], "token_perplexity")[iso] / base[iso] for iso in langs} for m in masks}
 
@@ -36,9 +38,12 @@ def test_shipped_masks_cover_the_issue_list():
     assert {f"mono-{iso}-1" for iso in ("ar", "es", "ru", "zh", "ko", "vi")} <= names and "core" in names
 
 
-def test_core_region_breaks_every_language_while_bottom_barely_matters(lm):
-    ratios = _ratios(lm, ["core-top-1", "core-bottom-1", "core-random-1"], LANGS, limit=2)
+def test_core_region_breaks_every_language_while_bottom_barely_matters(lm, tmp_path):
+    ratios = _ratios(lm, ["core-top-1", "core-bottom-1", "core-random-1"], LANGS, limit=2, output_dir=tmp_path)
     print(ratios)
+    # the project's regression gate: the same expectations through `lingreg check`, as a user's CI would run it
+    proc = run([bin_path("lingreg"), "check", str(tmp_path), "--rules", str(REPO / "baselines" / "rules-bundled.yaml")])
+    assert proc.returncode == 0 and proc.stdout.startswith(f"PASS: {3 * len(LANGS)} checks"), proc.stdout
     for iso in LANGS:
         top, bottom, rnd = ratios["core-top-1"][iso], ratios["core-bottom-1"][iso], ratios["core-random-1"][iso]
         assert top >= 100, f"{iso}: core top-1% only raised perplexity {top:.1f}x"
