@@ -44,3 +44,16 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Save a matplotlib figure atomically; the format follows the suffix (.png default, .svg, .pdf, ...)."""
+    import matplotlib.pyplot as plt
+
+    suffix = Path(path).suffix.lower().lstrip(".")
+    fmt = {"": "png", "jpg": "jpeg"}.get(suffix, suffix)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi)
+    finally:
+        plt.close(fig)

@@ -17,6 +17,7 @@
     lingreg check out/ [--baseline B] [--rules R]   regression gate: exit 0 pass, 1 regression, 2 bad input
     lingreg plot out/ -o heatmap.png      languages x conditions, log ratio to base
     lingreg baseline out/ -o B.json       a reference baseline file from runs of this tool
+    lingreg reproduce [--quick]           the paper's experiments on the bundled model, with a report
 """
 
 from __future__ import annotations
@@ -613,6 +614,21 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from lm_eval_lingreg.reproduce import FULL, QUICK, run, write_report
+
+    out = Path(args.out)
+    doc = Path(args.doc) if args.doc else out / "REPRODUCTION.md"
+    if not args.from_results:
+        run(out, QUICK if args.quick else FULL)
+    elif not (out / "results" / "reproduce.json").is_file():
+        raise UsageError(f"--from-results: no {out / 'results' / 'reproduce.json'}; run without --from-results first")
+    command = "lingreg reproduce" + (" --quick" if args.quick else "") + (f" --out {args.out}" if args.out != "lingreg-reproduce" else "") + (f" --doc {args.doc}" if args.doc else "")
+    write_report(out, doc, command)
+    print(f"wrote {doc}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lingreg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"lm-eval-lingreg {__version__}")
@@ -817,6 +833,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--note", default="")
     s.add_argument("--label", action="append", default=None, metavar="PATH=LABEL", help="label the runs under PATH (default: what the run recorded)")
     s.set_defaults(func=_cmd_baseline)
+
+    s = sub.add_parser("reproduce", help="run the paper's experiments on the bundled model and write a report (about 1 h; --quick: a few minutes)")
+    s.add_argument("--quick", action="store_true", help="CI-sized: 6 languages x 1 document, 1%% regions, 8 candidate dimensions, 3 training steps")
+    s.add_argument("--out", default="lingreg-reproduce", help="results folder (default ./lingreg-reproduce)")
+    s.add_argument("--doc", default=None, help="report path (default <out>/REPRODUCTION.md; the project's is docs/REPRODUCTION.md)")
+    s.add_argument("--from-results", action="store_true", help="only rewrite the report from <out>/results")
+    s.set_defaults(func=_cmd_reproduce)
     return p
 
 

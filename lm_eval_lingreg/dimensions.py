@@ -131,7 +131,7 @@ def plot_dimensions(dc: DimensionCounts, path: str, top: int = 10, title: str | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lm_eval_lingreg._atomic import atomic_path
+    from lm_eval_lingreg._atomic import save_figure
 
     total = dc.total.numpy()
     best = dc.ranked(top)
@@ -152,7 +152,4 @@ def plot_dimensions(dc: DimensionCounts, path: str, top: int = 10, title: str | 
     ax2.set_ylabel("layer")
     fig.colorbar(im, ax=ax2, label="region entries")
     fig.tight_layout()
-    suffix = "." + str(path).rsplit(".", 1)[-1] if "." in str(path) else ".png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=suffix.lstrip(".").replace("jpg", "jpeg"), dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

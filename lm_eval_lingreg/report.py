@@ -393,7 +393,7 @@ def plot_heatmap(runs: Sequence[Run], path: str | os.PathLike, metric: str = "to
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from lm_eval_lingreg._atomic import atomic_path
+    from lm_eval_lingreg._atomic import save_figure
 
     df = build_table(runs, metric, ratio_to).drop(index="Geometric mean")
     df = df[[c for c in df.columns if c != ratio_to]]
@@ -411,10 +411,7 @@ def plot_heatmap(runs: Sequence[Run], path: str | os.PathLike, metric: str = "to
     fig.colorbar(im, ax=ax, label=f"log10({metric} / {ratio_to})")
     ax.set_title(f"{metric}: ratio to {ratio_to}")
     fig.tight_layout()
-    fmt = str(path).rsplit(".", 1)[-1].lower() if "." in str(path) else "png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_region_density(region: Any, path: str | os.PathLike) -> None:
@@ -425,7 +422,7 @@ def plot_region_density(region: Any, path: str | os.PathLike) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from lm_eval_lingreg._atomic import atomic_path
+    from lm_eval_lingreg._atomic import save_figure
     from lm_eval_lingreg.regions import summarize
 
     rows = [r for r in summarize(region) if r["layer"] is not None]
@@ -444,7 +441,4 @@ def plot_region_density(region: Any, path: str | os.PathLike) -> None:
     fig.colorbar(im, ax=ax, label="% of the tensor selected")
     ax.set_title(str(region.metadata.get("kind") or "region") + f" ({region.num_selected:,} entries)")
     fig.tight_layout()
-    fmt = str(path).rsplit(".", 1)[-1].lower() if "." in str(path) else "png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -24,6 +24,11 @@ def masks_dir() -> Path:
     return _data_dir("masks")
 
 
+def baselines_dir() -> Path:
+    """The folder of shipped baselines and CI rules."""
+    return _data_dir("baselines")
+
+
 def cache_dir() -> Path:
     """Cache root (models converted once), `$LINGREG_CACHE` or ~/.cache/lm_eval_lingreg."""
     env = os.environ.get("LINGREG_CACHE")

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from lm_eval_lingreg import __version__
+from lm_eval_lingreg._atomic import atomic_path, save_figure
 from lm_eval_lingreg.corpora import CorpusError, read_texts
 from lm_eval_lingreg.freeze import FrozenRegion
 from lm_eval_lingreg.importance import _split_head
@@ -242,8 +243,6 @@ def train(
 
 def save_checkpoint(model: torch.nn.Module, tokenizer: Any, out: str | Path, record: Mapping[str, Any]) -> Path:
     """A standard HF directory (safetensors), written atomically, with `lingreg_train.json`."""
-    from lm_eval_lingreg._atomic import atomic_path
-
     out = Path(out)
     with atomic_path(out, directory=True) as tmp:
         model.save_pretrained(tmp)
@@ -350,8 +349,6 @@ def forget(
             finally:
                 lm._lingreg_info.pop("training", None)
             after[label] = per_language(res, "token_perplexity")
-            from lm_eval_lingreg._atomic import atomic_path
-
             with atomic_path(out_dir / label / "train.json") as tmp:
                 tmp.write_text(json.dumps(rec, indent=1, default=str))
             if save_checkpoints:
@@ -373,8 +370,6 @@ def forget(
         "train_seconds": {k: r["seconds"] for k, r in records.items()},
         "lm_eval_lingreg": __version__,
     }
-    from lm_eval_lingreg._atomic import atomic_path
-
     with atomic_path(out_dir / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=1, default=str))
     return summary
@@ -386,8 +381,6 @@ def plot_curves(summary: Mapping[str, Any], path: str | Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from lm_eval_lingreg._atomic import atomic_path
 
     curves = summary["curves"]
     langs = list(next(iter(curves.values()))[0]["perplexity"])
@@ -401,7 +394,4 @@ def plot_curves(summary: Mapping[str, Any], path: str | Path) -> None:
     axes[0][0].set_ylabel("held-out token perplexity")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
-    fmt = str(path).rsplit(".", 1)[-1] if "." in str(path) else "png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -165,3 +165,20 @@ def test_table_plot_and_baseline_cli(tmp_path):
     proc = _lingreg("compare", str(DATA / "lm_eval_cli"), "--baseline", str(REPO / "baselines" / "paper-figures.json"),
                     "--label", f"{DATA / 'lm_eval_cli'}=mul4:L1-N2100")
     assert proc.returncode == 0 and "perplexity vs token_perplexity" in proc.stdout and "figure" in proc.stdout
+
+
+@pytest.mark.slow
+def test_reproduce_quick_end_to_end(bundled_model_dir, tmp_path):
+    out, doc = tmp_path / "repro", tmp_path / "docs" / "REPRODUCTION.md"
+    proc = _lingreg("reproduce", "--quick", "--out", str(out), "--doc", str(doc))
+    assert proc.returncode == 0
+    text = doc.read_text()
+    for heading in ("Finding 1", "Finding 2", "Finding 3", "Finding 4", "Wall time"):
+        assert heading in text
+    assert "Expectations (`baselines/rules-bundled.yaml`" in text and " of 18 hold" in text
+    for fig in ("heatmap.png", "density-core-top-1.png", "dims.png", "forget-curves.png"):
+        assert (doc.parent / "figures" / "reproduction" / fig).read_bytes()[:4] == b"\x89PNG"
+    # the raw results are ordinary lm-eval results: the other report commands read them
+    proc = _lingreg("check", str(out / "results" / "regions"), "--rules", str(RULES))
+    assert proc.returncode == 0, proc.stdout
+    assert _lingreg("reproduce", "--quick", "--out", str(out), "--doc", str(doc), "--from-results").returncode == 0
