@@ -1,6 +1,7 @@
 """Measure the shipped regions of the bundled model on the 30 languages and write docs/REGIONS.md.
 
     python scripts/region_report.py [--limit 8] [--ratios 1,3,5] [--out docs/REGIONS.md] [--results docs/results/regions]
+                                    [--baseline baselines/gemma-3-270m-regions.json]
 
 Conditions: base; core top/bottom/random at the chosen ratios (shipped: 1, 3, 5 %); monolingual 1%
 of ar, es, ru, zh, ko, vi.
@@ -35,6 +36,7 @@ def main() -> None:
     ap.add_argument("--from-results", action="store_true", help="rewrite the report from the results JSON under --results, without evaluating")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "REGIONS.md")
     ap.add_argument("--results", type=Path, default=ROOT / "docs" / "results" / "regions")
+    ap.add_argument("--baseline", type=Path, default=ROOT / "baselines" / "gemma-3-270m-regions.json", help="also write the reference baseline file here")
     args = ap.parse_args()
     CORE = [f"core-{w}-{p}" for p in args.ratios.split(",") for w in ("top", "bottom", "random")]
 
@@ -113,6 +115,15 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if args.baseline:  # the reference baseline of the bundled model, from the same results
+        from lm_eval_lingreg.report import baseline_from_runs, load_runs
+
+        runs = load_runs([args.results / c / "results.json" for c in names])
+        ratios_arg = args.ratios if args.ratios != "1,3,5" else None
+        cmd = "python scripts/region_report.py" + (f" --limit {args.limit}" if args.limit else "") + (f" --ratios {ratios_arg}" if ratios_arg else "")
+        data = baseline_from_runs(runs, f"{cmd} (lm-eval-lingreg, CPU float32)", runs[0].model, note=f"{args.limit or 31} UDHR documents per language")
+        args.baseline.write_text(json.dumps(data, indent=1) + "\n")
+        print(f"wrote {args.baseline}")
 
 
 if __name__ == "__main__":
