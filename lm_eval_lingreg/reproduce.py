@@ -99,7 +99,8 @@ def run(out: Path, plan: Plan, log=print) -> dict[str, Any]:
     _write_json(res / "scan-dimension.json", scan(lm.model, probe, dim_cands))
     slots, _ = residual_slots({n: tuple(p.shape) for n, p in named_parameters(lm.model).items()}, hidden_size(lm.model))
     norms = [s.name for s in slots.values() if s.layer == 1 and s.role == "norm"]
-    param_cands = [(f"{n.split('.')[-2]}:{k}:d{d}", [Perturbation(op="mul", value=4.0, param=n, index=d)]) for n in norms for k, ds in (("top", top), ("random", rnd)) for d in ds]
+    few = min(10, plan.scan_top)  # single entries: the top 10 and 10 random dimensions per norm tensor
+    param_cands = [(f"{n.split('.')[-2]}:{k}:d{d}", [Perturbation(op="mul", value=4.0, param=n, index=d)]) for n in norms for k, ds in (("top", top[:few]), ("random", rnd[:few])) for d in ds]
     _write_json(res / "scan-parameter.json", scan(lm.model, probe, param_cands))
     times["dimensions"] = time.perf_counter() - t
 
