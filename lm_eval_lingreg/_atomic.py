@@ -46,6 +46,14 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
         raise
 
 
+def write_json(path: str | os.PathLike, data: object, default=str) -> None:
+    """Write `data` as indented UTF-8 JSON, atomically."""
+    import json
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=default) + "\n", encoding="utf-8")
+
+
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
     """Save a matplotlib figure atomically; the format follows the suffix (.png default, .svg, .pdf, ...)."""
     import matplotlib.pyplot as plt

@@ -7,14 +7,13 @@ condition is applied to the same model, evaluated, then restored exactly.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lm_eval_lingreg._atomic import atomic_path
+from lm_eval_lingreg._atomic import write_json
 from lm_eval_lingreg.languages import LANGUAGES
 from lm_eval_lingreg.perturbation import Perturbation, perturb
 from lm_eval_lingreg.regions import Region, apply, restore
@@ -72,8 +71,7 @@ def evaluate_conditions(
         results.pop("samples", None)
         out[label] = results
         if output_dir is not None:
-            with atomic_path(Path(output_dir) / label / "results.json") as tmp:
-                tmp.write_text(json.dumps(results, indent=1, default=handle_non_serializable, ensure_ascii=False))
+            write_json(Path(output_dir) / label / "results.json", results, default=handle_non_serializable)
     lm._lingreg_info = base_info
     return out
 

@@ -204,6 +204,13 @@ def _mean(values: Sequence[float]) -> float:
     return sum(vals) / len(vals) if vals else math.nan
 
 
+def fmt_short(x: float) -> str:
+    """3 significant digits, exponent form from 1e4 on (report prose and compact tables)."""
+    if math.isnan(x) or math.isinf(x):
+        return str(x)
+    return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.2e}"
+
+
 def fmt_value(v: float) -> str:
     if isinstance(v, float) and math.isnan(v):
         return "missing"

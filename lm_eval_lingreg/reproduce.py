@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lm_eval_lingreg._atomic import atomic_path
+from lm_eval_lingreg._atomic import atomic_path, write_json
 from lm_eval_lingreg.languages import LANGUAGES
+from lm_eval_lingreg.report import fmt_short
 
 
 @dataclass
@@ -53,17 +54,6 @@ QUICK = Plan(
 )
 
 
-def _fmt(x: float) -> str:
-    if math.isnan(x) or math.isinf(x):
-        return str(x)
-    return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.2e}"
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-
-
 def run(out: Path, plan: Plan, log=print) -> dict[str, Any]:
     """Run every phase on the bundled model; return timings and where the results are."""
     from lm_eval_lingreg.dimensions import dimension_counts, plot_dimensions
@@ -90,18 +80,18 @@ def run(out: Path, plan: Plan, log=print) -> dict[str, Any]:
     t = time.perf_counter()
     log("[2/3] dimensions: region counts and one perturbation per candidate dimension")
     dc = dimension_counts(load_region("core-top-1"))
-    _write_json(res / "dims.json", dc.to_json(20))
+    write_json(res / "dims.json", dc.to_json(20))
     plot_dimensions(dc, str(out / "figures" / "dims.png"), top=12)
     ranked = dc.ranked()
     top, rnd = ranked[: plan.scan_top], random_dims(dc.hidden, plan.scan_random, ranked[: max(plan.scan_top, 20)], seed=0)
     probe = ProbeSet.build(lm.tokenizer, probe_texts(plan.scan_langs, plan.scan_docs), plan.scan_tokens)
     dim_cands = [(f"{k}:d{d}", [Perturbation(op="mul", value=4.0, dims=(d,), layers=(1,))]) for k, ds in (("top", top), ("random", rnd)) for d in ds]
-    _write_json(res / "scan-dimension.json", scan(lm.model, probe, dim_cands))
+    write_json(res / "scan-dimension.json", scan(lm.model, probe, dim_cands))
     slots, _ = residual_slots({n: tuple(p.shape) for n, p in named_parameters(lm.model).items()}, hidden_size(lm.model))
     norms = [s.name for s in slots.values() if s.layer == 1 and s.role == "norm"]
     few = min(10, plan.scan_top)  # single entries: the top 10 and 10 random dimensions per norm tensor
     param_cands = [(f"{n.split('.')[-2]}:{k}:d{d}", [Perturbation(op="mul", value=4.0, param=n, index=d)]) for n in norms for k, ds in (("top", top[:few]), ("random", rnd[:few])) for d in ds]
-    _write_json(res / "scan-parameter.json", scan(lm.model, probe, param_cands))
+    write_json(res / "scan-parameter.json", scan(lm.model, probe, param_cands))
     times["dimensions"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -112,7 +102,7 @@ def run(out: Path, plan: Plan, log=print) -> dict[str, Any]:
     plot_curves(summary, out / "figures" / "forget-curves.png")
     times["forgetting"] = time.perf_counter() - t
     meta = {"plan": asdict(plan), "seconds": {k: round(v, 1) for k, v in times.items()}}
-    _write_json(res / "reproduce.json", meta)
+    write_json(res / "reproduce.json", meta)
     return meta
 
 
@@ -151,7 +141,7 @@ def write_report(out: Path, doc: Path, command: str) -> None:
     checks = apply_rules(runs, load_rules(baselines_dir() / "rules-bundled.yaml"))
     bad = [c for c in checks if not c["ok"]]
     w(f"Expectations (`baselines/rules-bundled.yaml`, as `lingreg check` applies them): {len(checks) - len(bad)} of {len(checks)} hold"
-      + (": " + "; ".join(f"{c['rule']}: {c['run']} {c['language']} = {_fmt(c['value'])}" for c in bad[:5]) if bad else "") + ".\n")
+      + (": " + "; ".join(f"{c['rule']}: {c['run']} {c['language']} = {fmt_short(c['value'])}" for c in bad[:5]) if bad else "") + ".\n")
     w(f"![ratio heatmap]({rel}/heatmap.png) ![core density]({rel}/density-core-top-1.png)\n")
 
     mono = [r for r in runs if r.label.startswith("mono-")]
@@ -165,7 +155,7 @@ def write_report(out: Path, doc: Path, command: str) -> None:
             others = [v for i, v in col.items() if not i.endswith(f"({own})")]
             own_v = float(col[[i for i in col.index if i.endswith(f"({own})")][0]]) if any(i.endswith(f"({own})") for i in col.index) else math.nan
             rank = 1 + sum(v > own_v for v in others)
-            rows.append([r.label, _fmt(own_v), _fmt(statistics.median(others)), _fmt(own_v / statistics.median(others)), f"{rank} of {len(col)}"])
+            rows.append([r.label, fmt_short(own_v), fmt_short(statistics.median(others)), fmt_short(own_v / statistics.median(others)), f"{rank} of {len(col)}"])
         w(tabulate(rows, headers=["region", "x ppl own language", "x ppl others (median)", "own / median other", "own language rank"], tablefmt="github"))
         w("")
 
@@ -179,15 +169,15 @@ def write_report(out: Path, doc: Path, command: str) -> None:
     for title, scan_ in (("Every layer-1 entry on the dimension multiplied by 4", sd), ("One layer-1 norm entry multiplied by 4", sp)):
         top = [r["geomean_ratio"] for r in scan_["rows"] if ":top:" in f":{r['label']}"]
         rnd = [r["geomean_ratio"] for r in scan_["rows"] if ":random:" in f":{r['label']}"]
-        w(f"**{title}** ({', '.join(scan_['langs'])}; geometric mean of perplexity ratios): top region dimensions max x{_fmt(max(top))}, "
-          f"median x{_fmt(statistics.median(top))}; random dimensions max x{_fmt(max(rnd))}, median x{_fmt(statistics.median(rnd))}. Strongest:\n")
-        w(tabulate([[r["label"], _fmt(r["geomean_ratio"])] for r in scan_["rows"][:5]], headers=["candidate", "x ppl (geo-mean)"], tablefmt="github"))
+        w(f"**{title}** ({', '.join(scan_['langs'])}; geometric mean of perplexity ratios): top region dimensions max x{fmt_short(max(top))}, "
+          f"median x{fmt_short(statistics.median(top))}; random dimensions max x{fmt_short(max(rnd))}, median x{fmt_short(statistics.median(rnd))}. Strongest:\n")
+        w(tabulate([[r["label"], fmt_short(r["geomean_ratio"])] for r in scan_["rows"][:5]], headers=["candidate", "x ppl (geo-mean)"], tablefmt="github"))
         w("")
 
     w("## Finding 4: freezing the core region during further pre-training\n")
     s = json.loads((res / "forget" / "summary.json").read_text())
     f = s["forgetting"]
-    rows = [[c, (s["frozen"][c] or {}).get("entries", 0), _fmt(f[c]["target_ratio"]), _fmt(f[c]["others_geomean_ratio"]), f"{_fmt(f[c]['others_max_ratio'])} ({f[c]['others_worst']})"]
+    rows = [[c, (s["frozen"][c] or {}).get("entries", 0), fmt_short(f[c]["target_ratio"]), fmt_short(f[c]["others_geomean_ratio"]), f"{fmt_short(f[c]['others_max_ratio'])} ({f[c]['others_worst']})"]
             for c in s["conditions"]]
     w(f"{s['config']['steps']} steps on {LANGUAGES[s['target']].name}, lr {s['config']['lr']:g}; harness on {len(s['before'])} languages before and after.\n")
     w(tabulate(rows, headers=["condition", "frozen entries", f"x ppl {s['target']} (target)", "x ppl others (geo-mean)", "x ppl others (max)"], tablefmt="github"))

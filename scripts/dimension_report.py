@@ -24,23 +24,14 @@ import statistics
 import time
 from pathlib import Path
 
+from lm_eval_lingreg._atomic import write_json
+from lm_eval_lingreg.report import fmt_short as fmt
+
 ROOT = Path(__file__).resolve().parent.parent
 PROBE_LANGS = ["en", "zh", "ar", "ru"]
 NORMS = ["input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"]
 PROMPTS = ["Fudan University is located in", "复旦大学位于", "There are 365 days in a year and 12", "Москва — столица"]
 
-
-def fmt(x: float) -> str:
-    if math.isnan(x) or math.isinf(x):
-        return str(x)
-    return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.2e}"
-
-
-def write_json(path: Path, data: object) -> None:
-    from lm_eval_lingreg._atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
 
 
 def run(args: argparse.Namespace) -> None:

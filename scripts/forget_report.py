@@ -18,13 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+from lm_eval_lingreg.report import fmt_short as fmt
+
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def fmt(x: float) -> str:
-    if math.isnan(x) or math.isinf(x):
-        return str(x)
-    return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.2e}"
 
 
 def report(res: Path, wall: float | None) -> str:

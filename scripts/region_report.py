@@ -19,14 +19,11 @@ import statistics
 import time
 from pathlib import Path
 
+from lm_eval_lingreg.report import fmt_short as fmt
+
 ROOT = Path(__file__).resolve().parent.parent
 MONO = [f"mono-{iso}-1" for iso in ("ar", "es", "ru", "zh", "ko", "vi")]
 
-
-def fmt(x: float) -> str:
-    if math.isnan(x) or math.isinf(x):
-        return str(x)
-    return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.2e}"
 
 
 def main() -> None:
