@@ -243,10 +243,9 @@ def _cmd_mask_convert(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: str, data: object) -> None:
-    from lm_eval_lingreg._atomic import atomic_path
+    from lm_eval_lingreg._atomic import write_json
 
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    write_json(path, data)
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
@@ -455,7 +454,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     record = train(model, tokenizer, cfg, freeze=region if not lora else None)
     if lora:
         model = merge_and_reimpose(model, frozen_at_start) if frozen_at_start else model.merge_and_unload()
-        record["lora"] = {k: v for k, v in lora.items()}
+        record["lora"] = dict(lora)
         if frozen_at_start:
             record["frozen"] = {"entries": frozen_at_start.num_frozen, "exact": frozen_at_start.verify(), "region": region.metadata,
                                 "how": "adapters merged into the base weights, then the frozen entries written back"}
@@ -475,7 +474,7 @@ def _cmd_forget(args: argparse.Namespace) -> int:
 
     from lm_eval_lingreg.languages import LANGUAGES, parse_languages
     from lm_eval_lingreg.models import RegionAblatedLM
-    from lm_eval_lingreg.training import condition_label, forget, plot_curves, resolve_freeze
+    from lm_eval_lingreg.training import condition_label, forget, plot_curves
 
     lang = parse_languages(args.lang)[0]
     cfg = _train_config(args, lang)
@@ -486,8 +485,6 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     eval_langs = parse_languages(args.eval_langs)
     out = Path(args.output)
     lm = RegionAblatedLM(pretrained=args.pretrained, dtype="float32", batch_size=1, device="cpu")
-    for c in conditions:  # every freeze spec is checked before the first training run
-        resolve_freeze(c, lm.model, cfg.seed)
     summary = forget(lm, cfg, conditions, eval_langs, args.eval_limit, out, save_checkpoints=args.save_checkpoints)
     plot_curves(summary, out / "curves.png")
     f = summary["forgetting"]

@@ -52,8 +52,8 @@ def _split_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Modul
     return body, head, getattr(cfg, "final_logit_softcapping", None)
 
 
-def _backward_weighted_nll(model, ids, attn, labels, weights, chunk: int) -> None:
-    """Backward of sum_t weights_t * nll_t, never holding the full [batch, len, vocab] logits.
+def _backward_weighted_nll(model, ids, attn, labels, weights, chunk: int) -> float:
+    """Backward of sum_t weights_t * nll_t, never holding the full [batch, len, vocab] logits; returns that sum.
 
     The head and loss run on `chunk` predicted positions at a time against a detached copy of
     the final hidden states; their gradient is then pushed through the body once. Models
@@ -63,20 +63,25 @@ def _backward_weighted_nll(model, ids, attn, labels, weights, chunk: int) -> Non
     if split is None:
         logits = model(input_ids=ids, attention_mask=attn).logits
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), reduction="none")
-        (nll * weights.reshape(-1)).sum().backward()
-        return
+        total = (nll * weights.reshape(-1)).sum()
+        total.backward()
+        return float(total.detach())
     body, head, cap = split
     hidden = body(input_ids=ids, attention_mask=attn)[0]
     rows = (labels != -100).reshape(-1).nonzero().reshape(-1)
     flat = hidden.detach().reshape(-1, hidden.shape[-1]).requires_grad_(True)
+    total = 0.0
     for start in range(0, rows.numel(), chunk):
         sel = rows[start : start + chunk]
         logits = head(flat[sel]).float()
         if cap:
             logits = torch.tanh(logits / cap) * cap
         nll = torch.nn.functional.cross_entropy(logits, labels.reshape(-1)[sel], reduction="none")
-        (nll * weights.reshape(-1)[sel]).sum().backward()
+        part = (nll * weights.reshape(-1)[sel]).sum()
+        part.backward()
+        total += float(part.detach())
     hidden.backward(flat.grad.view_as(hidden))
+    return total
 
 
 def sum_gradients(

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 
 from lm_eval_lingreg import __version__
-from lm_eval_lingreg._atomic import atomic_path, save_figure
+from lm_eval_lingreg._atomic import atomic_path, save_figure, write_json
 from lm_eval_lingreg.corpora import CorpusError, read_texts
 from lm_eval_lingreg.freeze import FrozenRegion
-from lm_eval_lingreg.importance import _split_head
+from lm_eval_lingreg.importance import _backward_weighted_nll
 from lm_eval_lingreg.regions import Region, RegionError, named_parameters
 from lm_eval_lingreg.scan import ProbeSet, geometric_mean, probe_perplexity
 
@@ -109,30 +109,14 @@ def _probe_from_blocks(blocks: Mapping[str, Sequence[list[int]]]) -> ProbeSet:
 def _loss_backward(model: torch.nn.Module, ids: torch.Tensor, scale: float, chunk: int = 128) -> float:
     """Mean next-token loss of a batch of full blocks; backward of `scale * loss`.
 
-    The head and loss run `chunk` positions at a time against detached final hidden states, so
-    the [batch, len, vocab] logits never exist at once (262K vocabularies make them GBs).
+    Uses the scorer's chunked head and loss, so the [batch, len, vocab] logits never exist at
+    once (262K vocabularies make them GBs).
     """
-    labels = ids[:, 1:].reshape(-1)
-    split = _split_head(model)
-    if split is None:
-        logits = model(input_ids=ids).logits[:, :-1]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels)
-        (loss * scale).backward()
-        return float(loss)
-    body, head, cap = split
-    hidden = body(input_ids=ids)[0][:, :-1]
-    flat = hidden.detach().reshape(-1, hidden.shape[-1]).requires_grad_(True)
-    total = 0.0
-    n = labels.numel()
-    for start in range(0, n, chunk):
-        logits = head(flat[start : start + chunk]).float()
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        loss = torch.nn.functional.cross_entropy(logits, labels[start : start + chunk], reduction="sum")
-        (loss * (scale / n)).backward()
-        total += float(loss.detach())
-    hidden.backward(flat.grad.view_as(hidden))
-    return total / n
+    labels = torch.full_like(ids, -100)
+    labels[:, :-1] = ids[:, 1:]
+    n = ids.shape[0] * (ids.shape[1] - 1)
+    weights = torch.full(ids.shape, scale / n, dtype=torch.float32, device=ids.device)
+    return _backward_weighted_nll(model, ids, torch.ones_like(ids), labels, weights, chunk) / scale
 
 
 def _schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
@@ -349,8 +333,7 @@ def forget(
             finally:
                 lm._lingreg_info.pop("training", None)
             after[label] = per_language(res, "token_perplexity")
-            with atomic_path(out_dir / label / "train.json") as tmp:
-                tmp.write_text(json.dumps(rec, indent=1, default=str))
+            write_json(out_dir / label / "train.json", rec)
             if save_checkpoints:
                 save_checkpoint(model, lm.tokenizer, out_dir / label / "checkpoint", rec)
     finally:
@@ -370,8 +353,7 @@ def forget(
         "train_seconds": {k: r["seconds"] for k, r in records.items()},
         "lm_eval_lingreg": __version__,
     }
-    with atomic_path(out_dir / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=1, default=str))
+    write_json(out_dir / "summary.json", summary)
     return summary
 
 
