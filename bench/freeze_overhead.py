@@ -26,7 +26,7 @@ def main() -> None:
     from lm_eval_lingreg.bundled import prepare
     from lm_eval_lingreg.freeze import FrozenRegion
     from lm_eval_lingreg.region_io import load_region
-    from lm_eval_lingreg.training import _loss_backward, split_blocks
+    from lm_eval_lingreg.training import loss_backward, split_blocks
 
     path = prepare()
     tok = AutoTokenizer.from_pretrained(path)
@@ -44,7 +44,7 @@ def main() -> None:
         ids = torch.tensor(blocks[4 * step : 4 * step + 4])
         for model, opt, frozen, times in runs.values():
             t = time.perf_counter()
-            _loss_backward(model, ids, 1.0)
+            loss_backward(model, ids, 1.0)
             if frozen is not None:
                 frozen.zero_grads()
             opt.step()
@@ -54,8 +54,10 @@ def main() -> None:
     plain, frozen_t = statistics.median(runs["plain"][3]), statistics.median(runs["frozen"][3])
     frozen = runs["frozen"][2]
     print(f"step time: plain {plain:.2f} s, frozen {frozen_t:.2f} s, ratio {frozen_t / plain:.3f}")
-    print(f"frozen entries: {frozen.num_frozen:,}, held {frozen.nbytes / 2**20:.1f} MiB = {frozen.nbytes / model_bytes:.2%} of the fp32 model "
-          f"({model_bytes / 2**30:.2f} GiB); intact after {args.steps + 1} steps: {frozen.verify()}")
+    print(
+        f"frozen entries: {frozen.num_frozen:,}, held {frozen.nbytes / 2**20:.1f} MiB = {frozen.nbytes / model_bytes:.2%} of the fp32 model "
+        f"({model_bytes / 2**30:.2f} GiB); intact after {args.steps + 1} steps: {frozen.verify()}"
+    )
 
 
 if __name__ == "__main__":

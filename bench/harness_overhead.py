@@ -29,12 +29,12 @@ def main() -> None:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    from lm_eval_lingreg.anatomy import scope_shapes
     from lm_eval_lingreg.bundled import prepare
     from lm_eval_lingreg.evaluation import task_names
     from lm_eval_lingreg.languages import parse_languages
     from lm_eval_lingreg.models import RegionAblatedLM
     from lm_eval_lingreg.region_io import save_region
-    from lm_eval_lingreg.regions import scope_shapes
     from lm_eval_lingreg.selection import select_random
 
     path = str(prepare())

@@ -23,9 +23,10 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from lm_eval_lingreg.anatomy import named_parameters
     from lm_eval_lingreg.bundled import prepare
-    from lm_eval_lingreg.perturbation import Perturbation, perturb
-    from lm_eval_lingreg.regions import named_parameters
+    from lm_eval_lingreg.interventions import perturb
+    from lm_eval_lingreg.perturbation import Perturbation
     from lm_eval_lingreg.scan import ProbeSet, probe_perplexity, probe_texts
 
     path = prepare()

@@ -43,11 +43,12 @@ def _load(lang: str, samples: int):
 
 
 def throughput(args) -> dict:
-    from lm_eval_lingreg.importance import _pad, sum_gradients
+    from lm_eval_lingreg.importance import sum_gradients
+    from lm_eval_lingreg.lm_loss import pad_batch
 
     model, tok, samples = _load(args.lang, args.samples)
     ordered = sorted(samples, key=len)
-    batches = [_pad(ordered[i : i + args.batch_size], tok.pad_token_id) for i in range(0, len(ordered), args.batch_size)]
+    batches = [pad_batch(ordered[i : i + args.batch_size], tok.pad_token_id) for i in range(0, len(ordered), args.batch_size)]
     rates: dict[str, list[float]] = {"lingreg": [], "plain": []}
     for _ in range(args.repeats):
         for p in model.parameters():

@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 #: lm-eval model names provided by this package -> lazy "module:Class" targets.
 MODELS = {
+    "hf-lingreg": "lm_eval_lingreg.models:LingregLM",
     "hf-region-ablated": "lm_eval_lingreg.models:RegionAblatedLM",
     "hf-perturbed": "lm_eval_lingreg.models:PerturbedLM",
 }

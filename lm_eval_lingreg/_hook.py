@@ -5,6 +5,8 @@ folder or an `--include_path`. This hook waits (a meta-path finder, no imports) 
 `lm_eval.api.registry` / `lm_eval.tasks.manager` are imported, then registers our model
 names as lazy placeholders and adds our task folder. It never imports torch, and any
 failure is reported as a warning instead of breaking the interpreter.
+Harness versions that read the `lm_eval.models` / `lm_eval.tasks` entry points themselves
+(`load_plugins`, `discover_plugin_task_paths`) get nothing from the hook, so nothing registers twice.
 Set LINGREG_DISABLE_HOOK=1 to turn it off.
 """
 
@@ -15,9 +17,23 @@ import sys
 
 
 def _on_registry(module) -> None:
+    if callable(getattr(module, "load_plugins", None)):  # the harness loads our lm_eval.models entry points itself
+        return
     import lm_eval_lingreg
 
     lm_eval_lingreg.register()
+
+
+def _harness_finds_our_tasks(module) -> bool:
+    """True when this harness scans `lm_eval.tasks` entry points and ours resolves (an installed wheel)."""
+    if not callable(getattr(module, "discover_plugin_task_paths", None)):
+        return False
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("lm_eval_lingreg.tasks") is not None
+    except ImportError:
+        return False
 
 
 def _on_task_manager(module) -> None:
@@ -25,6 +41,8 @@ def _on_task_manager(module) -> None:
 
     from lm_eval_lingreg.resources import tasks_dir
 
+    if _harness_finds_our_tasks(module):
+        return
     cls = module.TaskManager
     if getattr(cls.__init__, "_lingreg", False):
         return

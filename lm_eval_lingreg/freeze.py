@@ -21,71 +21,52 @@ the frozen entries back, so the merged model has the original values there.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
-from lm_eval_lingreg.regions import Region, named_parameters, validate
+from lm_eval_lingreg.edits import SavedEntries
+from lm_eval_lingreg.regions import Region, validate
 
 
 class FrozenRegion:
     """The original values of a region's entries, restorable into the model at any time."""
 
     def __init__(self, model: torch.nn.Module, region: Region) -> None:
-        params = validate(region, model)
-        self.model = model
+        validate(region, model)
         self.region = region
-        self._idx: dict[str, torch.Tensor] = {}
-        self._values: dict[str, torch.Tensor] = {}
-        for name, idx in region.indices.items():
-            if not idx.numel():
-                continue
-            p = params[name]
-            small = idx.to(torch.int32) if p.numel() < 2**31 else idx
-            self._idx[name] = small.to(p.device)
-            self._values[name] = p.detach().view(-1)[idx.to(p.device)].clone()
+        self.saved = SavedEntries.of(model, region.indices)
         self._hooks: list[Any] = []
 
     @property
+    def model(self) -> torch.nn.Module:
+        return self.saved.model
+
+    @model.setter
+    def model(self, model: torch.nn.Module) -> None:
+        self.saved.model = model
+
+    @property
     def num_frozen(self) -> int:
-        return sum(int(v.numel()) for v in self._values.values())
+        return self.saved.num_entries
 
     @property
     def nbytes(self) -> int:
         """Memory held: the frozen entries' indices and values."""
-        return sum(i.numel() * i.element_size() + v.numel() * v.element_size() for i, v in zip(self._idx.values(), self._values.values(), strict=True))
+        return self.saved.nbytes
 
-    def _params(self) -> Mapping[str, torch.Tensor]:
-        return named_parameters(self.model)
-
-    @torch.no_grad()
     def restore(self) -> None:
         """Write the original values back into the frozen entries."""
-        params = self._params()
-        for name, idx in self._idx.items():
-            flat = params[name].data.view(-1)
-            flat.index_copy_(0, idx.to(device=flat.device, dtype=torch.int64), self._values[name].to(device=flat.device, dtype=flat.dtype))
+        self.saved.restore(keep=True)
 
-    @torch.no_grad()
     def zero_grads(self) -> None:
         """Zero the frozen entries' gradients (optional: keeps them out of gradient-norm clipping)."""
-        params = self._params()
-        for name, idx in self._idx.items():
-            g = params[name].grad
-            if g is not None:
-                g.view(-1).index_fill_(0, idx.to(device=g.device, dtype=torch.int64), 0.0)
+        self.saved.zero_grads()
 
-    @torch.no_grad()
     def verify(self) -> bool:
         """True when every frozen entry equals its original value bit for bit."""
-        params = self._params()
-        for name, idx in self._idx.items():
-            flat = params[name].data.view(-1)
-            if not torch.equal(flat[idx.to(device=flat.device, dtype=torch.int64)], self._values[name].to(device=flat.device, dtype=flat.dtype)):
-                return False
-        return True
+        return self.saved.verify()
 
     def attach(self, optimizer: torch.optim.Optimizer) -> FrozenRegion:
         """Restore the frozen entries after every `optimizer.step()`, whatever the optimizer."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lm_eval_lingreg.errors import UnknownLanguageError
+
 
 @dataclass(frozen=True)
 class Language:
@@ -53,22 +55,17 @@ LANGUAGES: dict[str, Language] = {
 CORE_LANGUAGES: tuple[str, ...] = ("ar", "es", "ru", "zh", "ko", "vi")
 
 
-class UnknownLanguageError(ValueError):
-    """A language code that is not one of the 30 evaluation languages."""
-
-
 def parse_languages(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     """Turn 'ar,es' / ['ar', 'es'] / 'all' into validated ISO codes, keeping order."""
+    if not isinstance(spec, (str, list, tuple)):
+        raise UnknownLanguageError(f"expected language codes like 'en,zh' or 'all', got {spec!r}")
     items = spec.split(",") if isinstance(spec, str) else list(spec)
-    codes = [s.strip().lower() for s in items if s.strip()]
+    codes = [str(s).strip().lower() for s in items if str(s).strip()]
     if codes == ["all"]:
         return list(LANGUAGES)
     unknown = [c for c in codes if c not in LANGUAGES]
     if unknown:
-        raise UnknownLanguageError(
-            f"unknown language code(s) {unknown}; expected ISO 639-1 codes among "
-            f"{','.join(LANGUAGES)} (or 'all')"
-        )
+        raise UnknownLanguageError(f"unknown language code(s) {unknown}; expected ISO 639-1 codes among {','.join(LANGUAGES)} (or 'all')")
     if not codes:
         raise UnknownLanguageError("no language given; pass e.g. 'en,zh' or 'all'")
     return codes

@@ -1,24 +1,51 @@
 """The lm-eval model wrappers: thin `HFLM` subclasses that change the weights once after loading.
 
+`hf-lingreg`: the unchanged model, with token counts (token perplexity) and provenance.
 `hf-region-ablated`: every HFLM model_arg, plus `mask` (path or shipped mask name) and
 `mask_value` (default 0.0).
 `hf-perturbed`: every HFLM model_arg, plus one or more perturbations (`PerturbedLM`).
 `pretrained` may be omitted for the bundled default model.
+
+What a run did is recorded in the results JSON under `config.lingreg`; code that evaluates
+several conditions on one loaded model says what each one is with `lm.recording(...)`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from lm_eval.models.huggingface import HFLM
 
 from lm_eval_lingreg import __version__
 from lm_eval_lingreg.bundled import resolve_pretrained
-from lm_eval_lingreg.region_io import file_sha256, load_region, resolve
-from lm_eval_lingreg.regions import Region, apply
+from lm_eval_lingreg.errors import ModelLoadError, close_matches
+from lm_eval_lingreg.perturbation import KEYS as PERTURBATION_KEYS
 
 log = logging.getLogger(__name__)
+
+#: Keyword arguments of transformers' `from_pretrained` that HFLM passes through (not exhaustive).
+_FROM_PRETRAINED = {
+    "device_map",
+    "attn_implementation",
+    "load_in_8bit",
+    "load_in_4bit",
+    "low_cpu_mem_usage",
+    "quantization_config",
+    "bnb_4bit_compute_dtype",
+    "bnb_4bit_quant_type",
+    "bnb_4bit_use_double_quant",
+    "cache_dir",
+    "local_files_only",
+    "token",
+    "use_safetensors",
+    "variant",
+    "offload_state_dict",
+    "torch_dtype",
+}
 
 
 class TokenCountedLoglik(float):
@@ -35,52 +62,89 @@ class TokenCountedLoglik(float):
         return (TokenCountedLoglik, (float(self), self.n_tokens))
 
 
-class _LingregHFLM(HFLM):
-    """HFLM that reports token counts (for token perplexity) and lingreg provenance."""
+class LingregLM(HFLM):
+    """`lm_eval --model hf-lingreg`: HFLM that reports token counts (token perplexity) and lingreg provenance."""
+
+    #: model_args this wrapper adds to HFLM's
+    OWN_ARGS: frozenset[str] = frozenset()
 
     def __init__(self, pretrained: Any = None, **kwargs: Any) -> None:
-        super().__init__(pretrained=resolve_pretrained(pretrained), **kwargs)
+        self._check_args(kwargs)
+        try:
+            super().__init__(pretrained=resolve_pretrained(pretrained), **kwargs)
+        except TypeError as e:
+            if "unexpected keyword argument" not in str(e):
+                raise
+            raise ModelLoadError(f"{self._model_name()}: {e}; it is not a model_arg of this model, of HFLM or of from_pretrained") from None
         self._lingreg_info: dict[str, Any] = {"version": __version__}
         if pretrained in (None, ""):
             self._lingreg_info["pretrained"] = "gemma-3-270m (bundled)"
+
+    @classmethod
+    def _model_name(cls) -> str:
+        from lm_eval_lingreg import MODELS
+
+        return next((name for name, target in MODELS.items() if target.endswith(f":{cls.__name__}")), cls.__name__)
+
+    @classmethod
+    def _check_args(cls, kwargs: dict[str, Any]) -> None:
+        """A model_arg that looks like a misspelt known one is an error, not something for from_pretrained."""
+        known = set(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"} | cls.OWN_ARGS | _FROM_PRETRAINED
+        for key in kwargs:
+            if key not in known and close_matches(key, known):
+                raise ModelLoadError(f"unknown model_args key {key!r} for {cls._model_name()}{close_matches(key, known)}")
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         lls = super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
         # get_rolling_token_windows predicts every token of the encoded string once.
         return [TokenCountedLoglik(ll, len(self.tok_encode(req.args[0]))) for ll, req in zip(lls, requests, strict=True)]
 
+    @contextlib.contextmanager
+    def recording(self, **info: Any) -> Iterator[None]:
+        """Add `info` to what results record under `config.lingreg` while evaluating in this block."""
+        saved = dict(self._lingreg_info)
+        self._lingreg_info.update(info)
+        try:
+            yield
+        finally:
+            self._lingreg_info = saved
+
     def get_model_info(self) -> dict:
-        return {**super().get_model_info(), "lingreg": self._lingreg_info}
+        return {**super().get_model_info(), "lingreg": dict(self._lingreg_info)}
 
 
-class RegionAblatedLM(_LingregHFLM):
+class RegionAblatedLM(LingregLM):
     """`lm_eval --model hf-region-ablated --model_args [pretrained=...,]mask=core.safetensors`."""
 
+    OWN_ARGS = frozenset({"mask", "mask_value"})
+
     def __init__(self, pretrained: Any = None, mask: str | None = None, mask_value: float | str = 0.0, **kwargs: Any) -> None:
-        region: Region | None = None
-        if mask:  # read and check the file before spending time on the model
+        from lm_eval_lingreg.region_io import file_sha256, load_region, resolve
+        from lm_eval_lingreg.regions import apply
+
+        region = path = None
+        if mask not in (None, ""):  # read and check the file before spending time on the model
             path = resolve(mask)
             region = load_region(path)
         super().__init__(pretrained=pretrained, **kwargs)
         if region is None:
             self._lingreg_info["mask"] = None
-            log.warning("hf-region-ablated: no `mask` given, evaluating the unchanged model")
+            log.warning("hf-region-ablated: no `mask` given, evaluating the unchanged model (hf-lingreg does that without this warning)")
             return
-        value = float(mask_value)
-        apply(region, self._model, value)
+        saved = apply(region, self._model, mask_value)
         self._lingreg_info.update(
             mask=str(mask),
             mask_path=str(path),
             mask_sha256=file_sha256(path),
-            mask_value=value,
-            entries_changed=region.num_selected,
+            mask_value=float(mask_value),
+            entries_changed=saved.num_entries,
             tensors_changed=sum(1 for i in region.indices.values() if i.numel()),
             mask_metadata=region.metadata,
         )
-        log.info("hf-region-ablated: set %d entries in %d tensors to %s", region.num_selected, len(region.indices), value)
+        log.info("hf-region-ablated: set %d entries in %d tensors to %s", region.num_selected, len(region.indices), mask_value)
 
 
-class PerturbedLM(_LingregHFLM):
+class PerturbedLM(LingregLM):
     """`lm_eval --model hf-perturbed --model_args [pretrained=...,]layer=1,dim=2100,op=mul,value=4`.
 
     Perturbation keys (see `lm_eval_lingreg.perturbation`): `param`+`index` (or `row`+`col`) for
@@ -89,11 +153,16 @@ class PerturbedLM(_LingregHFLM):
     compact form `k=v:k=v;k=v:...` for several perturbations, applied in order.
     """
 
-    def __init__(self, pretrained: Any = None, perturb: str | None = None, **kwargs: Any) -> None:
-        from lm_eval_lingreg.perturbation import _KEYS, PerturbationError, parse_spec
+    OWN_ARGS = frozenset({"perturb", *PERTURBATION_KEYS})
 
-        direct = {k: kwargs.pop(k) for k in list(kwargs) if k in _KEYS}
-        perturbations = parse_spec(perturb) if perturb else []
+    def __init__(self, pretrained: Any = None, perturb: str | None = None, **kwargs: Any) -> None:
+        from lm_eval_lingreg.errors import PerturbationError
+        from lm_eval_lingreg.interventions import perturb as apply_perturbations
+        from lm_eval_lingreg.perturbation import parse_spec
+        from lm_eval_lingreg.region_io import load_region
+
+        direct = {k: kwargs.pop(k) for k in list(kwargs) if k in PERTURBATION_KEYS}
+        perturbations = parse_spec(str(perturb)) if perturb not in (None, "") else []
         if direct:
             perturbations += parse_spec(direct)
         if not perturbations:
@@ -102,11 +171,9 @@ class PerturbedLM(_LingregHFLM):
                 "or param=<name>,index=<i>,op=mul,value=4 or perturb=spec.yaml"
             )
         for p in perturbations:  # region files are read and checked before the model loads
-            if p.kind == "region":
-                load_region(resolve(p.mask))
+            if p.kind == "region" and isinstance(p.mask, str):
+                load_region(p.mask)
         super().__init__(pretrained=pretrained, **kwargs)
-        from lm_eval_lingreg.perturbation import perturb as apply_perturbations
-
         self.perturbation = apply_perturbations(self._model, perturbations)
         self._lingreg_info.update(self.perturbation.info())
         log.info("hf-perturbed: %s changed %d entries", self._lingreg_info["perturbation_spec"], self.perturbation.entries_changed)

@@ -1,13 +1,14 @@
 """Regions: named sets of selected entries per parameter tensor, their algebra and their effect.
 
 A `Region` maps real parameter names (`model.layers.1.mlp.down_proj.weight`) to sorted,
-unique flat indices into that tensor, with the tensor's shape and free-form metadata
-(model, kind, ratio, languages, provenance). File formats live in `region_io`.
+unique flat indices into that tensor (always on the CPU), with the tensor's shape and
+free-form metadata (model, kind, ratio, languages, provenance). File formats live in
+`region_io`.
 """
 
 from __future__ import annotations
 
-import math
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -15,25 +16,50 @@ from typing import Any
 
 import torch
 
-#: Parameters inside the transformer blocks: the paper's scope (embeddings, final norm and
-#: lm_head excluded).
-DEFAULT_SCOPE = r"layers\.\d+\."
-_MAX_LISTED = 5
+from lm_eval_lingreg.anatomy import (  # noqa: F401 - re-exported: regions was their home
+    DEFAULT_SCOPE,
+    editability_problems,
+    model_name,
+    named_parameters,
+    numel,
+    scope_shapes,
+)
+from lm_eval_lingreg.edits import SavedEntries
+from lm_eval_lingreg.errors import RegionError, RegionMismatchError, first  # noqa: F401 - re-exported
+
+#: Largest tensor a region may describe (entries); far above any single weight of a 70B model.
+MAX_TENSOR_NUMEL = 2**36
+_BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
-class RegionError(ValueError):
-    """A region that is malformed in itself (bad indices, bad file, bad arguments)."""
+def check_name(name: object) -> str:
+    """A parameter name as a region may hold it: dotted, non-empty parts, no path separators.
+
+    Names become file names in the official layout; one that could point outside a folder
+    (`../x`, `/abs/x`) is refused here, wherever it came from.
+    """
+    if not isinstance(name, str) or not name or len(name) > 1000 or _BAD_NAME.search(name) or "" in name.split("."):
+        raise RegionError(
+            f"invalid parameter name {str(name)[:120]!r}: expected a dotted name like 'model.layers.0.mlp.down_proj.weight' "
+            "(no '/', '\\', control characters or empty parts)"
+        )
+    return name
 
 
-class RegionMismatchError(RegionError):
-    """A region that does not fit the model it is applied to."""
+def check_shape(name: str, shape: object) -> tuple[int, ...]:
+    """A declared tensor shape: a list of non-negative whole numbers, at most MAX_TENSOR_NUMEL entries."""
+    if not isinstance(shape, (list, tuple)) or len(shape) > 8 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise RegionError(f"{name}: shape {str(shape)[:80]} is not a list of non-negative whole numbers")
+    if numel(shape) > MAX_TENSOR_NUMEL:
+        raise RegionError(f"{name}: declared shape {list(shape)} has {numel(shape):.3g} entries, more than any real parameter tensor ({MAX_TENSOR_NUMEL:.3g})")
+    return tuple(int(d) for d in shape)
 
 
 @dataclass
 class Region:
     """Selected entries per parameter tensor.
 
-    `indices[name]` is a sorted, unique int64 tensor of flat indices into a tensor of shape
+    `indices[name]` is a sorted, unique int64 CPU tensor of flat indices into a tensor of shape
     `shapes[name]`. Build one with `Region.from_masks` or `Region.from_indices`.
     """
 
@@ -42,21 +68,21 @@ class Region:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.shapes = {check_name(n): check_shape(n, tuple(s) if isinstance(s, (list, tuple)) else s) for n, s in self.shapes.items()}
         missing = sorted(set(self.indices) - set(self.shapes))
         if missing:
-            raise RegionError(f"region lists indices but no shape for {_first(missing)}")
-        for name, idx in self.indices.items():
-            numel = _numel(self.shapes[name])
-            if idx.dtype != torch.int64 or idx.dim() != 1:
-                raise RegionError(f"{name}: indices must be a 1-D int64 tensor, got {idx.dtype} {tuple(idx.shape)}")
-            if idx.numel() and (int(idx[0]) < 0 or int(idx[-1]) >= numel):
+            raise RegionError(f"region lists indices but no shape for {first(missing)}")
+        for name, idx in list(self.indices.items()):
+            if not isinstance(idx, torch.Tensor) or idx.dtype != torch.int64 or idx.dim() != 1:
                 raise RegionError(
-                    f"{name}: index out of range for shape {self.shapes[name]} "
-                    f"(valid 0..{numel - 1}, got {int(idx.min())}..{int(idx.max())})"
+                    f"{name}: indices must be a 1-D int64 tensor, got {getattr(idx, 'dtype', type(idx).__name__)} {tuple(getattr(idx, 'shape', ()))}"
                 )
+            idx = self.indices[name] = idx.cpu()
+            size = numel(self.shapes[name])
+            if idx.numel() and (int(idx[0]) < 0 or int(idx[-1]) >= size):
+                raise RegionError(f"{name}: index out of range for shape {self.shapes[name]} (valid 0..{size - 1}, got {int(idx.min())}..{int(idx.max())})")
             if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
                 raise RegionError(f"{name}: indices must be sorted and unique")
-        self.shapes = {n: tuple(int(d) for d in s) for n, s in self.shapes.items()}
 
     # construction ----------------------------------------------------------------
 
@@ -67,26 +93,26 @@ class Region:
         shapes: Mapping[str, Iterable[int]],
         metadata: Mapping[str, Any] | None = None,
     ) -> Region:
-        """From flat indices in any order (duplicates allowed)."""
-        clean = {n: torch.unique(torch.as_tensor(i, dtype=torch.int64).reshape(-1)) for n, i in indices.items()}
+        """From flat indices in any order and on any device (duplicates allowed)."""
+        clean = {n: torch.unique(torch.as_tensor(i).to("cpu", torch.int64).reshape(-1)) for n, i in indices.items()}
         return cls(clean, {n: tuple(s) for n, s in shapes.items()}, dict(metadata or {}))
 
     @classmethod
     def from_masks(cls, masks: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None) -> Region:
-        """From boolean tensors shaped like the parameters (True = selected)."""
+        """From boolean tensors shaped like the parameters (True = selected), on any device."""
         indices, shapes = {}, {}
         for name, mask in masks.items():
             if mask.dtype != torch.bool:
                 raise RegionError(f"{name}: expected a bool mask, got dtype {mask.dtype}")
-            indices[name] = torch.nonzero(mask.reshape(-1), as_tuple=False).reshape(-1).to(torch.int64)
+            indices[name] = torch.nonzero(mask.reshape(-1), as_tuple=False).reshape(-1).to("cpu", torch.int64)
             shapes[name] = tuple(mask.shape)
         return cls(indices, shapes, dict(metadata or {}))
 
     # views -----------------------------------------------------------------------
 
     def mask(self, name: str) -> torch.Tensor:
-        """The boolean mask of one tensor."""
-        out = torch.zeros(_numel(self.shapes[name]), dtype=torch.bool)
+        """The boolean mask of one tensor (CPU)."""
+        out = torch.zeros(numel(self.shapes[name]), dtype=torch.bool)
         out[self.indices[name]] = True
         return out.reshape(self.shapes[name])
 
@@ -101,7 +127,7 @@ class Region:
     @property
     def num_covered(self) -> int:
         """Number of entries in the tensors the region covers (selected or not)."""
-        return sum(_numel(s) for s in self.shapes.values())
+        return sum(numel(s) for s in self.shapes.values())
 
     @property
     def density(self) -> float:
@@ -120,17 +146,27 @@ class Region:
             and self.metadata == other.metadata
         )
 
+    def digest(self) -> str:
+        """sha256 of the selection (names, shapes and indices; not the metadata)."""
+        h = hashlib.sha256()
+        for name in sorted(self.shapes):
+            h.update(f"{name}\0{list(self.shapes[name])}\0".encode())
+            if name in self.indices:
+                h.update(self.indices[name].numpy().tobytes())
+        return h.hexdigest()
+
     def with_metadata(self, **updates: Any) -> Region:
         return Region(dict(self.indices), dict(self.shapes), {**self.metadata, **updates})
 
     # algebra ---------------------------------------------------------------------
 
-    def _combine(self, other: Region, op: str) -> Region:
+    def _check_shapes(self, other: Region, op: str) -> None:
         conflicts = [n for n in set(self.shapes) & set(other.shapes) if self.shapes[n] != other.shapes[n]]
         if conflicts:
-            raise RegionMismatchError(
-                f"cannot {op} regions whose tensors differ in shape: {_first(sorted(conflicts))}"
-            )
+            raise RegionMismatchError(f"cannot {op} regions whose tensors differ in shape: {first(sorted(conflicts))}; were they made for different models?")
+
+    def _combine(self, other: Region, op: str) -> Region:
+        self._check_shapes(other, op)
         names = list(self.shapes) + [n for n in other.shapes if n not in self.shapes]
         empty = torch.empty(0, dtype=torch.int64)
         out: dict[str, torch.Tensor] = {}
@@ -159,7 +195,7 @@ class Region:
         """All entries of the covered tensors that are not selected."""
         out = {}
         for n, idx in self.indices.items():
-            keep = torch.ones(_numel(self.shapes[n]), dtype=torch.bool)
+            keep = torch.ones(numel(self.shapes[n]), dtype=torch.bool)
             keep[idx] = False
             out[n] = torch.nonzero(keep).reshape(-1)
         return Region(out, dict(self.shapes), {"kind": "complement", "operands": [self.metadata.get("kind")]})
@@ -170,37 +206,7 @@ class Region:
     __invert__ = complement
 
 
-def _numel(shape: Iterable[int]) -> int:
-    return math.prod(int(d) for d in shape)
-
-
-def _first(items: list, k: int = _MAX_LISTED) -> str:
-    shown = ", ".join(str(i) for i in items[:k])
-    return shown + (f" ... ({len(items)} in all)" if len(items) > k else "")
-
-
-# parameters of a model -----------------------------------------------------------------
-
-
-def named_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    """The model's parameters under their plain transformers names.
-
-    A peft-wrapped model is unwrapped and `.base_layer` dropped, so a region made on the
-    base model addresses the same base weights; adapter weights are left out.
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    out = {}
-    for name, p in base.named_parameters(remove_duplicate=False):
-        if "lora_" in name or ".modules_to_save." in name or "original_module" in name:
-            continue
-        out.setdefault(name.replace(".base_layer.", "."), p)
-    return out
-
-
-def scope_shapes(model: torch.nn.Module, scope: str = DEFAULT_SCOPE) -> dict[str, tuple[int, ...]]:
-    """Shapes of the parameters whose name matches the scope pattern."""
-    pattern = re.compile(scope)
-    return {n: tuple(p.shape) for n, p in named_parameters(model).items() if pattern.search(n)}
+# a region on a model ---------------------------------------------------------------------------
 
 
 def validate(region: Region, model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -211,86 +217,64 @@ def validate(region: Region, model: torch.nn.Module) -> dict[str, torch.nn.Param
     """
     params = named_parameters(model)
     unknown = [n for n in region.indices if n not in params]
-    shape = [
-        f"{n} (mask {region.shapes[n]}, model {tuple(params[n].shape)})"
-        for n in region.indices
-        if n in params and tuple(params[n].shape) != region.shapes[n]
-    ]
-    out_of_range = [
-        f"{n} (max index {int(i[-1])} >= {params[n].numel()} entries)"
-        for n, i in region.indices.items()
-        if n in params and i.numel() and int(i[-1]) >= params[n].numel()
-    ]
-    offloaded = [n for n in region.indices if n in params and params[n].device.type == "meta"]
-    uneditable = [
-        f"{n} ({params[n].dtype})"
-        for n in region.indices
-        if n in params and not (params[n].is_floating_point() and params[n].is_contiguous())
-    ]
+    known = {n: params[n] for n in region.indices if n in params}
+    shape = [f"{n} (mask {region.shapes[n]}, model {tuple(p.shape)})" for n, p in known.items() if tuple(p.shape) != region.shapes[n]]
     problems = []
     if unknown:
-        example = next(iter(params), "?")
         problems.append(
-            f"{len(unknown)} parameter name(s) not in the model: {_first(unknown)} "
-            f"(the model's names look like {example!r}; was the mask made for another model?)"
+            f"{len(unknown)} parameter name(s) not in the model: {first(unknown)} "
+            f"(the model's names look like {next(iter(params), '?')!r}; was the mask made for another model?)"
         )
     if shape:
-        problems.append(f"{len(shape)} shape mismatch(es): {_first(shape)}")
-    if out_of_range:
-        problems.append(f"{len(out_of_range)} tensor(s) with out-of-range indices: {_first(out_of_range)}")
-    if offloaded:
-        problems.append(
-            f"{len(offloaded)} targeted parameter(s) are offloaded (meta device): {_first(offloaded)}; "
-            "write an ablated checkpoint with `lingreg apply` and evaluate that instead"
-        )
-    if uneditable:
-        problems.append(
-            f"{len(uneditable)} targeted parameter(s) are quantized or non-contiguous and cannot be "
-            f"edited in place: {_first(uneditable)}; load the model in a float dtype"
-        )
+        problems.append(f"{len(shape)} shape mismatch(es): {first(shape)}")
+    problems += editability_problems({n: p for n, p in known.items() if region.indices[n].numel()})
     if problems:
-        model_name = getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
         made_for = region.metadata.get("model")
         raise RegionMismatchError(
-            f"region does not fit model {model_name!r}"
+            f"region does not fit model {model_name(model)!r}"
             + (f" (the region was made for {made_for!r})" if made_for else "")
-            + ":\n  - "
-            + "\n  - ".join(problems)
-            + "\nUse a region extracted from this model (see `lingreg extract`), or check its names with `lingreg mask info`."
+            + ": "
+            + "; ".join(problems)
+            + ". Use a region extracted from this model (see `lingreg extract`), or check its names with `lingreg mask info`."
         )
     return {n: params[n] for n in region.indices}
 
 
+def check_value(value: float, params: Iterable[torch.Tensor], what: str = "mask_value") -> float:
+    """A finite value that every target dtype can hold (1e39 overflows float32, 7e4 float16)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise RegionError(f"{what}={value!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise RegionError(f"{what} must be a finite number, got {value!r}")
+    for dtype in {p.dtype for p in params}:
+        if not torch.isfinite(torch.tensor(value, dtype=torch.float64).to(dtype)):
+            raise RegionError(f"{what}={value:g} overflows {str(dtype).removeprefix('torch.')} (largest {torch.finfo(dtype).max:.3g}); use a smaller value")
+    return value
+
+
 @torch.no_grad()
-def apply(region: Region, model: torch.nn.Module, value: float = 0.0) -> dict[str, torch.Tensor]:
+def apply(region: Region, model: torch.nn.Module, value: float = 0.0) -> SavedEntries:
     """Set the region's entries of `model` to `value` in place.
 
-    Validates everything before changing anything. Returns the original values of the
-    changed entries, which `restore` puts back exactly.
+    Validates everything before changing anything. Returns the original values of the changed
+    entries; `saved.restore()` (or `restore(region, model, saved)`) puts them back exactly.
     """
-    if not torch.isfinite(torch.tensor(float(value))):
-        raise RegionError(f"mask_value must be a finite number, got {value!r}")
     params = validate(region, model)
-    saved = {}
+    value = check_value(value, [params[n] for n, i in region.indices.items() if i.numel()])
+    saved = SavedEntries(model)
     for name, idx in region.indices.items():
-        flat = _flat(params[name])
-        idx = idx.to(flat.device)
-        saved[name] = flat[idx].clone()
-        flat.index_fill_(0, idx, value)
+        if idx.numel():
+            saved.save(name, params[name], idx)
+            flat = params[name].data.view(-1)
+            flat.index_fill_(0, idx.to(flat.device), value)
     return saved
 
 
-@torch.no_grad()
-def restore(region: Region, model: torch.nn.Module, saved: Mapping[str, torch.Tensor]) -> None:
+def restore(region: Region, model: torch.nn.Module, saved: SavedEntries) -> None:
     """Undo `apply`: put the saved original values back."""
-    params = named_parameters(model)
-    for name, idx in region.indices.items():
-        flat = _flat(params[name])
-        flat.index_copy_(0, idx.to(flat.device), saved[name].to(flat.device))
-
-
-def _flat(p: torch.Tensor) -> torch.Tensor:
-    return p.data.view(-1)
+    saved.restore()
 
 
 # inspection ------------------------------------------------------------------------------
@@ -305,12 +289,24 @@ def summarize(region: Region) -> list[dict[str, Any]]:
         m = _LAYER.search(name)
         layer, module = (int(m.group(1)), m.group(2)) if m else (None, name)
         n = int(region.indices[name].numel()) if name in region.indices else 0
-        rows.append({"name": name, "layer": layer, "module": module, "selected": n, "entries": _numel(shape), "share": n / max(1, _numel(shape))})
+        rows.append({"name": name, "layer": layer, "module": module, "selected": n, "entries": numel(shape), "share": n / max(1, numel(shape))})
     return rows
+
+
+def totals_by(rows: list[dict[str, Any]], key: str) -> dict[Any, tuple[int, int]]:
+    """(selected, entries) summed over `summarize` rows per `key` ('module' or 'layer'); None last."""
+    out: dict[Any, list[int]] = {}
+    for r in rows:
+        acc = out.setdefault(r[key], [0, 0])
+        acc[0] += r["selected"]
+        acc[1] += r["entries"]
+    order = sorted(out, key=lambda k: (k is None, k if k is not None else 0)) if key == "layer" else list(out)
+    return {k: (out[k][0], out[k][1]) for k in order}
 
 
 def jaccard(a: Region, b: Region) -> tuple[float, dict[str, float]]:
     """Jaccard index |a & b| / |a | b|, overall and per tensor (as the official code computes it)."""
+    a._check_shapes(b, "compare")
     per, inter_total, union_total = {}, 0, 0
     empty = torch.empty(0, dtype=torch.int64)
     for name in list(a.shapes) + [n for n in b.shapes if n not in a.shapes]:

@@ -1,9 +1,7 @@
-"""Reports from lm-eval results: reading runs, leaderboard tables, baselines, regression checks, plots.
+"""Reports from runs: leaderboard tables, baselines with provenance, comparisons and rule checks.
 
-A *run* is one lm-eval results JSON (`lm_eval --output_path` writes `results_<date>.json`; the
-`lingreg` commands write `<condition>/results.json`). Its label comes from what the run
-recorded: the condition name of `lingreg` runs, else the mask or perturbation in
-`config.lingreg`, else the model. Missing languages, NaN and inf are kept and shown as such.
+Reading runs lives in `results`, figures in `plots`. Everything here is pure: runs and
+baseline entries in, tables and verdicts out; the CLI prints and decides exit codes.
 """
 
 from __future__ import annotations
@@ -12,154 +10,20 @@ import fnmatch
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lm_eval_lingreg.errors import ReportError
 from lm_eval_lingreg.languages import LANGUAGES
+from lm_eval_lingreg.results import LOWER_IS_BETTER, METRICS, Run, check_metric, geomean, run_by_label
 
-METRICS = ("bits_per_byte", "byte_perplexity", "word_perplexity", "token_perplexity")
-#: Every metric of the lingreg_ppl tasks is lower-is-better.
-LOWER_IS_BETTER = dict.fromkeys(METRICS, True)
 BASELINE_SCHEMA = "lm-eval-lingreg/baselines/v1"
 BASELINE_FIELDS = ("source", "citation", "model", "condition", "language", "metric", "value", "kind", "note")
 
 
-class ReportError(ValueError):
-    """Bad input to a report command: unreadable or malformed results, baselines or rules."""
-
-
-@dataclass
-class Run:
-    """One lm-eval results file: per-language metrics and what was evaluated."""
-
-    path: Path
-    label: str
-    model: str
-    values: dict[str, dict[str, float]]  # iso -> metric -> value
-    info: dict[str, Any] = field(default_factory=dict)
-    limit: Any = None
-
-    def value(self, iso: str, metric: str) -> float:
-        return self.values.get(iso, {}).get(metric, math.nan)
-
-
-def _number(v: Any) -> float:
-    if isinstance(v, bool) or v is None:
-        return math.nan
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str) and v.strip().lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
-        return float(v.strip().lower().replace("infinity", "inf"))
-    return math.nan
-
-
-def _label(data: Mapping[str, Any], path: Path) -> tuple[str, str]:
-    cfg = data.get("config") or {}
-    info = cfg.get("lingreg") or {}
-    args = cfg.get("model_args")
-    if isinstance(args, str):
-        from lm_eval.utils import simple_parse_args_string
-
-        try:
-            args = simple_parse_args_string(args)
-        except Exception:  # noqa: BLE001 - a label is best effort
-            args = {}
-    args = args if isinstance(args, dict) else {}
-    model = str(info.get("pretrained") or args.get("pretrained") or cfg.get("model_name") or cfg.get("model") or "?")
-    if info.get("condition"):
-        return str(info["condition"]), model
-    if info.get("perturbation_spec"):
-        return f"perturbed {info['perturbation_spec']}", model
-    if info.get("mask"):
-        meta = info.get("mask_metadata") or {}
-        kind = meta.get("kind")
-        ratio = meta.get("ratio")
-        base = Path(str(info["mask"])).name.removesuffix(".safetensors").removesuffix(".pt")
-        return (f"{kind}-{ratio * 100:g}" if kind and isinstance(ratio, (int, float)) else base), model
-    if info:
-        return "base", model
-    return Path(model).name or path.parent.name, model
-
-
-def read_run(path: str | os.PathLike) -> Run:
-    """One results JSON; raises `ReportError` naming the file when it is not lm-eval results."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ReportError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ReportError(f"{path}: not valid JSON ({e}); a partly written file? rerun that evaluation") from None
-    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
-        raise ReportError(f"{path}: not an lm-eval results file (no 'results' mapping)")
-    values: dict[str, dict[str, float]] = {}
-    for task, row in data["results"].items():
-        if not (isinstance(task, str) and task.startswith("lingreg_ppl_") and isinstance(row, dict)):
-            continue
-        iso = task.removeprefix("lingreg_ppl_")
-        if iso not in LANGUAGES:
-            continue
-        values[iso] = {m: _number(row.get(f"{m},none")) for m in METRICS if f"{m},none" in row}
-    if not values:
-        raise ReportError(f"{path}: no lingreg_ppl_<iso> results in it (was it run with --tasks lingreg_ppl?)")
-    label, model = _label(data, path)
-    cfg = data.get("config") or {}
-    return Run(path, label, model, values, dict(cfg.get("lingreg") or {}), cfg.get("limit"))
-
-
-def find_results(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Results files under the given files or directories (newest file per lm-eval output folder)."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_file():
-            out.append(p)
-        elif p.is_dir():
-            found = sorted(f for f in p.rglob("*.json") if f.name == "results.json" or (f.name.startswith("results_") and f.suffix == ".json"))
-            by_dir: dict[Path, Path] = {}
-            for f in found:  # lm-eval writes results_<timestamp>.json; keep the newest per folder
-                by_dir[f.parent] = max(by_dir.get(f.parent, f), f, key=lambda x: x.name)
-            out.extend(sorted(by_dir.values()))
-        else:
-            raise ReportError(f"{p}: no such file or directory")
-    if not out:
-        raise ReportError(f"no results JSON found under {', '.join(map(str, paths))} (expected results.json or results_<date>.json)")
-    return out
-
-
-def load_runs(paths: Iterable[str | os.PathLike], labels: Mapping[str, str] | None = None) -> list[Run]:
-    """Every run under `paths`, labels made unique (`label`, `label #2`, ...).
-
-    `labels` maps a file or folder to the label its runs get instead of the recorded one.
-    """
-    paths = list(paths)
-    runs = [read_run(f) for f in find_results(paths)]
-    for where, label in (labels or {}).items():
-        root = Path(where).resolve()
-        hit = [r for r in runs if r.path.resolve() == root or root in r.path.resolve().parents]
-        if not hit:
-            raise ReportError(f"--label {where}={label}: no results file under {where}")
-        for r in hit:
-            r.label = label
-    seen: dict[str, int] = {}
-    for r in runs:
-        seen[r.label] = seen.get(r.label, 0) + 1
-        if seen[r.label] > 1:
-            r.label = f"{r.label} #{seen[r.label]}"
-    return runs
-
-
 # tables ------------------------------------------------------------------------------------------
-
-
-def geomean(values: Sequence[float]) -> float:
-    vals = [v for v in values if not math.isnan(v)]
-    if not vals:
-        return math.nan
-    if any(math.isinf(v) for v in vals) or any(v <= 0 for v in vals):
-        return math.inf if any(math.isinf(v) and v > 0 for v in vals) else math.nan
-    return math.exp(sum(math.log(v) for v in vals) / len(vals))
 
 
 def build_table(runs: Sequence[Run], metric: str = "bits_per_byte", ratio_to: str | None = None):
@@ -171,15 +35,9 @@ def build_table(runs: Sequence[Run], metric: str = "bits_per_byte", ratio_to: st
     """
     import pandas as pd
 
-    if metric not in METRICS:
-        raise ReportError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    check_metric(metric)
     labels = [r.label for r in runs]
-    base = None
-    if ratio_to is not None:
-        matches = [r for r in runs if r.label == ratio_to]
-        if not matches:
-            raise ReportError(f"--ratio-to {ratio_to!r}: no run with that label (labels: {', '.join(labels)})")
-        base = matches[0]
+    base = run_by_label(runs, ratio_to) if ratio_to is not None else None
     langs = [iso for iso in LANGUAGES if any(iso in r.values for r in runs)]
     data = {}
     for r in runs:
@@ -224,7 +82,9 @@ def render_table(df, fmt: str = "markdown") -> str:
     from tabulate import tabulate
 
     if fmt == "json":
-        return json.dumps({c: {i: (None if math.isnan(v) else v) for i, v in df[c].items()} for c in df.columns}, indent=1, default=str).replace("Infinity", '"inf"')
+        return json.dumps({c: {i: (None if math.isnan(v) else v) for i, v in df[c].items()} for c in df.columns}, indent=1, default=str).replace(
+            "Infinity", '"inf"'
+        )
     if fmt == "csv":
         return df.to_csv(float_format="%.6g", na_rep="missing")
     cells = [[i, *(fmt_value(v) for v in row)] for i, row in zip(df.index, df.itertuples(index=False), strict=True)]
@@ -238,54 +98,93 @@ def render_table(df, fmt: str = "markdown") -> str:
 # baselines --------------------------------------------------------------------------------------
 
 
+def _baseline_value(v: Any, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise ReportError(f"{where}: value {v!r} is not a number")
+    try:
+        value = float(v)
+    except ValueError:
+        raise ReportError(f"{where}: value {v!r} is not a number") from None
+    if math.isnan(value):
+        raise ReportError(f"{where}: value is NaN; a baseline entry needs a number (drop the entry if the run had none)")
+    if value < 0:
+        raise ReportError(f"{where}: value {value:g} is negative; every lingreg_ppl metric is >= 0")
+    return value
+
+
 def load_baseline(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Entries of a baseline file (JSON with `schema` and `values`, or CSV with the same columns)."""
     path = Path(path)
     if not path.is_file():
         raise ReportError(f"baseline file {path} not found (shipped ones are in baselines/)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ReportError(f"{path}: not UTF-8 text") from None
     if path.suffix.lower() == ".csv":
         import csv
+        import io
 
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows: list[Any] = list(csv.DictReader(io.StringIO(text)))
     else:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ReportError(f"{path}: not valid JSON ({e})") from None
+            data = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise ReportError(f"{path}: not valid JSON ({str(e)[:120]})") from None
         if not isinstance(data, dict) or data.get("schema") != BASELINE_SCHEMA or not isinstance(data.get("values"), list):
-            raise ReportError(f"{path}: expected a JSON object with \"schema\": \"{BASELINE_SCHEMA}\" and a \"values\" list (see baselines/README.md)")
+            raise ReportError(f'{path}: expected a JSON object with "schema": "{BASELINE_SCHEMA}" and a "values" list (see baselines/README.md)')
         rows = data["values"]
     out = []
     for i, row in enumerate(rows):
+        where = f"{path}: entry {i}"
+        if not isinstance(row, dict):
+            raise ReportError(f"{where}: expected an object with {', '.join(BASELINE_FIELDS)}")
         missing = [k for k in ("source", "model", "condition", "language", "metric", "value") if row.get(k) in (None, "")]
         if missing:
-            raise ReportError(f"{path}: entry {i} lacks {', '.join(missing)} (every value needs its provenance)")
+            raise ReportError(f"{where} lacks {', '.join(missing)} (every value needs its provenance)")
         if row["metric"] not in METRICS and row["metric"] != "perplexity":
-            raise ReportError(f"{path}: entry {i}: unknown metric {row['metric']!r}")
-        v = row["value"]
-        try:
-            value = float(v) if isinstance(v, str) else _number(v)
-        except ValueError:
-            raise ReportError(f"{path}: entry {i}: value {v!r} is not a number") from None
-        out.append({k: row.get(k) for k in BASELINE_FIELDS} | {"value": value})
+            raise ReportError(f"{where}: unknown metric {row['metric']!r}")
+        if not isinstance(row["condition"], str) or not isinstance(row["language"], str):
+            raise ReportError(f"{where}: condition and language must be strings")
+        out.append({k: row.get(k) for k in BASELINE_FIELDS} | {"value": _baseline_value(row["value"], where)})
     return out
 
 
 def baseline_from_runs(runs: Sequence[Run], source: str, model: str, metric: str = "token_perplexity", note: str = "") -> dict[str, Any]:
-    """A baseline file's content from runs of this tool (one entry per condition x language)."""
+    """A baseline file's content from runs of this tool (one entry per condition x language).
+
+    Values a run does not have (NaN) are left out: a baseline holds numbers only.
+    """
     values = []
     for r in runs:
         for iso in LANGUAGES:
             v = r.value(iso, metric)
-            if iso in r.values:
-                values.append({"source": source, "citation": "", "model": model, "condition": r.label, "language": iso, "metric": metric,
-                               "value": None if math.isnan(v) else (str(v) if math.isinf(v) else v), "kind": "measured", "note": note or f"limit={r.limit}"})
+            if iso in r.values and not math.isnan(v):
+                values.append(
+                    {
+                        "source": source,
+                        "citation": "",
+                        "model": model,
+                        "condition": r.label,
+                        "language": iso,
+                        "metric": metric,
+                        "value": str(v) if math.isinf(v) else v,
+                        "kind": "measured",
+                        "note": note or f"limit={r.limit}",
+                    }
+                )
     return {"schema": BASELINE_SCHEMA, "values": values}
+
+
+def check_tolerance(rtol: float, atol: float) -> None:
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ReportError(f"--{name} must be a finite number >= 0, got {v!r}")
 
 
 def compare(runs: Sequence[Run], baseline: Sequence[Mapping[str, Any]], rtol: float = 0.05, atol: float = 0.0) -> list[dict[str, Any]]:
     """Each baseline value matched to a run (by condition label) and language; with deltas and a verdict."""
+    check_tolerance(rtol, atol)
     by_label = {r.label: r for r in runs}
     rows = []
     for b in baseline:
@@ -295,19 +194,53 @@ def compare(runs: Sequence[Run], baseline: Sequence[Mapping[str, Any]], rtol: fl
         want = b["value"]
         if run is None or math.isnan(got):
             status = "missing"
-        elif math.isnan(want):
-            status = "no baseline value"
         elif math.isinf(want) or math.isinf(got):
             status = "ok" if got == want else ("worse" if got > want else "better")
         else:
             tol = atol + rtol * abs(want)
             status = "ok" if abs(got - want) <= tol else ("worse" if (got > want) == LOWER_IS_BETTER[metric] else "better")
-        rows.append({**b, "compared_metric": metric, "got": got, "delta": got - want if not (math.isnan(got) or math.isnan(want)) else math.nan,
-                     "rel": (got / want - 1) if want and not (math.isnan(got) or math.isnan(want) or math.isinf(want)) else math.nan, "status": status})
+        rows.append(
+            {
+                **b,
+                "compared_metric": metric,
+                "got": got,
+                "delta": got - want if not (math.isnan(got) or math.isnan(want)) else math.nan,
+                "rel": (got / want - 1) if want and not (math.isnan(got) or math.isnan(want) or math.isinf(want)) else math.nan,
+                "status": status,
+            }
+        )
     return rows
 
 
 # checks -----------------------------------------------------------------------------------------
+
+_RULE_KEYS = {"name", "condition", "metric", "ratio_to", "min", "max", "languages", "exclude"}
+
+
+def _bound(v: Any, key: str, where: str) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise ReportError(f"{where}: `{key}: {v!r}` is not a number")
+    try:
+        value = float(v)
+    except ValueError:
+        raise ReportError(f"{where}: `{key}: {v!r}` is not a number") from None
+    if math.isnan(value):
+        raise ReportError(f"{where}: `{key}` is NaN; give a number")
+    return value
+
+
+def _codes(v: Any, key: str, where: str) -> list[str] | None:
+    if v is None or v == "all":
+        return None
+    items = [x.strip() for x in v.split(",")] if isinstance(v, str) else v
+    if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+        raise ReportError(f"{where}: `{key}` must be a list of language codes or 'all'")
+    unknown = [x for x in items if x not in LANGUAGES]
+    if unknown:
+        raise ReportError(f"{where}: `{key}` has unknown language code(s) {unknown}; codes are {','.join(LANGUAGES)}")
+    return items
 
 
 @dataclass
@@ -325,19 +258,30 @@ class Rule:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> Rule:
-        unknown = set(d) - {"name", "condition", "metric", "ratio_to", "min", "max", "languages", "exclude"}
+        unknown = set(d) - _RULE_KEYS
         if unknown:
-            raise ReportError(f"{where}: unknown rule key(s) {', '.join(sorted(unknown))}")
-        if "condition" not in d or (d.get("min") is None and d.get("max") is None):
+            raise ReportError(f"{where}: unknown rule key(s) {', '.join(sorted(map(str, unknown)))}")
+        lo, hi = _bound(d.get("min"), "min", where), _bound(d.get("max"), "max", where)
+        if "condition" not in d or (lo is None and hi is None):
             raise ReportError(f"{where}: a rule needs `condition` and at least one of `min`/`max`")
-        langs = d.get("languages")
-        if isinstance(langs, str):
-            langs = None if langs == "all" else [x.strip() for x in langs.split(",")]
-        if d.get("metric", "token_perplexity") not in METRICS:
-            raise ReportError(f"{where}: unknown metric {d.get('metric')!r}")
-        return cls(str(d.get("name") or d["condition"]), str(d["condition"]), d.get("metric", "token_perplexity"), d.get("ratio_to"),
-                   None if d.get("min") is None else float(d["min"]), None if d.get("max") is None else float(d["max"]), langs,
-                   tuple(d.get("exclude") or ()))
+        if lo is not None and hi is not None and lo > hi:
+            raise ReportError(f"{where}: min {lo:g} is above max {hi:g}; no value can pass")
+        metric = d.get("metric", "token_perplexity")
+        if metric not in METRICS:
+            raise ReportError(f"{where}: unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+        for key in ("condition", "ratio_to", "name"):
+            if d.get(key) is not None and not isinstance(d[key], (str, int, float)):
+                raise ReportError(f"{where}: `{key}` must be a string")
+        return cls(
+            str(d.get("name") or d["condition"]),
+            str(d["condition"]),
+            metric,
+            None if d.get("ratio_to") is None else str(d["ratio_to"]),
+            lo,
+            hi,
+            _codes(d.get("languages"), "languages", where),
+            tuple(_codes(d.get("exclude"), "exclude", where) or ()),
+        )
 
 
 def load_rules(path: str | os.PathLike) -> list[Rule]:
@@ -348,16 +292,17 @@ def load_rules(path: str | os.PathLike) -> list[Rule]:
         raise ReportError(f"rules file {path} not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ReportError(f"{path}: not valid YAML ({e})") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
+        raise ReportError(f"{path}: not valid UTF-8 YAML ({str(e)[:200]})") from None
     items = data.get("rules") if isinstance(data, dict) else data
     if not isinstance(items, list) or not items:
         raise ReportError(f"{path}: expected a `rules:` list")
-    return [Rule.from_dict(d, f"{path} rule {i + 1}") if isinstance(d, dict) else _bad_rule(path, i) for i, d in enumerate(items)]
-
-
-def _bad_rule(path: Path, i: int):
-    raise ReportError(f"{path} rule {i + 1}: expected a mapping")
+    rules = []
+    for i, d in enumerate(items):
+        if not isinstance(d, dict):
+            raise ReportError(f"{path} rule {i + 1}: expected a mapping")
+        rules.append(Rule.from_dict(d, f"{path} rule {i + 1}"))
+    return rules
 
 
 def apply_rules(runs: Sequence[Run], rules: Sequence[Rule]) -> list[dict[str, Any]]:
@@ -371,7 +316,26 @@ def apply_rules(runs: Sequence[Run], rules: Sequence[Rule]) -> list[dict[str, An
             continue
         base = by_label.get(rule.ratio_to) if rule.ratio_to else None
         if rule.ratio_to and base is None:
-            out.append({"rule": rule.name, "run": rule.ratio_to, "language": "-", "value": math.nan, "ok": False, "why": f"no run labelled {rule.ratio_to!r} to divide by"})
+            out.append(
+                {
+                    "rule": rule.name,
+                    "run": rule.ratio_to,
+                    "language": "-",
+                    "value": math.nan,
+                    "ok": False,
+                    "why": f"no run labelled {rule.ratio_to!r} to divide by",
+                }
+            )
+            continue
+        if base is not None and not any(rule.metric in v for v in base.values.values()):
+            hint = (
+                " (plain `hf` does not report it): set `metric: bits_per_byte` in the rule or evaluate base with hf-region-ablated"
+                if rule.metric == "token_perplexity"
+                else ""
+            )
+            out.append(
+                {"rule": rule.name, "run": base.label, "language": "-", "value": math.nan, "ok": False, "why": f"{base.label} has no {rule.metric}{hint}"}
+            )
             continue
         for run in matched:
             langs = [iso for iso in (rule.languages or [iso for iso in LANGUAGES if iso in run.values]) if iso not in rule.exclude]
@@ -381,71 +345,9 @@ def apply_rules(runs: Sequence[Run], rules: Sequence[Rule]) -> list[dict[str, An
                     b = base.value(iso, rule.metric)
                     v = v / b if not math.isnan(b) and b else math.nan
                 if math.isnan(v):
-                    ok, why = False, "missing or NaN"
+                    ok, why = False, ("missing or NaN" if iso in run.values else f"{run.label} has no {LANGUAGES[iso].name}")
                 else:
                     ok = (rule.min is None or v >= rule.min) and (rule.max is None or v <= rule.max)
                     why = "" if ok else (f"below min {rule.min:g}" if rule.min is not None and v < rule.min else f"above max {rule.max:g}")
                 out.append({"rule": rule.name, "run": run.label, "language": iso, "value": v, "ok": ok, "why": why})
     return out
-
-
-# plots ------------------------------------------------------------------------------------------
-
-
-def plot_heatmap(runs: Sequence[Run], path: str | os.PathLike, metric: str = "token_perplexity", ratio_to: str = "base") -> None:
-    """Languages x conditions, log10 of the ratio to the base run (PNG or SVG by suffix)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from lm_eval_lingreg._atomic import save_figure
-
-    df = build_table(runs, metric, ratio_to).drop(index="Geometric mean")
-    df = df[[c for c in df.columns if c != ratio_to]]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        data = np.log10(df.to_numpy(dtype=float))
-    finite = data[np.isfinite(data)]
-    vmax = float(np.max(np.abs(finite))) if finite.size else 1.0
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(df.columns), 0.32 * len(df.index) + 2))
-    im = ax.imshow(np.clip(np.nan_to_num(data, nan=np.nan, posinf=vmax, neginf=-vmax), -vmax, vmax), aspect="auto", cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-    ax.set_xticks(range(len(df.columns)), df.columns, rotation=45, ha="right")
-    ax.set_yticks(range(len(df.index)), df.index, fontsize=8)
-    for (i, j), v in np.ndenumerate(data):
-        if not np.isfinite(v):
-            ax.text(j, i, "inf" if v > 0 else "n/a", ha="center", va="center", fontsize=7)
-    fig.colorbar(im, ax=ax, label=f"log10({metric} / {ratio_to})")
-    ax.set_title(f"{metric}: ratio to {ratio_to}")
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def plot_region_density(region: Any, path: str | os.PathLike) -> None:
-    """Share of each (layer, module) tensor that the region selects, as a heatmap."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from lm_eval_lingreg._atomic import save_figure
-    from lm_eval_lingreg.regions import summarize
-
-    rows = [r for r in summarize(region) if r["layer"] is not None]
-    if not rows:
-        raise ReportError("the region has no per-layer tensors to plot")
-    layers = sorted({r["layer"] for r in rows})
-    modules = list(dict.fromkeys(r["module"] for r in rows))
-    grid = np.full((len(layers), len(modules)), np.nan)
-    for r in rows:
-        grid[layers.index(r["layer"]), modules.index(r["module"])] = 100 * r["share"]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(modules), 0.3 * len(layers) + 2))
-    im = ax.imshow(grid, aspect="auto", cmap="magma")
-    ax.set_xticks(range(len(modules)), modules, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(layers)), layers)
-    ax.set_ylabel("layer")
-    fig.colorbar(im, ax=ax, label="% of the tensor selected")
-    ax.set_title(str(region.metadata.get("kind") or "region") + f" ({region.num_selected:,} entries)")
-    fig.tight_layout()
-    save_figure(fig, path)

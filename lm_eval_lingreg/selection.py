@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from lm_eval_lingreg.regions import Region, RegionError
+from lm_eval_lingreg.errors import RegionError
+from lm_eval_lingreg.regions import Region
 
 
 def _check_ratio(ratio: float) -> float:
@@ -34,6 +35,13 @@ def select_random(shapes: Mapping[str, tuple[int, ...]], ratio: float, seed: int
 
 
 WHICH = ("top", "bottom", "random")
+
+
+def _check_informative(informative: bool, langs: Sequence[str]) -> None:
+    if not informative:
+        raise RegionError(
+            f"the importance scores of {', '.join(langs)} are all zero, so no entry ranks above another; rescore with real text (`lingreg score --overwrite`)"
+        )
 
 
 def select_tensor(score: torch.Tensor, k: int, which: str, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -66,13 +74,16 @@ def select_core(
     ratio = _check_ratio(ratio)
     gen = torch.Generator().manual_seed(int(seed))
     indices, shapes = {}, {}
+    informative = False
     for name in names:
         total = None
         for lang in langs:
             s = get(lang, name).to(torch.float32).abs()
             total = s if total is None else total.add_(s)
+        informative |= bool(total.any())
         shapes[name] = tuple(total.shape)
         indices[name] = select_tensor(total, int(ratio * total.numel()), which, gen)
+    _check_informative(informative, langs)
     meta = {"kind": f"core-{which}", "ratio": ratio, "languages": list(langs), **({"seed": int(seed)} if which == "random" else {}), **(metadata or {})}
     return Region(indices, shapes, meta)
 
@@ -91,13 +102,16 @@ def select_monolingual(
     if lang not in langs or not others:
         raise RegionError(f"monolingual region of {lang!r} needs it among --langs plus at least one other language (got {list(langs)})")
     indices, shapes = {}, {}
+    informative = False
     for name in names:
         own = get(lang, name).to(torch.float32).abs()
+        informative |= bool(own.any())
         k = int(ratio * own.numel())
         keep = select_tensor(own, k, "top")
         for o in others:
             keep = keep[~torch.isin(keep, select_tensor(get(o, name).to(torch.float32).abs(), k, "top"))]
         shapes[name] = tuple(own.shape)
         indices[name] = keep
+    _check_informative(informative, [lang])
     meta = {"kind": "monolingual", "lang": lang, "ratio": ratio, "languages": list(langs), **(metadata or {})}
     return Region(indices, shapes, meta)

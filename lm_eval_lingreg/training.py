@@ -1,22 +1,21 @@
-"""Further pre-training on one language, optionally with a frozen region, and the forgetting experiment.
+"""Further pre-training on one language, optionally with a frozen region or a LoRA adapter.
 
 `train()` is a plain causal-LM loop: packed blocks of one language's text, AdamW, warmup then a
 cosine (or linear/constant) schedule, gradient accumulation, gradient clipping, a progress bar
 with loss and tokens/s, and a held-out perplexity curve on the target language and a few others.
 A frozen region is restored after every optimizer step (`freeze.FrozenRegion`).
-
-`forget()` runs the paper's experiment: the same data, steps and seed under each freezing
-condition, with the 30-language harness evaluation before and after.
+`further_pretrain()` adds the LoRA route (adapter trained, merged, frozen entries re-imposed).
+The forgetting experiment built on it lives in `experiments.forgetting`.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import random
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,16 @@ from typing import Any
 import torch
 
 from lm_eval_lingreg import __version__
-from lm_eval_lingreg._atomic import atomic_path, save_figure, write_json
-from lm_eval_lingreg.corpora import CorpusError, read_texts
-from lm_eval_lingreg.freeze import FrozenRegion
-from lm_eval_lingreg.importance import _backward_weighted_nll
-from lm_eval_lingreg.regions import Region, RegionError, named_parameters
-from lm_eval_lingreg.scan import ProbeSet, geometric_mean, probe_perplexity
+from lm_eval_lingreg.anatomy import compile_scope, named_parameters
+from lm_eval_lingreg.corpora import read_texts
+from lm_eval_lingreg.errors import CorpusError, RegionError, TrainingError, UsageError
+from lm_eval_lingreg.freeze import FrozenRegion, merge_and_reimpose
+from lm_eval_lingreg.lm_loss import IGNORE, backward_weighted_nll
+from lm_eval_lingreg.outputs import save_model
+from lm_eval_lingreg.regions import Region
+from lm_eval_lingreg.scan import ProbeSet, probe_perplexity
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,16 +62,23 @@ class TrainConfig:
         for k in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_blocks"):
             if int(getattr(self, k)) < 1:
                 problems.append(f"{k} must be >= 1 (got {getattr(self, k)})")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        if self.seq_len < 2:
+            problems.append(f"seq_len must be >= 2 (got {self.seq_len})")
+        for k in ("lr", "weight_decay", "max_grad_norm", "heldout"):
+            if not math.isfinite(getattr(self, k)):
+                problems.append(f"{k} must be a finite number (got {getattr(self, k)})")
+        if not self.lr > 0:
             problems.append(f"lr must be a positive number (got {self.lr})")
         if self.schedule not in ("cosine", "linear", "constant"):
             problems.append(f"schedule must be cosine, linear or constant (got {self.schedule!r})")
         if not 0 < self.heldout < 1:
             problems.append(f"heldout must be between 0 and 1 (got {self.heldout})")
-        if self.warmup < 0 or self.weight_decay < 0:
-            problems.append("warmup and weight_decay must be >= 0")
+        if self.warmup < 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
+            problems.append("warmup, weight_decay and max_grad_norm must be >= 0")
+        if self.train_scope != "all":
+            compile_scope(self.train_scope)
         if problems:
-            raise ValueError("bad training configuration: " + "; ".join(problems))
+            raise TrainingError("bad training configuration: " + "; ".join(problems))
 
 
 def pack(tokenizer: Any, texts: Sequence[str], seq_len: int) -> list[list[int]]:
@@ -89,79 +99,72 @@ def split_blocks(tokenizer: Any, lang: str, data: str | None, seq_len: int, held
     random.Random(f"{seed}:{lang}:split").shuffle(order)
     n_held = max(1, int(len(texts) * heldout))
     held = pack(tokenizer, [texts[i] for i in order[:n_held]], seq_len)
-    train = pack(tokenizer, [texts[i] for i in order[n_held:]], seq_len)
-    if not train or not held:
-        raise CorpusError(f"{source}: too little {lang} text for blocks of {seq_len} tokens (train {len(train)}, held-out {len(held)}); lower --seq-len or give more text")
-    return train, held, source
+    train_blocks = pack(tokenizer, [texts[i] for i in order[n_held:]], seq_len)
+    if not train_blocks or not held:
+        raise CorpusError(
+            f"{source}: too little {lang} text for blocks of {seq_len} tokens (train {len(train_blocks)}, held-out {len(held)}); lower --seq-len or give more text"
+        )
+    return train_blocks, held, source
 
 
-def _probe_from_blocks(blocks: Mapping[str, Sequence[list[int]]]) -> ProbeSet:
-    rows = [(lang, b) for lang, bs in blocks.items() for b in bs]
-    width = max(len(b) for _, b in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for i, (_, b) in enumerate(rows):
-        ids[i, : len(b)] = torch.tensor(b)
-        attn[i, : len(b)] = 1
-    return ProbeSet(ids, attn, ids.masked_fill(attn == 0, -100), [lang for lang, _ in rows])
+def watch_probe(tokenizer: Any, cfg: TrainConfig, held: Sequence[list[int]]) -> ProbeSet:
+    """Held-out blocks of the target language and of `cfg.eval_langs` (from the training source if it
+    has the language, else the offline default)."""
+    rows = [(cfg.lang, b) for b in held[: cfg.eval_blocks]]
+    for iso in cfg.eval_langs:
+        if iso == cfg.lang:
+            continue
+        try:
+            held_iso = split_blocks(tokenizer, iso, cfg.data, cfg.seq_len, cfg.heldout, cfg.seed)[1]
+        except CorpusError:
+            held_iso = split_blocks(tokenizer, iso, None, cfg.seq_len, cfg.heldout, cfg.seed)[1]
+        rows += [(iso, b) for b in held_iso[: cfg.eval_blocks]]
+    return ProbeSet.from_ids(rows)
 
 
-def _loss_backward(model: torch.nn.Module, ids: torch.Tensor, scale: float, chunk: int = 128) -> float:
-    """Mean next-token loss of a batch of full blocks; backward of `scale * loss`.
-
-    Uses the scorer's chunked head and loss, so the [batch, len, vocab] logits never exist at
-    once (262K vocabularies make them GBs).
-    """
-    labels = torch.full_like(ids, -100)
+def loss_backward(model: torch.nn.Module, ids: torch.Tensor, scale: float) -> float:
+    """Mean next-token loss of a batch of full blocks; backward of `scale * loss` (chunked head and loss)."""
+    labels = torch.full_like(ids, IGNORE)
     labels[:, :-1] = ids[:, 1:]
     n = ids.shape[0] * (ids.shape[1] - 1)
     weights = torch.full(ids.shape, scale / n, dtype=torch.float32, device=ids.device)
-    return _backward_weighted_nll(model, ids, torch.ones_like(ids), labels, weights, chunk) / scale
+    return float(backward_weighted_nll(model, ids, torch.ones_like(ids), labels, weights)) / scale
 
 
-def _schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
+def _trainable(model: torch.nn.Module, scope: str) -> list[torch.nn.Parameter]:
+    """Set requires_grad by `scope` (full fine-tuning; with adapters peft decides) and return what trains."""
+    if not any(".lora_" in n for n, _ in model.named_parameters()):
+        pattern = None if scope == "all" else compile_scope(scope)
+        for n, p in named_parameters(model).items():
+            p.requires_grad_(pattern is None or bool(pattern.search(n)))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise RegionError(f"no parameter matches train_scope {scope!r}")
+    return trainable
+
+
+def _optimizer(cfg: TrainConfig, trainable: Sequence[torch.nn.Parameter]):
     from transformers import get_scheduler
 
-    return get_scheduler(cfg.schedule if cfg.schedule != "constant" else "constant_with_warmup", optimizer, num_warmup_steps=cfg.warmup, num_training_steps=cfg.steps)
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    schedule = cfg.schedule if cfg.schedule != "constant" else "constant_with_warmup"
+    return optimizer, get_scheduler(schedule, optimizer, num_warmup_steps=cfg.warmup, num_training_steps=cfg.steps)
 
 
-def train(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    cfg: TrainConfig,
-    freeze: Region | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
+def train(model: torch.nn.Module, tokenizer: Any, cfg: TrainConfig, freeze: Region | None = None, progress: bool = True) -> dict[str, Any]:
     """Train `model` in place; return the run's record (config, curves, timing, frozen entries)."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(cfg.seed)
     train_blocks, held, source = split_blocks(tokenizer, cfg.lang, cfg.data, cfg.seq_len, cfg.heldout, cfg.seed)
-    watch = {cfg.lang: held[: cfg.eval_blocks]}
-    for iso in cfg.eval_langs:
-        if iso != cfg.lang:
-            try:  # the training source if it has this language, else the offline default
-                held_iso = split_blocks(tokenizer, iso, cfg.data, cfg.seq_len, cfg.heldout, cfg.seed)[1]
-            except (CorpusError, FileNotFoundError):
-                held_iso = split_blocks(tokenizer, iso, None, cfg.seq_len, cfg.heldout, cfg.seed)[1]
-            watch[iso] = held_iso[: cfg.eval_blocks]
-    probe = _probe_from_blocks(watch)
-
-    params = named_parameters(model)
-    pattern = None if cfg.train_scope == "all" else re.compile(cfg.train_scope)
+    probe = watch_probe(tokenizer, cfg, held)
     was = {n: p.requires_grad for n, p in model.named_parameters()}
-    if not any(".lora_" in n for n in was):  # full fine-tuning: choose by scope; with adapters peft decides
-        for n, p in params.items():
-            p.requires_grad_(pattern is None or bool(pattern.search(n)))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
-        raise RegionError(f"no parameter matches train_scope {cfg.train_scope!r}")
-    decay = [p for p in trainable if p.dim() >= 2]
-    no_decay = [p for p in trainable if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    scheduler = _schedule(cfg, optimizer)
+    trainable = _trainable(model, cfg.train_scope)
+    optimizer, scheduler = _optimizer(cfg, trainable)
     frozen = FrozenRegion(model, freeze).attach(optimizer) if freeze is not None else None
+    device = next(model.parameters()).device
 
     def evaluate(step: int) -> dict[str, Any]:
         model.eval()
@@ -183,8 +186,8 @@ def train(
                 if len(order) < cfg.batch_size:  # epochs over the shuffled blocks
                     order += torch.randperm(len(train_blocks), generator=gen).tolist()
                 batch, order = order[: cfg.batch_size], order[cfg.batch_size :]
-                ids = torch.tensor([train_blocks[i] for i in batch], device=next(model.parameters()).device)
-                loss += _loss_backward(model, ids, 1.0 / cfg.grad_accum) / cfg.grad_accum
+                ids = torch.tensor([train_blocks[i] for i in batch], device=device)
+                loss += loss_backward(model, ids, 1.0 / cfg.grad_accum) / cfg.grad_accum
                 tokens += ids.numel()
             if frozen is not None:
                 frozen.zero_grads()  # frozen entries do not count towards the clipped norm
@@ -194,12 +197,11 @@ def train(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if not math.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss} at step {step + 1}; lower --lr")
+                raise TrainingError(f"training loss became {loss} at step {step + 1}; lower --lr")
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
                 curves.append(evaluate(step + 1) | {"train_loss": loss})
-                if not progress:
-                    log(f"step {step + 1}: loss {loss:.3f}; held-out ppl " + ", ".join(f"{k} {v:.3g}" for k, v in curves[-1]["perplexity"].items()))
+                log.info("step %d: loss %.3f; held-out ppl %s", step + 1, loss, ", ".join(f"{k} {v:.3g}" for k, v in curves[-1]["perplexity"].items()))
     finally:
         model.eval()
         if frozen is not None:
@@ -221,37 +223,59 @@ def train(
     if frozen is not None:
         record["frozen"] = {"entries": frozen.num_frozen, "bytes": frozen.nbytes, "exact": frozen.verify(), "region": freeze.metadata}
         if not record["frozen"]["exact"]:
-            raise RuntimeError("frozen entries changed during training")
+            raise TrainingError("frozen entries changed during training")
     return record
 
 
-def save_checkpoint(model: torch.nn.Module, tokenizer: Any, out: str | Path, record: Mapping[str, Any]) -> Path:
-    """A standard HF directory (safetensors), written atomically, with `lingreg_train.json`."""
-    out = Path(out)
-    with atomic_path(out, directory=True) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "lingreg_train.json").write_text(json.dumps(record, indent=1, default=str, ensure_ascii=False))
+def parse_lora(text: str) -> dict[str, Any]:
+    """`r=16,alpha=32,dropout=0.05,target=q_proj+v_proj` -> peft LoraConfig keyword arguments."""
+    out: dict[str, Any] = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
+    keys = {"r": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target": "target_modules"}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        k, sep, v = part.partition("=")
+        if not sep or k.strip() not in keys:
+            raise UsageError(f"--lora {text!r}: expected comma-separated r=16,alpha=32,dropout=0.05,target=q_proj+v_proj (got {part!r})")
+        key = keys[k.strip()]
+        try:
+            out[key] = int(v) if key == "r" else float(v) if key in ("lora_alpha", "lora_dropout") else (v if v == "all-linear" else v.split("+"))
+        except ValueError:
+            raise UsageError(f"--lora {k}={v!r} is not a number") from None
+    if out["r"] < 1 or not 0 <= out["lora_dropout"] < 1 or not math.isfinite(out["lora_alpha"]):
+        raise UsageError(f"--lora {text!r}: r must be >= 1, dropout in [0, 1) and alpha finite")
     return out
 
 
-# the forgetting experiment ------------------------------------------------------------------
+def further_pretrain(
+    model: torch.nn.Module, tokenizer: Any, cfg: TrainConfig, freeze: Region | None = None, lora: Mapping[str, Any] | None = None, progress: bool = True
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train the model itself, or a LoRA adapter merged at the end; a frozen region keeps its exact values either way.
 
+    With an adapter the base weights do not train, but the adapter's update still changes the
+    effective weights: the adapter is merged, then the frozen entries are written back.
+    Returns the (plain, merged) model and the run's record.
+    """
+    if not lora:
+        return model, train(model, tokenizer, cfg, freeze=freeze, progress=progress)
+    from peft import LoraConfig, get_peft_model
 
-def summarize_forgetting(before: Mapping[str, float], after: Mapping[str, Mapping[str, float]], target: str) -> dict[str, Any]:
-    """Per condition: target-language ratio (gain < 1) and the other languages' ratios (forgetting > 1)."""
-    out = {}
-    for cond, ppl in after.items():
-        ratios = {iso: ppl[iso] / before[iso] for iso in before if iso in ppl}
-        others = [v for iso, v in ratios.items() if iso != target]
-        out[cond] = {
-            "target_ratio": ratios.get(target, math.nan),
-            "others_geomean_ratio": geometric_mean(others),
-            "others_max_ratio": max(others) if others else math.nan,
-            "others_worst": max((iso for iso in ratios if iso != target), key=lambda i: ratios[i], default=None),
-            "ratios": ratios,
+    frozen = FrozenRegion(model, freeze) if freeze is not None else None
+    peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+    record = train(peft_model, tokenizer, cfg, progress=progress)
+    merged = merge_and_reimpose(peft_model, frozen) if frozen else peft_model.merge_and_unload()
+    record["lora"] = dict(lora)
+    if frozen:
+        record["frozen"] = {
+            "entries": frozen.num_frozen,
+            "exact": frozen.verify(),
+            "region": freeze.metadata,
+            "how": "adapters merged into the base weights, then the frozen entries written back",
         }
-    return out
+    return merged, record
+
+
+def save_checkpoint(model: torch.nn.Module, tokenizer: Any, out: str | Path, record: Mapping[str, Any], overwrite: bool = False) -> Path:
+    """A standard HF directory (safetensors), written atomically, with `lingreg_train.json`."""
+    return save_model(model, tokenizer, out, {"lingreg_train.json": record}, overwrite=overwrite)
 
 
 _FREEZE_RE = re.compile(r"(core|top|bottom|random):([0-9]*\.?[0-9]+)")
@@ -260,8 +284,9 @@ _FREEZE_RE = re.compile(r"(core|top|bottom|random):([0-9]*\.?[0-9]+)")
 def resolve_freeze(spec: str | None, model: torch.nn.Module, seed: int = 0) -> Region | None:
     """`none`, `core:0.05` / `bottom:0.05` (shipped masks of the bundled model), `random:0.05`
     (seeded, any model, same size per tensor as a core region of that ratio), or a mask file/name."""
+    from lm_eval_lingreg.anatomy import scope_shapes
     from lm_eval_lingreg.region_io import load_region, shipped_masks
-    from lm_eval_lingreg.regions import scope_shapes, validate
+    from lm_eval_lingreg.regions import validate
     from lm_eval_lingreg.selection import select_random
 
     if spec is None or spec.strip().lower() in ("", "none"):
@@ -287,93 +312,3 @@ def resolve_freeze(spec: str | None, model: torch.nn.Module, seed: int = 0) -> R
 
 def condition_label(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", spec.strip()).strip("-") or "none"
-
-
-def forget(
-    lm: Any,
-    cfg: TrainConfig,
-    conditions: Sequence[str],
-    eval_langs: Sequence[str],
-    eval_limit: int | None,
-    out_dir: str | Path,
-    save_checkpoints: bool = False,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Train a copy of the same starting weights under each freezing condition; harness before and after.
-
-    `lm` is a loaded lingreg HFLM wrapper (float32). Its weights are put back to the starting
-    point before each condition and at the end.
-    """
-    from lm_eval_lingreg.evaluation import evaluate_conditions, per_language
-
-    out_dir = Path(out_dir)
-    model = lm.model
-    regions = {condition_label(c): resolve_freeze(c, model, cfg.seed) for c in conditions}  # all checked before any training
-    start = {n: p.detach().clone() for n, p in model.named_parameters()}  # tied weights once
-
-    @torch.no_grad()
-    def reset() -> None:
-        for n, p in model.named_parameters():
-            p.copy_(start[n])
-
-    t0 = time.perf_counter()
-    log(f"harness before training: {len(eval_langs)} languages, {eval_limit or 'all'} documents each")
-    before = evaluate_conditions(lm, {"before": None}, eval_langs, limit=eval_limit, output_dir=out_dir)["before"]
-    records, after = {}, {}
-    try:
-        for label, region in regions.items():
-            reset()
-            log(f"[{label}] training {cfg.steps} steps on {cfg.lang}" + (f", {region.num_selected} entries frozen" if region is not None else ""))
-            rec = train(model, lm.tokenizer, cfg, freeze=region, log=log)
-            rec["condition"] = label
-            records[label] = rec
-            lm._lingreg_info["training"] = {k: v for k, v in rec.items() if k != "curves"}
-            try:
-                res = evaluate_conditions(lm, {label: None}, eval_langs, limit=eval_limit, output_dir=out_dir)[label]
-            finally:
-                lm._lingreg_info.pop("training", None)
-            after[label] = per_language(res, "token_perplexity")
-            write_json(out_dir / label / "train.json", rec)
-            if save_checkpoints:
-                save_checkpoint(model, lm.tokenizer, out_dir / label / "checkpoint", rec)
-    finally:
-        reset()
-    ppl_before = per_language(before, "token_perplexity")
-    summary = {
-        "target": cfg.lang,
-        "config": asdict(cfg) | {"eval_langs": list(cfg.eval_langs)},
-        "eval_limit": eval_limit,
-        "conditions": list(regions),
-        "before": ppl_before,
-        "after": after,
-        "forgetting": summarize_forgetting(ppl_before, after, cfg.lang),
-        "curves": {k: r["curves"] for k, r in records.items()},
-        "frozen": {k: r.get("frozen") for k, r in records.items()},
-        "seconds": round(time.perf_counter() - t0, 1),
-        "train_seconds": {k: r["seconds"] for k, r in records.items()},
-        "lm_eval_lingreg": __version__,
-    }
-    write_json(out_dir / "summary.json", summary)
-    return summary
-
-
-def plot_curves(summary: Mapping[str, Any], path: str | Path) -> None:
-    """Held-out perplexity over training steps, one panel per watched language, one line per condition."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    curves = summary["curves"]
-    langs = list(next(iter(curves.values()))[0]["perplexity"])
-    fig, axes = plt.subplots(1, len(langs), figsize=(3.6 * len(langs), 3.4), squeeze=False)
-    for ax, iso in zip(axes[0], langs, strict=True):
-        for cond, pts in curves.items():
-            ax.plot([p["step"] for p in pts], [p["perplexity"][iso] for p in pts], marker="o", ms=3, label=cond)
-        ax.set_yscale("log")
-        ax.set_title(f"{iso}{' (trained)' if iso == summary['target'] else ''}")
-        ax.set_xlabel("step")
-    axes[0][0].set_ylabel("held-out token perplexity")
-    axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)

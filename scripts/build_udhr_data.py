@@ -64,11 +64,7 @@ class _SectionParser(HTMLParser):
 def extract(html: str) -> list[dict]:
     parser = _SectionParser()
     parser.feed(html)
-    return [
-        {"section": s["section"], "text": "\n".join(s["paragraphs"])}
-        for s in parser.sections
-        if s["paragraphs"]
-    ]
+    return [{"section": s["section"], "text": "\n".join(s["paragraphs"])} for s in parser.sections if s["paragraphs"]]
 
 
 TEMPLATE = """\

@@ -42,7 +42,20 @@ def main() -> None:
     jobs = {}
     for pct in (1, 3, 5):
         for which in ("top", "bottom", "random"):
-            jobs[f"core-{which}-{pct}"] = ["extract", "core", "--scores", str(args.scores), "--langs", LANGS, "--ratio", str(pct / 100), "--which", which, "--seed", str(SEED)]
+            jobs[f"core-{which}-{pct}"] = [
+                "extract",
+                "core",
+                "--scores",
+                str(args.scores),
+                "--langs",
+                LANGS,
+                "--ratio",
+                str(pct / 100),
+                "--which",
+                which,
+                "--seed",
+                str(SEED),
+            ]
     for lang in LANGS.split(","):
         jobs[f"mono-{lang}-1"] = ["extract", "monolingual", "--scores", str(args.scores), "--langs", LANGS, "--lang", lang, "--ratio", "0.01"]
     manifest = {

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# README command 2 (and what .ci/run calls): set everything up, then run the test suite.
+# README command 2 (and what .ci/run calls): set everything up, lint, then run the test suite.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-"${LINGREG_VENV:-.venv}/bin/python" -m pytest "$@"
+VENV="${LINGREG_VENV:-.venv}"
+"$VENV/bin/ruff" format --check lm_eval_lingreg tests bench scripts || { echo "error: code not formatted; run: $VENV/bin/ruff format lm_eval_lingreg tests bench scripts" >&2; exit 1; }
+"$VENV/bin/ruff" check lm_eval_lingreg tests bench scripts || exit 1
+"$VENV/bin/python" -m pytest "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "error: pytest collected no tests" >&2

@@ -1,10 +1,13 @@
-"""Test helpers: tiny random models built from configs, a tiny tokenizer, subprocess runs."""
+"""Test helpers: tiny random models built from configs, a tiny tokenizer, the CLI in process, subprocess runs."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,9 +29,7 @@ def tiny_tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB, special_tokens=["<pad>", "<bos>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<bos>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(SENTENCES * 4, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
 
@@ -39,9 +40,16 @@ def make_tiny(arch: str, seed: int = 0) -> torch.nn.Module:
 
     torch.manual_seed(seed)
     common = dict(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     if arch == "llama":
         return LlamaForCausalLM(LlamaConfig(**common)).eval()
@@ -56,6 +64,41 @@ def make_tiny(arch: str, seed: int = 0) -> torch.nn.Module:
     raise ValueError(arch)
 
 
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    from lm_eval_lingreg.anatomy import named_parameters
+
+    return {n: p.detach().clone() for n, p in named_parameters(model).items()}
+
+
+def assert_unchanged(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> None:
+    from lm_eval_lingreg.anatomy import named_parameters
+
+    for n, p in named_parameters(model).items():
+        assert torch.equal(p.detach().cpu(), before[n].cpu()), f"{n} changed"
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def lingreg(*args: str) -> Result:
+    """`lingreg ARGS` in this process (the same `main` the console script runs)."""
+    from lm_eval_lingreg.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:  # argparse
+            rc = e.code if isinstance(e.code, int) else 2
+    result = Result(rc, out.getvalue(), err.getvalue())
+    print(result.stdout[-4000:], result.stderr[-6000:], sep="\n")
+    return result
+
+
 def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     """Run a command, capturing output; show it if the test fails."""
     env = {**os.environ, **kwargs.pop("env", {})}
@@ -67,3 +110,10 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
 def bin_path(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
+
+def lm_eval_results(out_dir: Path) -> dict:
+    import json
+
+    files = sorted(out_dir.rglob("results*.json"))
+    assert files, f"no results JSON under {out_dir}"
+    return json.loads(files[-1].read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lm_eval_lingreg import bundled
+from lm_eval_lingreg.errors import BundledModelError
 
 
 def test_interrupted_conversion_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
@@ -42,7 +43,7 @@ def test_resolve_pretrained_maps_names_to_the_bundled_model(monkeypatch):
 
 
 def test_unknown_bundled_name_is_an_error():
-    with pytest.raises(bundled.BundledModelError, match="gemma-3-270m"):
+    with pytest.raises(BundledModelError, match="gemma-3-270m"):
         bundled.prepare("llama-7b")
 
 

@@ -1,4 +1,4 @@
-"""table / compare / check / plot / baseline on recorded lm-eval results (tests/data/results, real outputs)."""
+"""Tables, baselines, comparisons and rules on recorded lm-eval results (tests/data/results, real outputs)."""
 
 from __future__ import annotations
 
@@ -9,36 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, bin_path, run
+from lm_eval_lingreg.errors import ReportError
+from lm_eval_lingreg.report import apply_rules, baseline_from_runs, build_table, compare, load_baseline, load_rules, render_table
+from lm_eval_lingreg.results import load_runs, read_run
 
-from lm_eval_lingreg.report import (
-    ReportError,
-    apply_rules,
-    build_table,
-    compare,
-    load_baseline,
-    load_rules,
-    load_runs,
-    read_run,
-    render_table,
-)
+from helpers import REPO
 
 DATA = Path(__file__).resolve().parent / "data" / "results"
 REGIONS = DATA / "regions"
 RULES = REPO / "baselines" / "rules-bundled.yaml"
-
-
-def _lingreg(*args: str):
-    return run([bin_path("lingreg"), *args])
-
-
-def test_labels_come_from_what_the_run_recorded():
-    runs = load_runs([DATA])
-    labels = {r.label for r in runs}
-    assert {"base", "core-top-1", "core-bottom-1", "core-random-1", "before"} <= labels
-    cli = next(r for r in runs if "lm_eval_cli" in str(r.path))
-    assert cli.label == "perturbed param=model.layers.1.pre_feedforward_layernorm.weight:index=299:op=mul:value=4"
-    assert set(cli.values) == {"zh", "en"}
 
 
 def test_table_absolute_and_ratio():
@@ -67,36 +46,6 @@ def test_inf_and_missing_are_shown_never_dropped():
     assert json.loads(render_table(df, "json"))["before"]["Czech (cs)"] is None
 
 
-def test_nan_values_and_malformed_files(tmp_path):
-    data = json.loads((REGIONS / "base" / "results.json").read_text())
-    data["results"]["lingreg_ppl_zh"]["token_perplexity,none"] = float("nan")
-    (tmp_path / "nan").mkdir()
-    (tmp_path / "nan" / "results.json").write_text(json.dumps(data))
-    run_ = read_run(tmp_path / "nan" / "results.json")
-    assert math.isnan(run_.value("zh", "token_perplexity")) and "missing" in render_table(build_table([run_], "token_perplexity"))
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    text = (REGIONS / "base" / "results.json").read_text()
-    (bad / "results.json").write_text(text[: len(text) // 2])  # a run killed while writing
-    with pytest.raises(ReportError, match="not valid JSON.*partly written"):
-        load_runs([bad])
-    (bad / "results.json").write_text(json.dumps({"results": {"arc_easy": {"acc,none": 0.5}}}))
-    with pytest.raises(ReportError, match="no lingreg_ppl_<iso> results"):
-        load_runs([bad])
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(ReportError, match="no results JSON found"):
-        load_runs([empty])
-
-
-def test_user_labels_and_duplicates(tmp_path):
-    shutil.copytree(REGIONS / "base", tmp_path / "again")
-    runs = load_runs([REGIONS / "base", tmp_path / "again"])
-    assert [r.label for r in runs] == ["base", "base #2"]
-    runs = load_runs([REGIONS / "base", tmp_path / "again"], labels={str(tmp_path / "again"): "rerun"})
-    assert [r.label for r in runs] == ["base", "rerun"]
-
-
 def test_compare_flags_disagreement():
     runs = load_runs([REGIONS])
     base = load_baseline(REPO / "baselines" / "gemma-3-270m-regions.json")
@@ -111,7 +60,14 @@ def test_compare_flags_disagreement():
 def test_baseline_files_validate(tmp_path):
     paper = load_baseline(REPO / "baselines" / "paper-figures.json")
     assert {b["kind"] for b in paper} == {"figure"} and all(b["citation"] and b["source"] for b in paper)
-    (tmp_path / "b.json").write_text(json.dumps({"schema": "lm-eval-lingreg/baselines/v1", "values": [{"model": "m", "condition": "base", "language": "en", "metric": "token_perplexity", "value": 3}]}))
+    (tmp_path / "b.json").write_text(
+        json.dumps(
+            {
+                "schema": "lm-eval-lingreg/baselines/v1",
+                "values": [{"model": "m", "condition": "base", "language": "en", "metric": "token_perplexity", "value": 3}],
+            }
+        )
+    )
     with pytest.raises(ReportError, match="lacks source"):
         load_baseline(tmp_path / "b.json")
     (tmp_path / "c.json").write_text(json.dumps({"values": []}))
@@ -132,53 +88,54 @@ def test_rules_pass_on_the_recorded_run_and_fail_on_a_broken_one(tmp_path):
     (broken / "core-top-1" / "results.json").write_text(json.dumps(data))
     failed = [r for r in apply_rules(load_runs([broken]), rules) if not r["ok"]]
     assert len(failed) == 30 and all(r["rule"].startswith("core top-1%") and "below min 100" in r["why"] for r in failed)
-    proc = _lingreg("check", str(broken), "--rules", str(RULES))
-    assert proc.returncode == 1 and "FAIL: 30 of" in proc.stdout and "core-top-1 ar = 1 (below min 100)" in proc.stdout
 
 
-def test_check_exit_codes(tmp_path):
-    proc = _lingreg("check", str(REGIONS), "--rules", str(RULES), "--baseline", str(REPO / "baselines" / "gemma-3-270m-regions.json"))
-    assert proc.returncode == 0 and proc.stdout.startswith("PASS")
-    proc = _lingreg("check", str(REGIONS), "--baseline", str(REPO / "baselines" / "gemma-3-270m-regions.json"), "--strict")
-    assert proc.returncode == 1 and "missing" in proc.stdout
-    (tmp_path / "rules.yaml").write_text("rules:\n  - {condition: base, mni: 3}\n")
-    proc = _lingreg("check", str(REGIONS), "--rules", str(tmp_path / "rules.yaml"))
-    assert proc.returncode == 2 and "unknown rule key(s) mni" in proc.stderr
-    proc = _lingreg("check", str(tmp_path / "nowhere"), "--rules", str(RULES))
-    assert proc.returncode == 2 and "no such file or directory" in proc.stderr
-    proc = _lingreg("check", str(REGIONS))
-    assert proc.returncode == 2 and "--baseline and/or --rules" in proc.stderr
+def test_baselines_never_hold_nan_and_reject_garbage(tmp_path):
+    runs = load_runs([DATA / "partial"])
+    data = baseline_from_runs(runs, "test", "m")
+    assert all(isinstance(v["value"], (int, float, str)) and v["value"] == v["value"] for v in data["values"])
+    for bad, message in (([1], "not a number"), ("abc", "not a number"), (float("nan"), "NaN"), (-3, "negative"), (True, "not a number")):
+        (tmp_path / "b.json").write_text(
+            json.dumps(
+                {
+                    "schema": "lm-eval-lingreg/baselines/v1",
+                    "values": [{"source": "s", "model": "m", "condition": "base", "language": "en", "metric": "token_perplexity", "value": bad}],
+                }
+            )
+        )
+        with pytest.raises(ReportError, match=message):
+            load_baseline(tmp_path / "b.json")
 
 
-def test_table_plot_and_baseline_cli(tmp_path):
-    proc = _lingreg("table", str(REGIONS), "--metric", "token_perplexity", "--ratio-to", "base", "--format", "latex", "-o", str(tmp_path / "t.tex"))
-    assert proc.returncode == 0 and "\\toprule" in (tmp_path / "t.tex").read_text()
-    proc = _lingreg("table", str(REGIONS), "--ratio-to", "nope")
-    assert proc.returncode == 2 and "no run with that label" in proc.stderr
-    for name in ("h.png", "h.svg"):
-        assert _lingreg("plot", str(REGIONS), "-o", str(tmp_path / name)).returncode == 0
-    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG" and "<svg" in (tmp_path / "h.svg").read_text()[:400]
-    assert _lingreg("plot", "--mask", "core", "-o", str(tmp_path / "d.png")).returncode == 0
-    proc = _lingreg("baseline", str(REGIONS), "-o", str(tmp_path / "b.json"), "--source", "test")
-    assert proc.returncode == 0
-    assert len(load_baseline(tmp_path / "b.json")) == 4 * 30
-    proc = _lingreg("compare", str(DATA / "lm_eval_cli"), "--baseline", str(REPO / "baselines" / "paper-figures.json"),
-                    "--label", f"{DATA / 'lm_eval_cli'}=mul4:L1-N2100")
-    assert proc.returncode == 0 and "perplexity vs token_perplexity" in proc.stdout and "figure" in proc.stdout
+@pytest.mark.parametrize(("rtol", "atol"), [(float("nan"), 0.0), (-1.0, 0.0), (0.05, float("inf"))])
+def test_tolerances_must_be_finite_and_non_negative(rtol, atol):
+    with pytest.raises(ReportError, match="finite number >= 0"):
+        compare(load_runs([REGIONS]), [], rtol=rtol, atol=atol)
 
 
-@pytest.mark.slow
-def test_reproduce_quick_end_to_end(bundled_model_dir, tmp_path):
-    out, doc = tmp_path / "repro", tmp_path / "docs" / "REPRODUCTION.md"
-    proc = _lingreg("reproduce", "--quick", "--out", str(out), "--doc", str(doc))
-    assert proc.returncode == 0
-    text = doc.read_text()
-    for heading in ("Finding 1", "Finding 2", "Finding 3", "Finding 4", "Wall time"):
-        assert heading in text
-    assert "Expectations (`baselines/rules-bundled.yaml`" in text and " of 18 hold" in text
-    for fig in ("heatmap.png", "density-core-top-1.png", "dims.png", "forget-curves.png"):
-        assert (doc.parent / "figures" / "reproduction" / fig).read_bytes()[:4] == b"\x89PNG"
-    # the raw results are ordinary lm-eval results: the other report commands read them
-    proc = _lingreg("check", str(out / "results" / "regions"), "--rules", str(RULES))
-    assert proc.returncode == 0, proc.stdout
-    assert _lingreg("reproduce", "--quick", "--out", str(out), "--doc", str(doc), "--from-results").returncode == 0
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ("{condition: base, min: abc}", "`min: 'abc'` is not a number"),
+        ("{condition: base, min: .nan}", "NaN"),
+        ("{condition: base, min: 5, max: 1}", "no value can pass"),
+        ("{condition: base, max: 2, languages: [xx]}", "unknown language code"),
+        ("{condition: [a], max: 2}", "must be a string"),
+        ("{condition: base}", "at least one of"),
+    ],
+)
+def test_malformed_rules_are_bad_input(tmp_path, rule, message):
+    (tmp_path / "r.yaml").write_text(f"rules:\n  - {rule}\n")
+    with pytest.raises(ReportError, match=message):
+        load_rules(tmp_path / "r.yaml")
+
+
+def test_a_base_run_without_the_metric_says_how_to_fix_the_rule(tmp_path):
+    data = json.loads((REGIONS / "base" / "results.json").read_text())
+    for row in data["results"].values():
+        row.pop("token_perplexity,none", None)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "results.json").write_text(json.dumps(data))
+    rules = load_rules(RULES)
+    rows = apply_rules(load_runs([tmp_path / "base", REGIONS / "core-top-1"]), rules)
+    assert any("base has no token_perplexity (plain `hf` does not report it): set `metric: bits_per_byte`" in r["why"] for r in rows)

@@ -6,9 +6,9 @@ import json
 
 import yaml
 
-from helpers import REPO
-
 from lm_eval_lingreg.languages import LANGUAGES
+
+from helpers import REPO
 
 TASKS = REPO / "tasks"
 

@@ -1,64 +1,133 @@
-"""A wheel built from the repo, installed into a fresh venv, still plugs into lm-eval."""
+"""A plain `pip install` of the built wheel (no extras) into a fresh virtual environment runs the bundled model,
+the literal lm-eval command of the README, and every `lingreg` command. The environment is built in the background
+(tests/plain_install.py, started by conftest.py) while the other tests run; it needs the package index."""
 
 from __future__ import annotations
 
 import json
-import site
-import sys
-import venv
-from pathlib import Path
+import os
+import time
 
 import pytest
 
-from helpers import REPO, run
+from helpers import run
+
+pytestmark = [pytest.mark.slow, pytest.mark.install]
 
 
 @pytest.fixture(scope="module")
-def fresh_python(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("wheel")
-    proc = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(REPO)])
-    assert proc.returncode == 0
-    (wheel,) = (tmp / "dist").glob("lm_eval_lingreg-*.whl")
-    venv.create(tmp / "venv", with_pip=False)
-    py = tmp / "venv" / "bin" / "python"
-    purelib = run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
-    # dependencies come from this environment; the package itself only from the wheel
-    Path(purelib, "zz_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    proc = run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", str(wheel)])
-    assert proc.returncode == 0
-    return py, Path(purelib)
+def plain(request) -> dict:
+    from conftest import plain_install_dir
+
+    root = plain_install_dir(request.config)
+    deadline = time.time() + 1500
+    while not (root / "done").exists():
+        assert time.time() < deadline, "the plain install did not finish"
+        time.sleep(2)
+    log = (root / "log.txt").read_text()
+    assert (root / "done").read_text() == "0", log[-6000:]
+    env = {"LINGREG_CACHE": str(root / "cache"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": ""}
+    return {"root": root, "bin": root / "venv" / "bin", "env": env}
 
 
-def test_wheel_carries_tasks_masks_and_the_hook(fresh_python):
-    py, purelib = fresh_python
-    assert (purelib / "lm_eval_lingreg.pth").is_file()
-    assert (purelib / "lm_eval_lingreg" / "tasks" / "lingreg_ppl.yaml").is_file()
-    assert (purelib / "lm_eval_lingreg" / "tasks" / "data" / "udhr" / "en.jsonl").is_file()
-    assert (purelib / "lm_eval_lingreg" / "masks" / "MANIFEST.json").is_file()
+def _run(plain, *cmd, cwd="/"):
+    return run([str(plain["bin"] / cmd[0]), *map(str, cmd[1:])], env=plain["env"], cwd=cwd)
 
 
-def test_installed_wheel_resolves_model_and_task(fresh_python):
-    py, purelib = fresh_python
-    code = (
-        "import json, lm_eval_lingreg\n"
-        "from lm_eval.api.registry import get_model\n"
-        "from lm_eval.tasks import TaskManager\n"
-        "tm = TaskManager()\n"
-        "print(json.dumps({'file': lm_eval_lingreg.__file__, 'model': get_model('hf-region-ablated').__name__, 'perturbed': get_model('hf-perturbed').__name__,"
-        " 'tasks': tm.match_tasks(['lingreg_ppl_en', 'lingreg_ppl'])}))"
+def test_no_extras_were_installed_and_the_wheel_carries_its_data(plain):
+    proc = _run(
+        plain,
+        "python",
+        "-c",
+        "import json, importlib.util as u, lm_eval_lingreg, pathlib\n"
+        "p = pathlib.Path(lm_eval_lingreg.__file__).parent\n"
+        "print(json.dumps({'pytest': u.find_spec('pytest') is not None, 'accelerate': u.find_spec('accelerate') is not None,"
+        " 'peft': u.find_spec('peft') is not None, 'tasks': (p / 'tasks' / 'lingreg_ppl.yaml').is_file(),"
+        " 'masks': (p / 'masks' / 'MANIFEST.json').is_file(), 'baselines': (p / 'baselines' / 'rules-bundled.yaml').is_file(),"
+        " 'hook': (p.parent / 'lm_eval_lingreg.pth').is_file(), 'file': str(p)}))",
     )
-    proc = run([str(py), "-c", code], cwd="/")
-    assert proc.returncode == 0
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["file"].startswith(str(purelib)), out["file"]
-    assert out["model"] == "RegionAblatedLM" and out["perturbed"] == "PerturbedLM" and set(out["tasks"]) == {"lingreg_ppl_en", "lingreg_ppl"}
+    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert facts["pytest"] is False and facts["accelerate"] and facts["peft"]
+    assert facts["tasks"] and facts["masks"] and facts["baselines"] and facts["hook"] and facts["file"].startswith(str(plain["root"]))
 
 
-def test_installed_wheel_runs_lm_eval_end_to_end(fresh_python, tiny_model_dir, tmp_path):
-    py, _ = fresh_python
-    proc = run(
-        [str(py), "-m", "lm_eval", "--model", "hf-region-ablated", "--model_args", f"pretrained={tiny_model_dir}",
-         "--tasks", "lingreg_ppl_en", "--limit", "1", "--device", "cpu", "--output_path", str(tmp_path)],
-        cwd="/",
+def test_the_bundled_model_was_prepared_from_scratch(plain):
+    assert (plain["root"] / "cache" / "models" / "gemma-3-270m" / "lingreg-bundled.json").is_file()
+
+
+def test_the_literal_readme_lm_eval_command_runs(plain, tmp_path):
+    proc = _run(
+        plain, "lm_eval", "--model", "hf-region-ablated", "--model_args", "mask=core", "--tasks", "lingreg_ppl_en", "--output_path", tmp_path, cwd=tmp_path
     )
-    assert proc.returncode == 0 and list(tmp_path.rglob("results*.json"))
+    assert proc.returncode == 0
+    res = json.loads(sorted(tmp_path.rglob("results*.json"))[-1].read_text())
+    assert res["results"]["lingreg_ppl_en"]["token_perplexity,none"] > 1e6  # the core region zeroed: broken, as expected
+
+
+def test_every_lingreg_command_runs(plain, tiny_model_dir, tmp_path):
+    tiny = str(tiny_model_dir)
+    steps = [
+        ("mask", "info", "core"),
+        ("params", "--pretrained", tiny, "--filter", "layers.0.mlp"),
+        ("score", "--pretrained", tiny, "--langs", "ar,es", "--samples", "2", "--out", tmp_path / "scores"),
+        ("extract", "core", "--scores", tmp_path / "scores", "--langs", "ar,es", "--out", tmp_path / "core.safetensors"),
+        ("extract", "monolingual", "--scores", tmp_path / "scores", "--langs", "ar,es", "--lang", "ar", "--out", tmp_path / "mono.pt"),
+        ("mask", "compare", tmp_path / "core.safetensors", tmp_path / "mono.pt"),
+        ("mask", "convert", tmp_path / "mono.pt", tmp_path / "mono-official"),
+        ("apply", "--pretrained", tiny, "--mask", tmp_path / "core.safetensors", "--out", tmp_path / "ablated"),
+        ("dims", tmp_path / "core.safetensors", "--top", "3", "--plot", tmp_path / "dims.png"),
+        ("scan", "--pretrained", tiny, "--mask", tmp_path / "core.safetensors", "--dims", "top:1,random:1", "--langs", "en", "--docs", "1", "--tokens", "16"),
+        ("generate", "--pretrained", tiny, "--prompt", "All human", "--max-new-tokens", "2", "--compare", "base,layer=0:dim=1:op=zero"),
+        (
+            "train",
+            "--pretrained",
+            tiny,
+            "--lang",
+            "en",
+            "--steps",
+            "1",
+            "--seq-len",
+            "32",
+            "--watch-langs",
+            "en",
+            "--eval-blocks",
+            "1",
+            "--out",
+            tmp_path / "ckpt",
+        ),
+        ("demo", "--pretrained", tiny, "--langs", "en", "--limit", "1", "--output-path", tmp_path / "demo"),
+        ("table", tmp_path / "demo", "--ratio-to", "base"),
+        ("check", tmp_path / "demo", "--rules", tmp_path / "rules.yaml"),
+        ("plot", tmp_path / "demo", "-o", tmp_path / "h.png"),
+        ("baseline", tmp_path / "demo", "-o", tmp_path / "b.json", "--source", "test"),
+        ("compare", tmp_path / "demo", "--baseline", tmp_path / "b.json"),
+        (
+            "forget",
+            "--pretrained",
+            tiny,
+            "--lang",
+            "en",
+            "--steps",
+            "1",
+            "--conditions",
+            "none,random:0.05",
+            "--eval-langs",
+            "en",
+            "--eval-limit",
+            "1",
+            "--seq-len",
+            "32",
+            "--watch-langs",
+            "en",
+            "--eval-blocks",
+            "1",
+            "-o",
+            tmp_path / "forget",
+        ),
+    ]
+    (tmp_path / "rules.yaml").write_text("rules:\n  - {condition: random-0.01, ratio_to: base, max: 100}\n")
+    for cmd in steps:
+        proc = _run(plain, "lingreg", *cmd, cwd=tmp_path)
+        assert proc.returncode == 0, (cmd, proc.stderr[-3000:])
+    assert (tmp_path / "ablated" / "model.safetensors").is_file() and (tmp_path / "forget" / "summary.json").is_file()
+    assert os.path.getsize(tmp_path / "dims.png") > 1000

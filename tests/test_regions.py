@@ -1,11 +1,14 @@
-"""Applying a region to a model: exactly the selected entries change, bad regions change nothing."""
+"""Regions: the value object, its algebra, and applying it to a model (exactly the selected entries change,
+bad regions change nothing, restore is exact)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lm_eval_lingreg.regions import Region, RegionError, RegionMismatchError, apply, named_parameters, restore, scope_shapes
+from lm_eval_lingreg.anatomy import named_parameters, scope_shapes
+from lm_eval_lingreg.errors import RegionError, RegionMismatchError
+from lm_eval_lingreg.regions import Region, apply, check_value, jaccard, restore, summarize, totals_by
 from lm_eval_lingreg.selection import select_random
 
 from helpers import make_tiny
@@ -84,10 +87,20 @@ def test_wrong_shapes_are_listed_and_model_untouched():
     assert all(torch.equal(v, before[n]) for n, v in model.state_dict().items())
 
 
-def test_non_finite_mask_value_is_rejected(tiny_model):
+@pytest.mark.parametrize(("value", "message"), [(float("nan"), "finite"), (float("inf"), "finite"), (1e39, "overflows float32"), ("x", "not a number")])
+def test_bad_mask_values_are_rejected_and_the_model_is_untouched(tiny_model, value, message):
     region = select_random(scope_shapes(tiny_model), 0.05, seed=0)
-    with pytest.raises(RegionError, match="finite"):
-        apply(region, tiny_model, float("nan"))
+    before = _snapshot(tiny_model)
+    with pytest.raises(RegionError, match=message):
+        apply(region, tiny_model, value)
+    assert all(torch.equal(v, before[n]) for n, v in tiny_model.state_dict().items())
+
+
+def test_value_range_follows_the_target_dtype():
+    w = torch.zeros(3, dtype=torch.float16)
+    assert check_value(6e4, [w]) == 6e4
+    with pytest.raises(RegionError, match="overflows float16"):
+        check_value(7e4, [w])
 
 
 def test_ratio_outside_unit_interval_is_rejected(tiny_model):
@@ -118,3 +131,62 @@ def test_peft_adapter_plus_mask_ablates_base_weights_only():
     for n, p in lora.named_parameters():
         if "lora_" in n:
             assert torch.equal(p.detach(), lora_before[n]), f"adapter weight {n} changed"
+
+
+def test_indices_are_kept_on_the_cpu_whatever_their_device(tiny_model):
+    """Regions hold CPU indices (tests/test_gpu.py builds them from CUDA tensors)."""
+    shapes = scope_shapes(tiny_model)
+    name = "model.layers.0.mlp.up_proj.weight"
+    masks = {name: torch.zeros(shapes[name], dtype=torch.bool)}
+    masks[name][1, 2] = True
+    region = Region.from_masks(masks)
+    assert region.indices[name].device.type == "cpu" and region.indices[name].tolist() == [1 * shapes[name][1] + 2]
+    region = Region.from_indices({name: torch.tensor([5, 3, 5])}, shapes)
+    assert region.indices[name].device.type == "cpu" and region.indices[name].tolist() == [3, 5]
+
+
+def test_algebra_matches_boolean_logic(tiny_model):
+    shapes = scope_shapes(tiny_model)
+    a, b = select_random(shapes, 0.3, seed=1), select_random(shapes, 0.3, seed=2)
+    for name in shapes:
+        ma, mb = a.mask(name), b.mask(name)
+        assert torch.equal((a | b).mask(name), ma | mb)
+        assert torch.equal((a & b).mask(name), ma & mb)
+        assert torch.equal((a - b).mask(name), ma & ~mb)
+        assert torch.equal((~a).mask(name), ~ma)
+    assert (a | b).num_selected + (a & b).num_selected == a.num_selected + b.num_selected
+
+
+def test_regions_of_different_models_do_not_combine_or_compare():
+    a = Region.from_indices({"model.layers.0.w.weight": [1]}, {"model.layers.0.w.weight": (4, 4)})
+    b = Region.from_indices({"model.layers.0.w.weight": [1]}, {"model.layers.0.w.weight": (8, 2)})
+    with pytest.raises(RegionMismatchError, match="differ in shape"):
+        a | b
+    with pytest.raises(RegionMismatchError, match="differ in shape"):
+        jaccard(a, b)
+
+
+@pytest.mark.parametrize("name", ["../ESCAPED", "/abs/X", "a/b.weight", "model..weight", "", ".hidden", "x\\y", "nul\x00"])
+def test_names_that_could_become_paths_are_refused(name):
+    with pytest.raises(RegionError, match="invalid parameter name"):
+        Region.from_indices({name: [0]}, {name: (2,)})
+
+
+@pytest.mark.parametrize("shape", [[-1, 2], [1.5], "12", [10**12, 10**3], [True]])
+def test_bad_declared_shapes_are_refused(shape):
+    with pytest.raises(RegionError, match="shape"):
+        Region({}, {"model.layers.0.w.weight": shape})
+
+
+def test_digest_depends_on_the_selection_not_the_metadata(tiny_model):
+    a = select_random(scope_shapes(tiny_model), 0.1, seed=1)
+    assert a.digest() == a.with_metadata(note="x").digest() != select_random(scope_shapes(tiny_model), 0.1, seed=2).digest()
+
+
+def test_summaries_per_layer_and_module(tiny_model):
+    region = select_random(scope_shapes(tiny_model), 0.1, seed=0)
+    rows = summarize(region)
+    assert sum(r["selected"] for r in rows) == region.num_selected
+    assert {r["layer"] for r in rows} == {0, 1} and any(r["module"] == "mlp.down_proj" for r in rows)
+    by_layer = totals_by(rows, "layer")
+    assert list(by_layer) == [0, 1] and sum(s for s, _ in by_layer.values()) == region.num_selected

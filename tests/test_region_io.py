@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from lm_eval_lingreg.anatomy import scope_shapes
+from lm_eval_lingreg.errors import OutputError, RegionError, RegionFileError
 from lm_eval_lingreg.region_io import (
-    RegionFileError,
     decode_indices,
     encode_indices,
     file_sha256,
     load_region,
     save_region,
 )
-from lm_eval_lingreg.regions import Region, RegionError, scope_shapes
+from lm_eval_lingreg.regions import Region
 from lm_eval_lingreg.selection import select_random
 
 
@@ -151,22 +152,66 @@ def test_failed_save_leaves_nothing_behind(region, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_official_directory_never_replaces_a_folder_without_overwrite(region, tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="--overwrite"):
+        save_region(region, victim, fmt="official")
+    assert (victim / "notes.txt").read_text() == "mine"
+    save_region(region, victim, fmt="official", overwrite=True)
+    assert load_region(victim) == region and not (victim / "notes.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim"]  # no temporaries left
+
+
+def test_declared_sizes_are_checked_before_allocating(tmp_path):
+    """A tiny file that declares a huge tensor, or more entries than its bytes can hold, is refused up front."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    header = {"format": "lm-eval-lingreg/region", "format_version": "1", "encoding": "delta-leb128", "region": "{}"}
+    name = "model.layers.0.mlp.up_proj.weight"
+    save_file(
+        {name: np.zeros(2, dtype=np.uint8)},
+        str(tmp_path / "count.safetensors"),
+        metadata={**header, "shapes": json.dumps({name: [4, 4]}), "counts": json.dumps({name: 10**9})},
+    )
+    with pytest.raises(RegionFileError, match="declares 1000000000 entries in 2 bytes"):
+        load_region(tmp_path / "count.safetensors")
+    save_file(
+        {name: np.zeros(1, dtype=np.uint8)},
+        str(tmp_path / "huge.safetensors"),
+        metadata={**header, "shapes": json.dumps({name: [10**12, 10**3]}), "counts": json.dumps({name: 1})},
+    )
+    with pytest.raises(RegionFileError, match="more than any real parameter"):
+        load_region(tmp_path / "huge.safetensors")
+
+
+def test_dense_output_is_refused_when_it_cannot_fit(tmp_path, monkeypatch):
+    from lm_eval_lingreg import region_io
+
+    name = "model.layers.0.mlp.up_proj.weight"
+    region = Region.from_indices({name: [0]}, {name: (50000, 60000)})  # 3e9 entries, one selected
+    with pytest.raises(RegionFileError, match="dense bool masks needs 3 GB.*--max-dense-gb 2"):
+        save_region(region, tmp_path / "big.pt")
+    monkeypatch.setattr(region_io, "_available_memory", lambda: 2 * 10**9)
+    with pytest.raises(RegionFileError, match="2 GB in memory"):
+        save_region(region, tmp_path / "big.pt", max_dense_gb=4)
+    assert list(tmp_path.iterdir()) == []
+    assert load_region(save_region(region, tmp_path / "big.safetensors")) == region  # indices only: fine
+
+
+def test_decoding_works_in_bounded_blocks():
+    idx = torch.tensor(list(range(0, 3 * 10**5, 3)), dtype=torch.int64)
+    data = encode_indices(idx)
+    assert torch.equal(decode_indices(data, block=1000), idx)
+
+
 def test_sha256_of_file_and_directory_is_stable(region, tmp_path):
     f = save_region(region, tmp_path / "r.safetensors")
     d = save_region(region, tmp_path / "d", fmt="official")
     assert file_sha256(f) == file_sha256(f) and len(file_sha256(d)) == 64
-
-
-def test_region_algebra_matches_boolean_logic(tiny_model):
-    shapes = scope_shapes(tiny_model)
-    a, b = select_random(shapes, 0.3, seed=1), select_random(shapes, 0.3, seed=2)
-    for name in shapes:
-        ma, mb = a.mask(name), b.mask(name)
-        assert torch.equal((a | b).mask(name), ma | mb)
-        assert torch.equal((a & b).mask(name), ma & mb)
-        assert torch.equal((a - b).mask(name), ma & ~mb)
-        assert torch.equal((~a).mask(name), ~ma)
-    assert np.isclose((a | b).num_selected + (a & b).num_selected, a.num_selected + b.num_selected)
 
 
 def test_saved_files_get_normal_permissions(region, tmp_path):
@@ -189,3 +234,33 @@ def test_shipped_mask_names_resolve_through_the_manifest():
     for name, entry in masks.items():
         path = masks_dir() / entry["file"]
         assert path.is_file() and file_sha256(path) == entry["sha256"], name
+
+
+def test_saving_the_same_region_twice_gives_the_same_bytes(region, tmp_path):
+    a, b = save_region(region, tmp_path / "a.safetensors"), save_region(region, tmp_path / "b.safetensors")
+    assert a.read_bytes() == b.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [
+        ({}, "holds no masks"),
+        ({"model.layers.0.w.weight": torch.tensor([1.0, 2.0])}, "bool mask or a 1-D integer"),
+        ({"model.layers.0.w.weight": torch.tensor([1, 2]), "__shapes__": "12"}, "'__shapes__' must be a dict"),
+        ({"model.layers.0.w.weight": torch.tensor([1, 2]), "__shapes__": [[4, 4]]}, "'__shapes__' must be a dict"),
+        ({"model.layers.0.w.weight": torch.tensor([1, 2]), "__shapes__": {"model.layers.0.w.weight": "4x4"}}, "shape"),
+        ({"model.layers.0.w.weight": torch.zeros(2, dtype=torch.bool), "__metadata__": [1]}, "'__metadata__' must be a dict"),
+        ({"../ESCAPED": torch.zeros(2, dtype=torch.bool)}, "invalid parameter name"),
+    ],
+)
+def test_hostile_pt_files_are_refused_with_the_reason(tmp_path, payload, match):
+    torch.save(payload, tmp_path / "m.pt")
+    with pytest.raises(RegionFileError, match=match):
+        load_region(tmp_path / "m.pt")
+
+
+def test_official_dir_with_bad_metadata(tmp_path, region):
+    d = save_region(region, tmp_path / "d", fmt="official")
+    (d / "region.json").write_text("[1, 2]")
+    with pytest.raises(RegionFileError, match="expected a JSON object"):
+        load_region(d)

@@ -1,0 +1,94 @@
+"""`lingreg`: the command-line interface.
+
+    lingreg prepare                       convert the bundled model once; print its path last
+    lingreg apply --mask M --out DIR      write an ablated model as a standard HF checkpoint
+    lingreg demo                          base vs core and random 1% regions on the 30 languages
+    lingreg score --langs ar,es,... --out scores/     per-language importance (torchrun-able)
+    lingreg extract core|monolingual ...  regions from score files
+    lingreg mask info|compare|convert ... inspect, compare and convert region files
+    lingreg params [--filter REGEX]       parameter names, shapes and residual-stream roles
+    lingreg dims MASK --top 10            hidden dimensions a region concentrates on
+    lingreg scan --layer 1 --op mul --value 4 --dims top:20,random:20   rank dimensions by effect
+    lingreg generate --prompt P --compare base,mask=core,...            greedy outputs side by side
+    lingreg train --lang ko --freeze core:0.05 --steps 300 --out ckpt/   further pre-training, region frozen
+    lingreg forget --lang ko --conditions none,core:0.05,random:0.05 -o forget/   the forgetting experiment
+    lingreg table out/ [--ratio-to base] [--format markdown|csv|latex|html|json]  leaderboard tables
+    lingreg compare out/ --baseline B     side by side with published or reference values
+    lingreg check out/ [--baseline B] [--rules R]   regression gate: exit 0 pass, 1 regression, 2 bad input
+    lingreg plot out/ -o heatmap.png      languages x conditions, log ratio to base
+    lingreg baseline out/ -o B.json       a reference baseline file from runs of this tool
+    lingreg reproduce [--quick]           the paper's experiments on the bundled model, with a report
+
+Every command that loads a model takes --pretrained, --device (auto: CUDA when available) and --dtype.
+Exit status 2 means bad input; the `error:` line names the problem and the fix. LINGREG_DEBUG=1 shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from lm_eval_lingreg import __version__
+from lm_eval_lingreg.cli import dims, model, regions, report, reproduce, train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lingreg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"lm-eval-lingreg {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="more logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", required=True)
+    for group in (model, regions, dims, train, report, reproduce):
+        group.add_parsers(sub)
+    return p
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    """Our progress messages (logging, INFO) on stderr as plain lines; other libraries' only when verbose."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s"))
+    ours = logging.getLogger("lm_eval_lingreg")
+    ours.handlers[:] = [handler]
+    ours.propagate = False
+    ours.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lm_eval_lingreg.errors import LingregError
+
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    debug = os.environ.get("LINGREG_DEBUG", "") not in ("", "0")
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `lingreg ... | head`: the reader left; not an error
+        try:  # silence the final flush of the closed pipe
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+    except KeyboardInterrupt:
+        print("interrupted; outputs are written atomically, so nothing half-written was left", file=sys.stderr)
+        return 130
+    except LingregError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, MemoryError, RecursionError) as e:
+        if debug:
+            raise
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - a bug, reported in one line unless debugging
+        if debug:
+            raise
+        print(f"error: unexpected {type(e).__name__}: {e} (this is a bug in lm-eval-lingreg; LINGREG_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

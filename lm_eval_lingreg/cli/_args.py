@@ -1,0 +1,139 @@
+"""Argument helpers shared by the `lingreg` commands: validated types and the common option groups."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+
+from lm_eval_lingreg.errors import UsageError
+
+PRETRAINED_HELP = "HF model dir or hub id (default: the bundled gemma-3-270m)"
+
+
+def positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def nonneg_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
+
+
+def finite_float(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return x
+
+
+def nonneg_float(text: str) -> float:
+    x = finite_float(text)
+    if x < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return x
+
+
+def positive_float(text: str) -> float:
+    x = finite_float(text)
+    if x <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return x
+
+
+def ratio(text: str) -> float:
+    x = finite_float(text)
+    if not 0 < x <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text} (for 1%% pass 0.01)")
+    return x
+
+
+def regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid regular expression ({e})") from None
+    return text
+
+
+def limit(text: str) -> int | None:
+    """Documents per language: a positive number or 'all'."""
+    if text == "all":
+        return None
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive number of documents or 'all', got {text!r}") from None
+
+
+def model_options(p: argparse.ArgumentParser, dtype: str = "float32", device_map: bool = False) -> None:
+    """--pretrained, --device, --dtype (and --device-map): how every command that loads a model loads it."""
+    from lm_eval_lingreg.loading import DTYPES
+
+    p.add_argument("--pretrained", default=None, help=PRETRAINED_HELP)
+    p.add_argument("--device", default="auto", help="auto (default: CUDA when available, else CPU), cpu, cuda, cuda:<n> or mps")
+    p.add_argument("--dtype", default=dtype, choices=DTYPES, help=f"weights' precision (default {dtype})")
+    if device_map:
+        p.add_argument(
+            "--device-map",
+            default=None,
+            choices=["auto", "balanced", "sequential"],
+            help="spread a model too big for one device over GPUs and CPU (accelerate); overrides --device",
+        )
+
+
+def label_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--label", action="append", default=None, metavar="PATH=LABEL", help="label the runs under PATH (default: what the run recorded)")
+
+
+def labels(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        where, sep, label = item.partition("=")
+        if not sep or not where or not label:
+            raise UsageError(f"--label {item!r}: expected PATH=LABEL (e.g. --label out/run1=mul4:L1-N2100)")
+        out[where] = label
+    return out
+
+
+def load(args: argparse.Namespace):
+    """(model, tokenizer) as the model options say."""
+    from lm_eval_lingreg.loading import load_model
+
+    return load_model(args.pretrained, device=args.device, dtype=args.dtype, device_map=getattr(args, "device_map", None))
+
+
+def wrapper(args: argparse.Namespace, batch_size: str = "1"):
+    """A `LingregLM` (lm-eval wrapper, unchanged model) as the model options say."""
+    from lm_eval_lingreg.loading import resolve_device
+    from lm_eval_lingreg.models import LingregLM
+
+    device_map = getattr(args, "device_map", None)
+    extra = {"parallelize": True, "device_map": device_map} if device_map else {"device": resolve_device(args.device)}
+    return LingregLM(pretrained=args.pretrained, dtype=args.dtype, batch_size=batch_size, **extra)
+
+
+def emit(text: str, output: str | None) -> None:
+    """Print `text`, or write it atomically to `output`."""
+    if output:
+        from lm_eval_lingreg.outputs import write_text
+
+        write_text(output, text if text.endswith("\n") else text + "\n")
+        print(f"wrote {output}", file=sys.stderr)
+    else:
+        print(text)

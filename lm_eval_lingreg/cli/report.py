@@ -1,0 +1,195 @@
+"""`lingreg table`, `compare`, `check`, `plot`, `baseline`: results into tables, comparisons, gates and figures."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lm_eval_lingreg.cli import _args
+
+METRIC_HELP = "bits_per_byte, byte_perplexity, word_perplexity or token_perplexity"
+
+
+def _runs(args: argparse.Namespace):
+    from lm_eval_lingreg.results import load_runs
+
+    runs = load_runs(args.paths, _args.labels(args.label))
+    print(f"{len(runs)} run(s): " + ", ".join(f"{r.label} [{r.path}]" for r in runs), file=sys.stderr)
+    return runs
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from lm_eval_lingreg.report import build_table, render_table
+
+    if args.output:
+        from lm_eval_lingreg.outputs import check_writable
+
+        check_writable(args.output)
+    df = build_table(_runs(args), args.metric, args.ratio_to)
+    _args.emit(render_table(df, args.format), args.output)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from lm_eval_lingreg.report import check_tolerance, compare, fmt_value, load_baseline
+
+    check_tolerance(args.rtol, args.atol)
+    rows = compare(_runs(args), load_baseline(args.baseline), rtol=args.rtol, atol=args.atol)
+
+    def rel(r: dict) -> str:
+        if r["rel"] != r["rel"]:
+            return ""
+        return f"{r['rel']:+.1%}" if abs(r["rel"]) < 100 else f"x{r['rel'] + 1:.3g}"
+
+    table = [
+        [
+            r["condition"],
+            r["language"],
+            r["metric"] if r["metric"] == r["compared_metric"] else f"{r['metric']} vs {r['compared_metric']}",
+            fmt_value(r["value"]),
+            fmt_value(r["got"]),
+            rel(r),
+            r["status"],
+            f"{r['kind'] or ''} {r['source']}".strip(),
+        ]
+        for r in rows
+    ]
+    print(
+        tabulate(
+            table,
+            headers=["condition", "lang", "metric", "baseline", "this run", "rel. change", "status", "baseline source"],
+            tablefmt="github",
+            disable_numparse=True,
+        )
+    )
+    flagged = [r for r in rows if r["status"] != "ok"]
+    print(
+        f"\n{len(rows)} baseline values: {sum(r['status'] == 'ok' for r in rows)} agree within rtol={args.rtol:g}, atol={args.atol:g}; {len(flagged)} flagged "
+        f"({', '.join(sorted({r['status'] for r in flagged})) or 'none'})"
+    )
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Exit 0 when every check passes, 1 on a regression, 2 on bad input (raised before any verdict)."""
+    from lm_eval_lingreg.errors import UsageError
+    from lm_eval_lingreg.report import apply_rules, check_tolerance, compare, fmt_value, load_baseline, load_rules
+
+    if not args.baseline and not args.rules:
+        raise UsageError("give --baseline and/or --rules to check against")
+    check_tolerance(args.rtol, args.atol)
+    baseline = load_baseline(args.baseline) if args.baseline else None
+    rules = load_rules(args.rules) if args.rules else None
+    runs = _runs(args)
+    failures, checked, skipped = [], 0, 0
+    for r in compare(runs, baseline, rtol=args.rtol, atol=args.atol) if baseline else []:
+        if r["status"] == "missing" and not args.strict:
+            skipped += 1
+            continue
+        checked += 1
+        if r["status"] in ("worse", "missing") or (args.both_ways and r["status"] == "better"):
+            failures.append(
+                f"{r['condition']} {r['language']} {r['metric']}: {fmt_value(r['got'])} vs baseline {fmt_value(r['value'])} ({r['status']}"
+                + (f", {r['rel']:+.1%}" if r["rel"] == r["rel"] else "")
+                + ")"
+            )
+    for r in apply_rules(runs, rules) if rules else []:
+        checked += 1
+        if not r["ok"]:
+            failures.append(f"rule '{r['rule']}': {r['run']} {r['language']} = {fmt_value(r['value'])} ({r['why']})")
+    note = f" ({skipped} baseline values for conditions or languages not in these runs were skipped; --strict fails on them)" if skipped else ""
+    if failures:
+        print(f"FAIL: {len(failures)} of {checked} checks failed{note}")
+        for f in failures[: args.max_report]:
+            print("  - " + f)
+        if len(failures) > args.max_report:
+            print(f"  ... and {len(failures) - args.max_report} more")
+        return 1
+    if not checked:
+        raise UsageError("nothing was checked: no baseline value or rule matches these runs (check their labels with `lingreg table`)")
+    print(f"PASS: {checked} checks{note}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from lm_eval_lingreg.errors import UsageError
+    from lm_eval_lingreg.outputs import check_writable
+    from lm_eval_lingreg.plots import plot_heatmap, plot_region_density
+
+    check_writable(args.output)
+    if args.mask:
+        from lm_eval_lingreg.region_io import load_region
+
+        plot_region_density(load_region(args.mask), args.output)
+    else:
+        if not args.paths:
+            raise UsageError("give results folders/files to plot, or --mask for a region density plot")
+        plot_heatmap(_runs(args), args.output, args.metric, args.ratio_to)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from lm_eval_lingreg.outputs import check_writable, write_json
+    from lm_eval_lingreg.report import baseline_from_runs
+
+    check_writable(args.output)
+    runs = _runs(args)
+    data = baseline_from_runs(runs, args.source, args.model or runs[0].model, args.metric, args.note)
+    write_json(args.output, data)
+    print(f"wrote {args.output}: {len(data['values'])} values from {len(runs)} runs")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from lm_eval_lingreg.results import METRICS
+
+    s = sub.add_parser("table", help="leaderboard table: languages x conditions, from lm-eval results")
+    s.add_argument("paths", nargs="+", help="results JSON files or folders (searched recursively)")
+    s.add_argument("--metric", choices=METRICS, default="bits_per_byte", help=METRIC_HELP + " (default bits_per_byte)")
+    s.add_argument("--ratio-to", default=None, help="divide every run by the run with this label (e.g. base)")
+    s.add_argument("--format", choices=["markdown", "csv", "latex", "html", "json"], default="markdown")
+    s.add_argument("-o", "--output", default=None, help="write the table here (default: print)")
+    _args.label_option(s)
+    s.set_defaults(func=cmd_table)
+
+    s = sub.add_parser("compare", help="runs side by side with a baseline file, with deltas; flags what disagrees")
+    s.add_argument("paths", nargs="+")
+    s.add_argument("--baseline", required=True, help="baseline file (see baselines/README.md)")
+    s.add_argument("--rtol", type=float, default=0.05, help="relative tolerance (default 0.05)")
+    s.add_argument("--atol", type=float, default=0.0, help="absolute tolerance (default 0)")
+    _args.label_option(s)
+    s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("check", help="regression gate: exit 0 pass, 1 regression, 2 bad input")
+    s.add_argument("paths", nargs="+")
+    s.add_argument("--baseline", default=None, help="values to match (lower-is-better metrics: worse than tolerance fails)")
+    s.add_argument("--rules", default=None, help="YAML expectation rules (see baselines/rules-bundled.yaml)")
+    s.add_argument("--rtol", type=float, default=0.05)
+    s.add_argument("--atol", type=float, default=0.0)
+    s.add_argument("--both-ways", action="store_true", help="also fail when a value is better than the baseline beyond tolerance")
+    s.add_argument("--strict", action="store_true", help="fail on baseline values missing from the runs")
+    s.add_argument("--max-report", type=_args.positive_int, default=20, help="failures to list (default 20)")
+    _args.label_option(s)
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("plot", help="heatmap of languages x conditions (log ratio to base), or --mask for region density")
+    s.add_argument("paths", nargs="*")
+    s.add_argument("-o", "--output", required=True, help=".png or .svg")
+    s.add_argument("--metric", choices=METRICS, default="token_perplexity", help=METRIC_HELP + " (default token_perplexity)")
+    s.add_argument("--ratio-to", default="base", help="label of the run to divide by (default base)")
+    s.add_argument("--mask", default=None, help="plot a region's density per layer x module instead")
+    _args.label_option(s)
+    s.set_defaults(func=cmd_plot)
+
+    s = sub.add_parser("baseline", help="write a reference baseline file from runs of this tool")
+    s.add_argument("paths", nargs="+")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--source", required=True, help="how the runs were produced (the command)")
+    s.add_argument("--model", default=None, help="model name to record (default: from the runs)")
+    s.add_argument("--metric", choices=METRICS, default="token_perplexity")
+    s.add_argument("--note", default="")
+    _args.label_option(s)
+    s.set_defaults(func=cmd_baseline)

@@ -1,0 +1,130 @@
+"""`lingreg train`, `forget`: further pre-training with a frozen region, and the forgetting experiment."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lm_eval_lingreg.cli import _args
+
+
+def _train_config(args: argparse.Namespace, lang: str):
+    from lm_eval_lingreg.languages import parse_languages
+    from lm_eval_lingreg.training import TrainConfig
+
+    return TrainConfig(
+        lang=lang,
+        data=args.data,
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        grad_accum=args.grad_accum,
+        warmup=args.warmup,
+        schedule=args.schedule,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        train_scope=args.train_scope,
+        eval_every=args.eval_every,
+        eval_langs=parse_languages(args.watch_langs),
+        eval_blocks=args.eval_blocks,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lm_eval_lingreg.languages import parse_languages
+    from lm_eval_lingreg.outputs import check_writable
+    from lm_eval_lingreg.training import further_pretrain, parse_lora, resolve_freeze, save_checkpoint
+
+    lang = parse_languages(args.lang)[0]
+    cfg = _train_config(args, lang)
+    lora = parse_lora(args.lora) if args.lora else None
+    out = check_writable(args.out, directory=True, overwrite=args.overwrite)
+    model, tokenizer = _args.load(args)
+    region = resolve_freeze(args.freeze, model, cfg.seed)
+    model, record = further_pretrain(model, tokenizer, cfg, freeze=region, lora=lora)
+    record |= {"pretrained": args.pretrained or "gemma-3-270m (bundled)", "freeze": args.freeze}
+    save_checkpoint(model, tokenizer, out, record, overwrite=args.overwrite)
+    first, last = record["curves"][0]["perplexity"], record["curves"][-1]["perplexity"]
+    print("held-out token perplexity, before -> after: " + ", ".join(f"{k} {first[k]:.3g} -> {last[k]:.3g}" for k in last))
+    print(f"{record['tokens']} tokens in {record['seconds']:.0f} s ({record['tokens_per_second']:.0f} tokens/s)")
+    print(out.resolve())
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    from lm_eval_lingreg.errors import UsageError
+    from lm_eval_lingreg.experiments.forgetting import forget, table
+    from lm_eval_lingreg.languages import LANGUAGES, parse_languages
+    from lm_eval_lingreg.outputs import check_writable
+    from lm_eval_lingreg.plots import plot_curves
+    from lm_eval_lingreg.training import condition_label, resolve_freeze
+
+    lang = parse_languages(args.lang)[0]
+    cfg = _train_config(args, lang)
+    conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    labels = [condition_label(c) for c in conditions]
+    if not conditions or len(set(labels)) != len(labels):
+        raise UsageError(f"--conditions {args.conditions!r}: give distinct conditions, e.g. none,core:0.05,random:0.05")
+    eval_langs = parse_languages(args.eval_langs)
+    out = check_writable(args.output, into=True)
+    lm = _args.wrapper(args)
+    for c in conditions:  # every condition checked before any training
+        resolve_freeze(c, lm.model, cfg.seed)
+    summary = forget(lm, cfg, conditions, eval_langs, args.eval_limit, out, save_checkpoints=args.save_checkpoints)
+    plot_curves(summary, out / "curves.png")
+    print(
+        f"\n{cfg.steps} steps on {LANGUAGES[lang].name}; token perplexity after / before, on {len(eval_langs)} languages x {args.eval_limit or 'all'} UDHR documents"
+    )
+    print(table(summary))
+    print(f"results under {out}/ (summary.json, curves.png, <condition>/results.json, <condition>/train.json); {summary['seconds'] / 60:.1f} min")
+    return 0
+
+
+def _training_options(s: argparse.ArgumentParser, steps: int, seq_len: int, scope: str, eval_every: int) -> None:
+    s.add_argument(
+        "--data", default=None, help="training text: 'eld' (default, offline sentences), a directory of <iso>.txt/.jsonl, a file, or datasets:<path>[:<config>]"
+    )
+    s.add_argument("--steps", type=_args.positive_int, default=steps, help=f"optimizer steps (default {steps})")
+    s.add_argument("--lr", type=_args.positive_float, default=5e-5, help="peak learning rate (default 5e-5, as in the paper)")
+    s.add_argument("--batch-size", type=_args.positive_int, default=4, help="blocks per micro-batch (default 4)")
+    s.add_argument("--seq-len", type=_args.positive_int, default=seq_len, help=f"tokens per packed block (default {seq_len})")
+    s.add_argument("--grad-accum", type=_args.positive_int, default=1, help="micro-batches per optimizer step (default 1)")
+    s.add_argument("--warmup", type=_args.nonneg_int, default=10, help="linear warmup steps (default 10)")
+    s.add_argument("--schedule", choices=["cosine", "linear", "constant"], default="cosine")
+    s.add_argument("--weight-decay", type=_args.nonneg_float, default=0.01, help="AdamW weight decay on matrices (default 0.01)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--train-scope", default=scope, help=f"'all' or a regex on parameter names to train (default {scope!r})")
+    s.add_argument("--eval-every", type=_args.positive_int, default=eval_every, help=f"held-out evaluation every N steps (default {eval_every})")
+    s.add_argument("--watch-langs", default="en,zh,ar", help="languages whose held-out perplexity is tracked besides the target (default en,zh,ar)")
+    s.add_argument("--eval-blocks", type=_args.positive_int, default=8, help="held-out blocks per watched language (default 8)")
+    _args.model_options(s)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("train", help="further pre-train on one language, optionally with a region frozen")
+    s.add_argument("--lang", required=True, help="language to train on (ISO code)")
+    s.add_argument("--freeze", default=None, help="region kept frozen: core:0.05, bottom:0.05, random:0.05, a mask file or shipped name (default: none)")
+    s.add_argument(
+        "--lora",
+        default=None,
+        help="train a peft LoRA adapter instead: r=16,alpha=32,dropout=0.05,target=q_proj+v_proj; merged at the end, frozen entries re-imposed",
+    )
+    s.add_argument("--out", required=True, help="output checkpoint directory (standard HF, safetensors)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    _training_options(s, 300, 128, "all", 25)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("forget", help="the catastrophic-forgetting experiment: train under each freezing condition, harness before and after")
+    s.add_argument("--lang", default="ko", help="language to train on (default ko)")
+    s.add_argument(
+        "--conditions",
+        default="none,core:0.05,random:0.05",
+        help="comma-separated: none, core:R, bottom:R, random:R or mask files (default none,core:0.05,random:0.05)",
+    )
+    s.add_argument("--eval-langs", default="all", help="harness languages before and after (default all 30)")
+    s.add_argument("--eval-limit", type=_args.limit, default=2, help="UDHR documents per language for the harness (default 2, or 'all')")
+    s.add_argument("--save-checkpoints", action="store_true", help="also write each trained model under <output>/<condition>/checkpoint")
+    s.add_argument("-o", "--output", type=Path, default=Path("lingreg-forget"), help="output directory (default ./lingreg-forget)")
+    _training_options(s, 80, 64, r"layers\.\d+\.", 20)
+    s.set_defaults(func=cmd_forget)

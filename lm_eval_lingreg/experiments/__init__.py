@@ -1,0 +1,48 @@
+"""The paper's experiments on one loaded model, each as `run(lm, plan, out)` and `section(out) -> markdown`.
+
+- `regions`: findings 1 and 3, core / bottom / random regions and monolingual regions through the harness;
+- `dimensions`: finding 2, the hidden dimensions the core region concentrates on, and perturbation scans;
+- `forgetting`: finding 4, further pre-training with the core region frozen.
+
+Each experiment writes its raw results under `<out>/<name>/` with an `experiment.json` record (plan,
+timings, command), so its page can be rewritten from the results alone. `reproduce` composes them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lm_eval_lingreg.errors import UsageError
+from lm_eval_lingreg.outputs import write_json
+
+NAMES = ("regions", "dimensions", "forgetting")
+RECORD = "experiment.json"
+
+
+def module(name: str):
+    """The experiment module called `name`."""
+    import importlib
+
+    if name not in NAMES:
+        raise UsageError(f"unknown experiment {name!r}; choose from {', '.join(NAMES)}")
+    return importlib.import_module(f"lm_eval_lingreg.experiments.{name}")
+
+
+def write_record(out: Path, name: str, plan: dict[str, Any], seconds: dict[str, float], command: str) -> dict[str, Any]:
+    record = {"experiment": name, "plan": plan, "seconds": {k: round(v, 1) for k, v in seconds.items()}, "command": command}
+    write_json(out / RECORD, record)
+    return record
+
+
+def read_record(out: Path) -> dict[str, Any]:
+    path = out / RECORD
+    if not path.is_file():
+        raise UsageError(f"no {path}: run the experiment first (without --from-results)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def demote(markdown: str) -> str:
+    """Headings one level down, to nest a page inside a larger report."""
+    return "\n".join(("#" + line) if line.startswith("#") else line for line in markdown.splitlines()) + "\n"

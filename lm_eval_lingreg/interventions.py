@@ -1,0 +1,209 @@
+"""Apply perturbations to a loaded model, validated first and undone exactly.
+
+`resolve` turns a `Perturbation` (see `perturbation`) into the entries it changes on this
+model, without changing anything; `perturb` validates every perturbation, then changes the
+weights in order and returns an `Applied` handle whose `restore()` puts back every changed
+entry bit for bit (it is also a context manager).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lm_eval_lingreg.anatomy import base_model, editability_problems, model_slots, named_parameters
+from lm_eval_lingreg.edits import SavedEntries
+from lm_eval_lingreg.errors import PerturbationError, close_matches
+from lm_eval_lingreg.perturbation import GROUPS, Perturbation, spec_dicts, spec_sha256, spec_string
+
+
+@dataclass
+class Target:
+    """Entries of one tensor to change, and the offset between stored value and effective gain."""
+
+    name: str
+    indices: torch.Tensor
+    offset: float = 0.0
+
+
+def _region_targets(p: Perturbation, model: torch.nn.Module) -> list[Target]:
+    from lm_eval_lingreg.region_io import load_region
+    from lm_eval_lingreg.regions import Region, validate
+
+    region = p.mask if isinstance(p.mask, Region) else load_region(p.mask)
+    validate(region, model)
+    return [Target(n, idx) for n, idx in region.indices.items() if idx.numel()]
+
+
+def _scalar_targets(p: Perturbation, params: Mapping[str, torch.Tensor]) -> list[Target]:
+    if p.param not in params:
+        raise PerturbationError(
+            f"param={p.param}: no such parameter in this model{close_matches(p.param, params)}; "
+            f"names look like {next(iter(params), '?')!r} (list them with `lingreg params`)"
+        )
+    shape = tuple(params[p.param].shape)
+    if p.index is not None:
+        numel = math.prod(shape)
+        if p.index >= numel:
+            raise PerturbationError(f"param={p.param}: index={p.index} out of range for shape {shape} (valid 0..{numel - 1})")
+        flat = p.index
+    else:
+        if len(shape) != 2:
+            raise PerturbationError(f"param={p.param}: row=/col= need a 2-D tensor, this one has shape {shape}; use index=")
+        if p.row >= shape[0] or p.col >= shape[1]:
+            raise PerturbationError(f"param={p.param}: row={p.row}, col={p.col} out of range for shape {shape}")
+        flat = p.row * shape[1] + p.col
+    return [Target(p.param, torch.tensor([flat], dtype=torch.int64))]
+
+
+def _dimension_targets(p: Perturbation, model: torch.nn.Module) -> list[Target]:
+    slots, hidden = model_slots(model)
+    if not slots:
+        raise PerturbationError("this model has no recognisable per-layer norms or q/k/v/o/gate/up/down projections")
+    n_layers = max(s.layer for s in slots.values()) + 1
+    layers = list(range(n_layers)) if p.layers is None else list(p.layers)
+    bad_layers = [la for la in layers if la >= n_layers]
+    if bad_layers:
+        raise PerturbationError(f"layer {bad_layers[0]} out of range: this model has layers 0..{n_layers - 1}")
+    bad_dims = [d for d in p.dims if d >= hidden]
+    if bad_dims:
+        raise PerturbationError(f"dim={bad_dims[0]} out of range: the hidden size is {hidden} (dims 0..{hidden - 1})")
+    present = sorted({s.module for s in slots.values()})
+    roles: set[str] = set()
+    names: set[str] = set()
+    for m in p.modules:
+        if m in GROUPS:
+            roles.update(GROUPS[m])
+        elif m in present:
+            names.add(m)
+        else:
+            raise PerturbationError(
+                f"modules={m}: this model ({type(base_model(model)).__name__}) has no such module on the residual stream"
+                f"{close_matches(m, present)}; available: {', '.join(present)}, or the groups {', '.join(GROUPS)}"
+            )
+    chosen = [s for s in slots.values() if s.layer in layers and (s.role in roles or s.module in names)]
+    for m in sorted(names):
+        missing = [la for la in layers if not any(s.module == m and s.layer == la for s in chosen)]
+        if missing:
+            raise PerturbationError(f"modules={m}: not present in layer {missing[0]} of this model")
+    if not chosen:
+        raise PerturbationError(f"no tensors selected by modules={'+'.join(p.modules)} in layers {layers}")
+    return [Target(s.name, torch.unique(torch.cat([s.indices(d) for d in p.dims]))) for s in chosen]
+
+
+def resolve(p: Perturbation, model: torch.nn.Module, params: Mapping[str, torch.Tensor] | None = None) -> list[Target]:
+    """Check `p` against the model and return the entries it changes; changes nothing."""
+    from lm_eval_lingreg.anatomy import gain_offset
+
+    params = params if params is not None else named_parameters(model)
+    if p.kind == "scalar":
+        targets = _scalar_targets(p, params)
+    elif p.kind == "dimension":
+        targets = _dimension_targets(p, model)
+    else:
+        targets = _region_targets(p, model)
+    problems = editability_problems({t.name: params[t.name] for t in targets})
+    if problems:
+        raise PerturbationError(f"cannot perturb {p}: " + "; ".join(problems))
+    if p.on == "gain":
+        slots, _ = model_slots(model)
+        modules = dict(base_model(model).named_modules())
+        for t in targets:
+            if t.name in slots and slots[t.name].role == "norm":
+                t.offset = gain_offset(modules[t.name.removesuffix(".weight")], params[t.name])
+    return targets
+
+
+@dataclass
+class Applied:
+    """Perturbations applied to a model; `restore()` puts every changed entry back bit for bit."""
+
+    model: torch.nn.Module
+    perturbations: list[Perturbation]
+    saved: SavedEntries = None  # type: ignore[assignment]
+    summary: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.saved is None:
+            self.saved = SavedEntries(self.model)
+
+    @property
+    def entries_changed(self) -> int:
+        return sum(s["entries"] for s in self.summary)
+
+    def restore(self) -> None:
+        self.saved.restore()
+
+    def __enter__(self) -> Applied:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+    def info(self) -> dict[str, Any]:
+        """What goes into results JSON: the spec, its hash, and what it changed."""
+        return {
+            "perturbations": spec_dicts(self.perturbations),
+            "perturbation_spec": spec_string(self.perturbations),
+            "perturbation_sha256": spec_sha256(self.perturbations),
+            "entries_changed": self.entries_changed,
+            "perturbed": self.summary,
+        }
+
+
+def check_all(model: torch.nn.Module, perturbations: Sequence[Perturbation]) -> None:
+    """Resolve every perturbation against the model (raising on the first that does not fit); change nothing."""
+    params = named_parameters(model)
+    for p in perturbations:
+        resolve(p, model, params)
+
+
+@torch.no_grad()
+def perturb(model: torch.nn.Module, perturbations: Perturbation | Sequence[Perturbation]) -> Applied:
+    """Apply perturbations in order. Every one is validated before any weight changes."""
+    perts = [perturbations] if isinstance(perturbations, Perturbation) else list(perturbations)
+    params = named_parameters(model)
+    resolved = [(p, resolve(p, model, params)) for p in perts]
+    applied = Applied(model, perts)
+    try:
+        for p, targets in resolved:
+            gen = torch.Generator().manual_seed(p.seed) if p.op == "noise" else None
+            for t in targets:
+                orig = applied.saved.save(t.name, params[t.name], t.indices)
+                flat = params[t.name].data.view(-1)
+                flat.index_copy_(0, t.indices.to(flat.device), _new_values(p, orig, t.offset, gen).to(flat.dtype))
+            applied.summary.append(
+                {
+                    "perturbation": str(p),
+                    "entries": sum(int(t.indices.numel()) for t in targets),
+                    "tensors": [t.name for t in targets] if len(targets) <= 8 else f"{len(targets)} tensors",
+                    **({"gain_offsets": sorted({t.offset for t in targets})} if p.on == "gain" else {}),
+                }
+            )
+        bad = next((name for name, idx, _ in applied.saved if not torch.isfinite(params[name].data.view(-1)[idx.long().to(params[name].device)]).all()), None)
+        if bad is not None:
+            raise PerturbationError(f"the perturbation overflows {params[bad].dtype} in {bad} (model restored); use a smaller value")
+    except BaseException:
+        applied.restore()
+        raise
+    return applied
+
+
+def _new_values(p: Perturbation, orig: torch.Tensor, offset: float, gen: torch.Generator | None) -> torch.Tensor:
+    g = orig.double().cpu() + offset  # effective gain (offset 0: the stored value); float64 so overflow shows as inf
+    if p.op == "zero":
+        g = torch.zeros_like(g)
+    elif p.op == "set":
+        g = torch.full_like(g, p.value)
+    elif p.op == "mul":
+        g = g * p.value
+    elif p.op == "add":
+        g = g + p.value
+    else:
+        eps = torch.randn(g.shape, generator=gen).double()
+        g = g + p.value * eps * (g.abs() if p.scale == "relative" else 1.0)
+    return (g - offset).to(orig.device)

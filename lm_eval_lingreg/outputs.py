@@ -1,0 +1,255 @@
+"""Writing outputs safely: a file or folder appears complete under its final name or not at all.
+
+- `atomic_path(target)` yields a temporary sibling and renames it over `target` on success; on
+  any error (or Ctrl-C) the temporary is removed and `target` is untouched.
+- An existing non-empty folder is never replaced unless the caller passes `overwrite=True`;
+  a folder holding the current directory, and a file where a folder is expected (or the
+  reverse), are never replaced at all.
+- One lingreg process at a time writes a given target: a lock beside it (`.<name>.lock`,
+  removed afterwards) refuses a second one with a clear error.
+- Temporaries left by a killed run (`.<name>.tmp-*`, `.<name>.old-*`) are removed by the next
+  run on the same target, which holds the lock and so knows nobody else is writing them.
+- `check_writable(target)` runs before any long work: a run that cannot save its result stops
+  at once instead of after an hour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from lm_eval_lingreg.errors import OutputError
+
+_HELD: dict[str, int] = {}  # lock files this process holds, with their nesting depth
+
+
+def _lock_file(target: Path) -> Path:
+    return target.parent / f".{target.name}.lock"
+
+
+def _holder(lock: Path) -> str:
+    try:
+        pid = lock.read_text().strip()
+    except OSError:
+        pid = ""
+    return f" (pid {pid})" if pid.isdigit() else ""
+
+
+@contextlib.contextmanager
+def output_lock(target: str | os.PathLike, wait: bool = False) -> Iterator[None]:
+    """Hold the write lock of `target` (re-entrant within this process).
+
+    If another process holds it: refuse with an `OutputError`, or with `wait` block until it is done.
+    """
+    target = Path(target).absolute()
+    lock = _lock_file(target)
+    key = str(lock)
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(f"{target} is being written by another lingreg process{_holder(lock)}; wait for it to finish, or choose another output") from None
+        try:  # the file we locked may have been unlinked by its previous holder: lock the live one
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _HELD[key] = 1
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
+
+
+def _stale(target: Path) -> list[Path]:
+    if not target.parent.is_dir():
+        return []
+    return [p for p in target.parent.iterdir() if p.name.startswith((f".{target.name}.tmp-", f".{target.name}.old-"))]
+
+
+def clean_stale(target: str | os.PathLike) -> list[Path]:
+    """Remove temporaries a killed run left beside `target`; call with its lock held."""
+    removed = []
+    for p in _stale(Path(target)):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def check_target(target: str | os.PathLike, *, directory: bool = False, overwrite: bool = False) -> Path:
+    """Refuse a target this write must not replace; return it as a Path.
+
+    A folder that holds the current directory (`.`, `..`, `/`) is never replaced. A non-empty
+    folder is replaced only with `overwrite`. A file is not replaced by a folder nor the reverse.
+    """
+    target = Path(target)
+    if not target.name or target.name in (".", ".."):
+        raise OutputError(f"{str(target)!r} is not a valid output name; name a new file or folder")
+    resolved = target.resolve()
+    cwd = Path.cwd().resolve()
+    if target.exists() or target.is_symlink():
+        if resolved == cwd or resolved in cwd.parents:
+            raise OutputError(f"refusing to replace {target}: it holds the current directory; name a new folder")
+        if directory and not target.is_dir():
+            raise OutputError(f"{target} exists and is not a folder; name a new folder, or remove it first")
+        if not directory and target.is_dir():
+            raise OutputError(f"{target} is a folder; name a file (e.g. {target / 'out'}{target.suffix or ''})")
+        if directory and any(target.iterdir()) and not overwrite:
+            raise OutputError(f"{target} exists and is not empty; pass --overwrite to replace it, or name a new folder")
+    return target
+
+
+def check_writable(target: str | os.PathLike, *, directory: bool = False, overwrite: bool = False, into: bool = False) -> Path:
+    """`check_target`, then make sure the target can be created and written; before any work.
+
+    With `into`, `target` is a folder that files are written into (it is never replaced as a
+    whole): it may exist and hold other files.
+    """
+    if into:
+        target = Path(target)
+        if target.exists() and not target.is_dir():
+            raise OutputError(f"{target} exists and is not a folder; name a folder for the output")
+    else:
+        target = check_target(target, directory=directory, overwrite=overwrite)
+    existing = target.absolute() if into else target.absolute().parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot write {target}: {existing} is a file, not a folder")
+    try:  # the real test (permissions, read-only mounts, root): create and remove a file there
+        fd, probe = tempfile.mkstemp(prefix=".lingreg-write-test-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"cannot write {target}: {existing} is not writable ({e.strerror or e}); choose another output") from None
+    return target
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, *, directory: bool = False, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of `target`; on success rename it over `target`.
+
+    On any exception the temporary is removed and `target` is untouched. A non-empty folder
+    is replaced only with `overwrite`; an existing file is always replaceable.
+    """
+    target = check_target(target, directory=directory, overwrite=overwrite)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the folder of {target}: {e.strerror or e}") from None
+    with output_lock(target):
+        clean_stale(target)
+        prefix = f".{target.name}.tmp-{os.getpid()}-"
+        umask = os.umask(0)
+        os.umask(umask)
+        try:
+            if directory:
+                tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+            else:
+                fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
+                os.close(fd)
+                tmp = Path(name)
+        except OSError as e:
+            raise OutputError(f"cannot write {target}: {e.strerror or e}") from None
+        try:
+            yield tmp
+            # mkstemp/mkdtemp (and some writers) make 0600/0700; the result is meant to be shared
+            os.chmod(tmp, (0o777 if directory else 0o666) & ~umask)
+            if directory and target.is_dir():
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
+                os.replace(target, old / "x")
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+        except BaseException as e:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+                raise OutputError(f"cannot write {target}: {e.strerror}") from None
+            raise
+
+
+def sort_safetensors_header(path: str | os.PathLike) -> None:
+    """Put a safetensors file's metadata keys in sorted order, in place.
+
+    safetensors writes metadata from a hash map, so the same content gives different bytes from
+    run to run; sorted, identical content gives identical files. The header keeps its length.
+    """
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        if "__metadata__" not in header:
+            return
+        header = {"__metadata__": dict(sorted(header["__metadata__"].items())), **{k: v for k, v in header.items() if k != "__metadata__"}}
+        raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(raw) > n:  # cannot happen for a reordering; leave the file as safetensors wrote it
+            return
+        f.seek(8)
+        f.write(raw + b" " * (n - len(raw)))
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 text atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, data: object, default=str) -> Path:
+    """Write `data` as indented UTF-8 JSON, atomically."""
+    return write_text(path, json.dumps(data, indent=1, ensure_ascii=False, default=default) + "\n")
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Save a matplotlib figure atomically; the format follows the suffix (.png default, .svg, .pdf, ...)."""
+    import matplotlib.pyplot as plt
+
+    suffix = Path(path).suffix.lower().lstrip(".")
+    fmt = {"": "png", "jpg": "jpeg"}.get(suffix, suffix)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def save_model(model, tokenizer, out: str | os.PathLike, records: dict[str, object], overwrite: bool = False) -> Path:
+    """A standard Hugging Face directory (safetensors) with JSON records beside it, written atomically."""
+    out = Path(out)
+    with atomic_path(out, directory=True, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name, data in records.items():
+            (tmp / name).write_text(json.dumps(data, indent=1, default=str, ensure_ascii=False), encoding="utf-8")
+    return out

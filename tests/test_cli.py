@@ -1,0 +1,331 @@
+"""Every `lingreg` command in process (the same `main` as the console script): outputs, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lm_eval_lingreg.region_io import load_region, save_region
+from lm_eval_lingreg.regions import jaccard
+
+from helpers import REPO, SENTENCES, lingreg
+
+DATA = Path(__file__).resolve().parent / "data" / "results"
+REGIONS = DATA / "regions"
+RULES = REPO / "baselines" / "rules-bundled.yaml"
+BASELINE = REPO / "baselines" / "gemma-3-270m-regions.json"
+
+
+@pytest.fixture
+def text_dir(tmp_path):
+    d = tmp_path / "text"
+    d.mkdir()
+    lines = [f"{s} ({i})" for i in range(40) for s in SENTENCES]
+    for iso in ("en", "fr"):
+        (d / f"{iso}.txt").write_text("\n".join(lines), encoding="utf-8")
+    return d
+
+
+@pytest.fixture(scope="module")
+def scores(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("scores") / "scores"
+    proc = lingreg("score", "--pretrained", tiny_model_dir, "--langs", "ar,es,ru", "--samples", "4", "--out", out, "--device", "cpu")
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == str(out.resolve())
+    assert "tokens" in proc.stderr
+    return out
+
+
+def test_score_extract_info_compare(scores, tmp_path):
+    for which in ("top", "bottom", "random"):
+        assert (
+            lingreg(
+                "extract", "core", "--scores", scores, "--langs", "ar,es,ru", "--ratio", "0.05", "--which", which, "--out", tmp_path / f"{which}.safetensors"
+            ).returncode
+            == 0
+        )
+    assert lingreg("extract", "monolingual", "--scores", scores, "--langs", "ar,es,ru", "--lang", "ar", "--out", tmp_path / "mono.safetensors").returncode == 0
+    top = load_region(tmp_path / "top.safetensors")
+    assert top.metadata["kind"] == "core-top" and top.metadata["languages"] == ["ar", "es", "ru"]
+    assert top.metadata["samples"] == {"ar": 4, "es": 4, "ru": 4} and len(top.metadata["scores_sha256"]) == 64
+    assert abs(top.density - 0.05) < 0.01
+    mono = load_region(tmp_path / "mono.safetensors")
+    assert jaccard(mono, top)[0] < 1 and mono.num_selected <= top.num_selected
+    proc = lingreg("mask", "info", tmp_path / "top.safetensors")
+    assert proc.returncode == 0 and "down_proj" in proc.stdout and "layer" in proc.stdout
+    proc = lingreg("mask", "compare", tmp_path / "top.safetensors", tmp_path / "top.safetensors", "--json")
+    assert json.loads(proc.stdout)["jaccard"] == 1.0
+    proc = lingreg("extract", "core", "--scores", scores, "--out", tmp_path / "x.safetensors")
+    assert proc.returncode == 2 and "no scores for ['zh', 'ko', 'vi']" in proc.stderr
+
+
+def test_score_rerun_reuses_and_a_changed_option_needs_overwrite(scores, tiny_model_dir):
+    again = lingreg("score", "--pretrained", tiny_model_dir, "--langs", "ar", "--samples", "4", "--out", scores, "--device", "cpu")
+    assert again.returncode == 0 and "reusing it" in again.stderr
+    changed = lingreg("score", "--pretrained", tiny_model_dir, "--langs", "ar", "--samples", "3", "--out", scores, "--device", "cpu")
+    assert changed.returncode == 2 and "samples: 4 -> 3" in changed.stderr and "--overwrite" in changed.stderr
+
+
+def test_convert_to_an_existing_folder_needs_overwrite(scores, tmp_path):
+    assert lingreg("extract", "core", "--scores", scores, "--langs", "ar,es,ru", "--out", tmp_path / "r.safetensors").returncode == 0
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("x")
+    for args in (("mask", "convert", tmp_path / "r.safetensors", victim), ("extract", "core", "--scores", scores, "--langs", "ar,es,ru", "--out", victim)):
+        proc = lingreg(*args)
+        assert proc.returncode == 2 and "--overwrite" in proc.stderr and (victim / "notes.txt").read_text() == "x"
+    assert lingreg("mask", "convert", tmp_path / "r.safetensors", victim, "--overwrite").returncode == 0
+    assert load_region(victim) == load_region(tmp_path / "r.safetensors")
+
+
+def test_params_scan_and_generate(tiny_model_dir, tmp_path):
+    proc = lingreg("params", "--pretrained", tiny_model_dir, "--filter", r"layers\.0\.")
+    assert proc.returncode == 0 and "embed_tokens" not in proc.stdout
+    assert "column d (reads)" in proc.stdout and "row d (writes)" in proc.stdout and "norm entry d" in proc.stdout
+    out = tmp_path / "scan.json"
+    proc = lingreg(
+        "scan",
+        "--pretrained",
+        tiny_model_dir,
+        "--dims",
+        "3,5,random:2",
+        "--langs",
+        "en,zh",
+        "--docs",
+        "1",
+        "--tokens",
+        "32",
+        "--modules",
+        "norms",
+        "-o",
+        out,
+        "--device",
+        "cpu",
+    )
+    assert proc.returncode == 0 and "x ppl zh" in proc.stdout
+    data = json.loads(out.read_text())
+    assert len(data["rows"]) == 4 and {r["label"].split(":")[0] for r in data["rows"]} == {"given", "random"}
+    assert data["what"] == "layers=1:dims=<d>:modules=norms:op=mul:value=4.0"
+    proc = lingreg(
+        "generate",
+        "--pretrained",
+        tiny_model_dir,
+        "--prompt",
+        "All human",
+        "--max-new-tokens",
+        "3",
+        "--compare",
+        "base,layer=0:dim=3:op=mul:value=100",
+        "--compare",
+        "param=model.layers.0.input_layernorm.weight:index=2:op=zero",
+        "-o",
+        tmp_path / "gen.json",
+    )
+    assert proc.returncode == 0
+    gens = json.loads((tmp_path / "gen.json").read_text())["generations"]
+    assert [g["condition"] for g in gens] == ["base", "layer=0:dim=3:op=mul:value=100", "param=model.layers.0.input_layernorm.weight:index=2:op=zero"]
+
+
+def test_dims_json_and_plot(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from test_dimensions import region_on_dims
+
+    mask = save_region(region_on_dims(AutoModelForCausalLM.from_pretrained(tiny_model_dir)), tmp_path / "r.safetensors")
+    proc = lingreg(
+        "dims",
+        mask,
+        "--top",
+        "3",
+        "--json",
+        tmp_path / "d.json",
+        "--plot",
+        tmp_path / "d.png",
+        "--activations",
+        "--pretrained",
+        tiny_model_dir,
+        "--langs",
+        "en,fr",
+        "--samples",
+        "2",
+    )
+    assert proc.returncode == 0
+    data = json.loads((tmp_path / "d.json").read_text())
+    assert [r["dim"] for r in data["dims"]][:2] == [7, 3] and data["hidden_size"] == 32
+    assert data["activations"]["tokens"] > 0 and all(1 <= r["activation_rank"] <= 32 for r in data["dims"])
+    assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_writes_a_checkpoint_and_refuses_to_replace_one(tiny_model_dir, text_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from lm_eval_lingreg.anatomy import named_parameters, scope_shapes
+    from lm_eval_lingreg.selection import select_random
+
+    out = tmp_path / "ckpt"
+    common = [
+        "--pretrained",
+        tiny_model_dir,
+        "--lang",
+        "en",
+        "--data",
+        text_dir,
+        "--steps",
+        "2",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "2",
+        "--eval-every",
+        "1",
+        "--watch-langs",
+        "fr",
+        "--eval-blocks",
+        "1",
+        "--lr",
+        "1e-3",
+        "--device",
+        "cpu",
+    ]
+    proc = lingreg("train", *common, "--freeze", "random:0.05", "--out", out)
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == str(out.resolve())
+    rec = json.loads((out / "lingreg_train.json").read_text())
+    assert rec["frozen"]["exact"] and rec["freeze"] == "random:0.05" and len(rec["curves"]) == 3
+    assert (out / "model.safetensors").is_file() and not list(tmp_path.glob(".ckpt.*"))
+    proc = lingreg("train", *common, "--out", out)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    proc = lingreg("train", *common, "--freeze", "random:0.05", "--lora", "r=4,alpha=8", "--out", tmp_path / "lora")
+    assert proc.returncode == 0
+    rec = json.loads((tmp_path / "lora" / "lingreg_train.json").read_text())
+    assert rec["frozen"]["exact"] and rec["lora"]["r"] == 4
+    merged = named_parameters(AutoModelForCausalLM.from_pretrained(tmp_path / "lora"))
+    orig_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    orig = named_parameters(orig_model)
+    region = select_random(scope_shapes(orig_model), 0.05, seed=0)
+    for n in region.indices:
+        m = region.mask(n)
+        assert torch.equal(merged[n][m], orig[n][m]), n
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--steps", "0"], "must be at least 1"), (["--freeze", "core:0.07"], "no shipped mask"), (["--lora", "rank=4"], "--lora"), (["--lang", "xx"], "xx")],
+)
+def test_train_bad_input_leaves_nothing(tiny_model_dir, tmp_path, args, message):
+    base = {"--lang": "en", "--steps": "1", "--out": str(tmp_path / "o")}
+    for k, v in zip(args[::2], args[1::2], strict=True):
+        base[k] = v
+    proc = lingreg("train", "--pretrained", tiny_model_dir, *[x for kv in base.items() for x in kv])
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_demo_prints_a_per_language_table(tiny_model_dir, tmp_path):
+    proc = lingreg("demo", "--pretrained", tiny_model_dir, "--langs", "en,zh", "--limit", "1", "--output-path", tmp_path, "--device", "cpu")
+    assert proc.returncode == 0
+    assert "English" in proc.stdout and "Chinese" in proc.stdout and "random-0.01" in proc.stdout
+    assert (tmp_path / "base" / "results.json").is_file() and (tmp_path / "random-0.01" / "results.json").is_file()
+
+
+def test_demo_rejects_unknown_languages_and_masks_for_another_model(tiny_model_dir, tmp_path):
+    proc = lingreg("demo", "--pretrained", tiny_model_dir, "--langs", "en,xx")
+    assert proc.returncode == 2 and "unknown language code(s) ['xx']" in proc.stderr
+    proc = lingreg("demo", "--pretrained", tiny_model_dir, "--langs", "en", "--masks", "core", "--output-path", tmp_path / "o")
+    assert proc.returncode == 2 and "shape mismatch" in proc.stderr and "made for 'gemma-3-270m'" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_apply_writes_a_checkpoint_or_nothing(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from lm_eval_lingreg.anatomy import named_parameters, scope_shapes
+    from lm_eval_lingreg.selection import select_random
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    region = select_random(scope_shapes(model), 0.05, seed=0)
+    mask = save_region(region, tmp_path / "m.safetensors")
+    out = tmp_path / "ablated"
+    proc = lingreg("apply", "--pretrained", tiny_model_dir, "--mask", mask, "--out", out, "--device", "cpu")
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == str(out.resolve())
+    saved, orig = named_parameters(AutoModelForCausalLM.from_pretrained(out)), named_parameters(model)
+    for name, p in saved.items():
+        changed = (p != orig[name]).reshape(-1)
+        expect = region.mask(name).reshape(-1) if name in region.indices else torch.zeros_like(changed)
+        assert torch.equal(changed | expect, expect), name
+    assert json.loads((out / "lingreg_ablation.json").read_text())["entries_changed"] == region.num_selected
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    bad = tmp_path / "bad.pt"
+    torch.save({"nope.weight": torch.zeros(2, dtype=torch.bool)}, bad)
+    proc = lingreg("apply", "--pretrained", tiny_model_dir, "--mask", bad, "--out", tmp_path / "y")
+    assert proc.returncode == 2 and "not in the model" in proc.stderr and not (tmp_path / "y").exists()
+    proc = lingreg("apply", "--pretrained", tiny_model_dir, "--mask", mask, "--out", keep)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr and (keep / "notes.txt").read_text() == "mine"
+
+
+def test_check_exit_codes():
+    proc = lingreg("check", REGIONS, "--rules", RULES, "--baseline", BASELINE)
+    assert proc.returncode == 0 and proc.stdout.startswith("PASS")
+    proc = lingreg("check", REGIONS, "--baseline", BASELINE, "--strict")
+    assert proc.returncode == 1 and "missing" in proc.stdout
+    proc = lingreg("check", REGIONS)
+    assert proc.returncode == 2 and "--baseline and/or --rules" in proc.stderr
+
+
+def test_check_fails_a_broken_run(tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(REGIONS, broken)
+    data = json.loads((REGIONS / "base" / "results.json").read_text())
+    data["config"]["lingreg"]["condition"] = "core-top-1"
+    (broken / "core-top-1" / "results.json").write_text(json.dumps(data))
+    proc = lingreg("check", broken, "--rules", RULES)
+    assert proc.returncode == 1 and "FAIL: 30 of" in proc.stdout and "core-top-1 ar = 1 (below min 100)" in proc.stdout
+
+
+def test_table_plot_baseline_compare(tmp_path):
+    proc = lingreg("table", REGIONS, "--metric", "token_perplexity", "--ratio-to", "base", "--format", "latex", "-o", tmp_path / "t.tex")
+    assert proc.returncode == 0 and "\\toprule" in (tmp_path / "t.tex").read_text()
+    proc = lingreg("table", REGIONS, "--ratio-to", "nope")
+    assert proc.returncode == 2 and "no run with that label" in proc.stderr
+    for name in ("h.png", "h.svg"):
+        assert lingreg("plot", REGIONS, "-o", tmp_path / name).returncode == 0
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG" and "<svg" in (tmp_path / "h.svg").read_text()[:400]
+    assert lingreg("plot", "--mask", "core", "-o", tmp_path / "d.png").returncode == 0 and (tmp_path / "d.png").stat().st_size > 5000
+    assert lingreg("baseline", REGIONS, "-o", tmp_path / "b.json", "--source", "test").returncode == 0
+    from lm_eval_lingreg.report import load_baseline
+
+    assert len(load_baseline(tmp_path / "b.json")) == 4 * 30
+    proc = lingreg("compare", DATA / "lm_eval_cli", "--baseline", REPO / "baselines" / "paper-figures.json", "--label", f"{DATA / 'lm_eval_cli'}=mul4:L1-N2100")
+    assert proc.returncode == 0 and "perplexity vs token_perplexity" in proc.stdout and "figure" in proc.stdout
+
+
+def test_broken_pipe_is_not_a_traceback(monkeypatch):
+    import lm_eval_lingreg.cli.regions as regions_cli
+
+    def broken(args):
+        raise BrokenPipeError
+
+    monkeypatch.setattr(regions_cli, "cmd_mask_info", broken)  # as when `lingreg mask info core | head -1` closes the pipe
+    proc = lingreg("mask", "info", "core")
+    assert proc.returncode == 141 and proc.stderr == ""
+
+
+def test_unexpected_errors_are_one_line_unless_debugging(monkeypatch):
+    import lm_eval_lingreg.region_io as region_io
+
+    def bug(spec):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(region_io, "load_region", bug)
+    proc = lingreg("mask", "info", "core")
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: unexpected ZeroDivisionError: boom") and "LINGREG_DEBUG" in proc.stderr
+    monkeypatch.setenv("LINGREG_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        from lm_eval_lingreg.cli import main
+
+        main(["mask", "info", "core"])

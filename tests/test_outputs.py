@@ -1,0 +1,79 @@
+"""Outputs: complete or absent, never outside the target, never replacing a folder without --overwrite, one writer at a time."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+
+import pytest
+
+from lm_eval_lingreg.errors import OutputError
+from lm_eval_lingreg.outputs import atomic_path, check_writable, output_lock, write_json
+
+
+def test_a_failed_write_leaves_the_target_untouched(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    with pytest.raises(ZeroDivisionError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise ZeroDivisionError
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_temporaries_of_a_killed_run_are_removed_by_the_next_run(tmp_path):
+    (tmp_path / ".ckpt.tmp-999999-abc").mkdir()
+    (tmp_path / ".ckpt.tmp-999999-abc" / "model.safetensors").write_bytes(b"x" * 100)
+    (tmp_path / ".ckpt.old-999999-def").mkdir()
+    (tmp_path / ".other.tmp-1-x").write_text("not ours")
+    with atomic_path(tmp_path / "ckpt", directory=True) as tmp:
+        (tmp / "f").write_text("done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-1-x", "ckpt"]
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_the_current_folder_and_its_parents_are_never_replaced(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keep.txt").write_text("x")
+    with pytest.raises(OutputError):
+        with atomic_path(name, directory=True, overwrite=True) as tmp:
+            (tmp / "f").write_text("y")
+    assert (tmp_path / "keep.txt").read_text() == "x" and not [p for p in tmp_path.parent.iterdir() if p.name.startswith("..")]
+
+
+def test_folder_and_file_targets_do_not_replace_each_other(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(OutputError, match="not a folder"):
+        check_writable(tmp_path / "afile", directory=True)
+    with pytest.raises(OutputError, match="is a folder"):
+        check_writable(tmp_path / "adir")
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        check_writable(tmp_path / "afile" / "x.json")
+
+
+def test_unwritable_places_are_found_before_any_work():
+    with pytest.raises(OutputError, match="not writable"):
+        check_writable("/sys/lingreg-test/out.json")
+
+
+def test_the_lock_refuses_a_second_writer_and_disappears_afterwards(tmp_path):
+    target = tmp_path / "scores"
+    with output_lock(target):
+        with output_lock(target):  # re-entrant in this process
+            assert (tmp_path / ".scores.lock").read_text() == str(os.getpid())
+    assert not (tmp_path / ".scores.lock").exists()
+    with open(tmp_path / ".scores.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        with pytest.raises(OutputError, match="another lingreg process"):
+            write_json(target, {})
+    assert not target.exists()
+
+
+def test_outputs_get_normal_permissions(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    f = write_json(tmp_path / "a.json", {"x": 1})
+    with atomic_path(tmp_path / "d", directory=True) as tmp:
+        (tmp / "f").write_text("x")
+    assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask and stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~umask

@@ -1,0 +1,128 @@
+"""Further pre-training: the loop, its record, reproducibility, freeze specs, LoRA, checkpoints and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lm_eval_lingreg.anatomy import named_parameters, scope_shapes
+from lm_eval_lingreg.errors import RegionError, TrainingError, UsageError
+from lm_eval_lingreg.selection import select_random
+from lm_eval_lingreg.training import TrainConfig, further_pretrain, parse_lora, resolve_freeze, save_checkpoint, train
+
+from helpers import SENTENCES, make_tiny, tiny_tokenizer
+from test_freeze import _check_frozen_exact_and_rest_moved, _region
+
+
+@pytest.fixture
+def text_dir(tmp_path):
+    d = tmp_path / "text"
+    d.mkdir()
+    lines = [f"{s} ({i})" for i in range(40) for s in SENTENCES]
+    for iso in ("en", "fr"):
+        (d / f"{iso}.txt").write_text("\n".join(lines), encoding="utf-8")
+    return d
+
+
+def _cfg(text_dir, **kw):
+    base = dict(
+        lang="en",
+        data=str(text_dir),
+        steps=4,
+        lr=5e-3,
+        batch_size=2,
+        seq_len=32,
+        grad_accum=2,
+        warmup=1,
+        eval_every=2,
+        eval_langs=["fr"],
+        eval_blocks=2,
+        weight_decay=0.1,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_train_loop_keeps_region_and_tracks_curves(tiny_model, text_dir):
+    tok = tiny_tokenizer()
+    region = _region(tiny_model)
+    before = {n: p.detach().clone() for n, p in named_parameters(tiny_model).items()}
+    rec = train(tiny_model, tok, _cfg(text_dir), freeze=region, progress=False)
+    assert [c["step"] for c in rec["curves"]] == [0, 2, 4]
+    assert set(rec["curves"][-1]["perplexity"]) == {"en", "fr"}
+    assert rec["frozen"]["exact"] and rec["frozen"]["entries"] == region.num_selected
+    assert rec["tokens"] == 4 * 2 * 2 * 32
+    _check_frozen_exact_and_rest_moved(tiny_model, before, region, min_moved=0.5)
+    assert all(p.requires_grad for p in tiny_model.parameters())  # flags put back
+
+
+def test_training_is_reproducible(text_dir):
+    tok = tiny_tokenizer()
+    cfg = TrainConfig(lang="en", data=str(text_dir), steps=2, lr=1e-3, batch_size=2, seq_len=32, eval_every=2, eval_langs=[], eval_blocks=1)
+    a, b = make_tiny("llama"), make_tiny("llama")
+    train(a, tok, cfg, progress=False)
+    train(b, tok, cfg, progress=False)
+    for (n, p), (_, q) in zip(named_parameters(a).items(), named_parameters(b).items(), strict=True):
+        assert torch.equal(p, q), n
+
+
+def test_resolve_freeze_specs(tiny_model):
+    assert resolve_freeze("none", tiny_model) is None
+    r = resolve_freeze("random:0.1", tiny_model, seed=3)
+    assert r == select_random(scope_shapes(tiny_model), 0.1, seed=3, metadata={"kind": "random", "ratio": 0.1, "seed": 3})
+    with pytest.raises(RegionError, match="between 0 and 1"):
+        resolve_freeze("core:5", tiny_model)
+    with pytest.raises(RegionError, match="no shipped mask 'core-top-7'.*lingreg extract core"):
+        resolve_freeze("core:0.07", tiny_model)
+    with pytest.raises(RegionError, match="does not fit model"):
+        resolve_freeze("core:0.05", tiny_model)  # the shipped masks are for the bundled model
+
+
+def test_bad_config_is_one_clear_error():
+    with pytest.raises(TrainingError, match="steps must be >= 1.*schedule must be"):
+        TrainConfig(lang="en", steps=0, schedule="exp")
+
+
+def test_lora_route_merges_and_keeps_the_frozen_entries(tiny_model, text_dir):
+    tok = tiny_tokenizer()
+    region = _region(tiny_model, 0.1)
+    before = {n: p.detach().clone() for n, p in named_parameters(tiny_model).items()}
+    merged, rec = further_pretrain(tiny_model, tok, _cfg(text_dir, steps=2), freeze=region, lora=parse_lora("r=4,alpha=8"))
+    assert not hasattr(merged, "peft_config") and rec["frozen"]["exact"] and rec["lora"]["r"] == 4
+    _check_frozen_exact_and_rest_moved(merged, before, region, min_moved=0.3)
+
+
+@pytest.mark.parametrize(("text", "message"), [("rank=4", "expected comma-separated"), ("r=x", "not a number"), ("r=0", "r must be >= 1")])
+def test_bad_lora_options(text, message):
+    with pytest.raises(UsageError, match=message):
+        parse_lora(text)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"lr": float("nan")}, "lr must be a finite"),
+        ({"train_scope": "("}, "not a valid regular expression"),
+        ({"max_grad_norm": -1}, ">= 0"),
+        ({"seq_len": 1}, "seq_len must be >= 2"),
+    ],
+)
+def test_nonsense_configurations_are_refused(kw, message):
+    with pytest.raises((TrainingError, RegionError), match=message):
+        TrainConfig(lang="en", **kw)
+
+
+def test_divergence_is_a_clear_error(tiny_model, text_dir):
+    with pytest.raises(TrainingError, match="lower --lr"):
+        train(tiny_model, tiny_tokenizer(), _cfg(text_dir, lr=1e20, max_grad_norm=0, steps=4, warmup=0), progress=False)
+
+
+def test_checkpoint_is_atomic_and_refuses_to_replace_a_folder(tiny_model, tmp_path):
+    from lm_eval_lingreg.errors import OutputError
+
+    out = tmp_path / "ckpt"
+    save_checkpoint(tiny_model, tiny_tokenizer(), out, {"x": 1})
+    assert (out / "model.safetensors").is_file() and (out / "lingreg_train.json").is_file()
+    with pytest.raises(OutputError, match="--overwrite"):
+        save_checkpoint(tiny_model, tiny_tokenizer(), out, {"x": 2})
+    save_checkpoint(tiny_model, tiny_tokenizer(), out, {"x": 2}, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
