@@ -96,7 +96,10 @@ def _read_file(path: Path, column: str) -> list[str]:
         if not line.strip():
             continue
         try:
-            texts.append(str(json.loads(line)[column]))
+            value = json.loads(line)[column]
+            if not isinstance(value, str):
+                raise TypeError(f"its {column!r} is {type(value).__name__}, not text")
+            texts.append(value)
         except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as e:
             raise CorpusError(f"{path}:{i}: expected a JSON object with a {column!r} field ({e})") from e
     return texts
@@ -105,7 +108,7 @@ def _read_file(path: Path, column: str) -> list[str]:
 def _read_datasets(spec: str, lang: str, split: str, column: str) -> tuple[list[str], str]:
     import datasets
 
-    parts = spec[len("datasets:") :].format(lang=lang).split(":")
+    parts = spec[len("datasets:") :].replace("{lang}", lang).split(":")
     path, name = parts[0], (parts[1] if len(parts) > 1 and parts[1] else None)
     try:
         ds = datasets.load_dataset(path, name, split=split)

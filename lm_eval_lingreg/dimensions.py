@@ -19,6 +19,8 @@ from lm_eval_lingreg.errors import CorpusError, RegionError
 from lm_eval_lingreg.regions import Region
 
 ROLES = ("norm", "read", "write")
+#: Most cells of the (role, layer, dimension) count table: 1 GB of int64, far above any real model (e.g. 3 x 126 x 16384).
+MAX_COUNTS = 2**27
 
 
 @dataclass
@@ -81,6 +83,11 @@ def dimension_counts(region: Region, hidden: int | None = None) -> DimensionCoun
     if not slots:
         raise RegionError("the region covers no per-layer norm or projection tensors, so it has no hidden dimensions to count")
     n_layers = max(s.layer for s in slots.values()) + 1
+    if 3 * n_layers * hidden > MAX_COUNTS:
+        raise RegionError(
+            f"the region's names and shapes describe {n_layers:,} layers of hidden size {hidden:,}, more than any real model; "
+            "check them with `lingreg mask info`"
+        )
     counts = torch.zeros(len(ROLES), n_layers, hidden, dtype=torch.int64)
     entries = torch.zeros(len(ROLES), n_layers, dtype=torch.int64)
     for name, slot in slots.items():

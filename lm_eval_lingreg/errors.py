@@ -12,7 +12,14 @@ from collections.abc import Iterable, Sequence
 
 
 class LingregError(Exception):
-    """Bad input to lm-eval-lingreg (any concern): one clear message naming the problem and the fix."""
+    """Bad input to lm-eval-lingreg (any concern): one clear message naming the problem and the fix.
+
+    The message is kept on one line (newlines of embedded library messages folded), so it is the whole
+    last line of a traceback when lm-eval shows one.
+    """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(" ".join(str(message).split()), *args)
 
 
 class UsageError(LingregError, ValueError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,11 @@ from lm_eval_lingreg.interventions import perturb
 from lm_eval_lingreg.outputs import check_writable, write_json
 from lm_eval_lingreg.perturbation import Perturbation
 from lm_eval_lingreg.regions import Region, apply
-from lm_eval_lingreg.results import task_name
+from lm_eval_lingreg.results import DOCUMENTS, documents, task_name
 
 Condition = Region | Sequence[Perturbation] | None
+#: UDHR documents per language read by default (main job, regions experiment); docs/EVALUATION.md says why.
+DEFAULT_LIMIT = 8
 
 
 def task_names(langs: Sequence[str]) -> list[str]:
@@ -79,11 +82,13 @@ def evaluate_conditions(
         info, undo = _apply(lm, cond)
         try:
             with lm.recording(condition=label, **info):
-                results = lm_eval.simple_evaluate(model=lm, tasks=task_names(langs), task_manager=manager, limit=limit)
+                t0 = time.perf_counter()
+                results = lm_eval.simple_evaluate(model=lm, tasks=task_names(langs), task_manager=manager, limit=limit, log_samples=True)
+                results["config"]["lingreg"]["wall_seconds"] = round(time.perf_counter() - t0, 2)
         finally:
             if undo is not None:
                 undo()
-        results.pop("samples", None)
+        results[DOCUMENTS] = documents(results.pop("samples", {}))
         out[label] = results
         if output_dir is not None:
             write_json(Path(output_dir) / label / "results.json", results, default=handle_non_serializable)

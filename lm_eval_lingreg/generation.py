@@ -49,6 +49,9 @@ def generate(
         raise UsageError('--prompt is empty; give the text to continue, e.g. --prompt "Fudan University is located in"')
     if max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if context and max_new_tokens > context:
+        raise UsageError(f"--max-new-tokens {max_new_tokens} is more than the model's context of {context} tokens; ask for at most {context}")
     for perts in conditions.values():
         check_all(model, perts)
     eos = tokenizer.eos_token_id

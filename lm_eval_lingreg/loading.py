@@ -66,9 +66,9 @@ def load_model(pretrained: str | None = None, *, device: str = "auto", dtype: st
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - transformers, safetensors and torch raise many types for a bad model folder
         offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
-        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        reason = f"{type(e).__name__}: " + (str(e).strip().splitlines()[0][:300] if str(e).strip() else "")
         raise ModelLoadError(
             f"cannot load model {pretrained!r}: {reason}. Give a local Hugging Face model directory"
             + (" (the hub is offline here: HF_HUB_OFFLINE=1)" if offline else " or a hub id")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +23,7 @@ from lm_eval.models.huggingface import HFLM
 
 from lm_eval_lingreg import __version__
 from lm_eval_lingreg.bundled import resolve_pretrained
-from lm_eval_lingreg.errors import ModelLoadError, close_matches
+from lm_eval_lingreg.errors import LingregError, ModelLoadError, close_matches
 from lm_eval_lingreg.perturbation import KEYS as PERTURBATION_KEYS
 
 log = logging.getLogger(__name__)
@@ -62,21 +63,51 @@ class TokenCountedLoglik(float):
         return (TokenCountedLoglik, (float(self), self.n_tokens))
 
 
+#: How a rolling log-likelihood treats a tokenizer's BOS: `context` (default) scores only the document's own
+#: tokens, with BOS as context, as a plain Hugging Face forward on BOS + document does; `score` keeps lm-eval
+#: 0.4.13's behaviour, which also scores p(BOS | BOS) when the tokenizer adds a BOS (Gemma's, Llama's do).
+ROLLING_BOS = ("context", "score")
+
+
 class LingregLM(HFLM):
-    """`lm_eval --model hf-lingreg`: HFLM that reports token counts (token perplexity) and lingreg provenance."""
+    """`lm_eval --model hf-lingreg`: HFLM that scores documents by their own tokens (`rolling_bos`), reports token
+    counts (token perplexity) and what was scored and how fast, and records lingreg provenance."""
 
     #: model_args this wrapper adds to HFLM's
-    OWN_ARGS: frozenset[str] = frozenset()
+    OWN_ARGS: frozenset[str] = frozenset({"rolling_bos"})
 
-    def __init__(self, pretrained: Any = None, **kwargs: Any) -> None:
+    def __init__(self, pretrained: Any = None, rolling_bos: str = "context", **kwargs: Any) -> None:
+        if rolling_bos not in ROLLING_BOS:
+            raise ModelLoadError(
+                f"rolling_bos={rolling_bos!r}: use context (score the document's own tokens, default) or score (lm-eval's own, also p(BOS|BOS))"
+            )
         self._check_args(kwargs)
+        dtype = kwargs.get("dtype")
+        if isinstance(dtype, str) and dtype not in ("auto", "float32", "bfloat16", "float16", "float64"):
+            raise ModelLoadError(f"dtype={dtype!r}: use auto, float32, bfloat16 or float16")
+        if dtype in ("bfloat16", "float16") and "softmax_dtype" not in kwargs:
+            kwargs["softmax_dtype"] = "float32"  # half-precision weights, fp32 log-softmax: honest log-likelihoods
         try:
             super().__init__(pretrained=resolve_pretrained(pretrained), **kwargs)
         except TypeError as e:
             if "unexpected keyword argument" not in str(e):
                 raise
             raise ModelLoadError(f"{self._model_name()}: {e}; it is not a model_arg of this model, of HFLM or of from_pretrained") from None
-        self._lingreg_info: dict[str, Any] = {"version": __version__}
+        except LingregError:
+            raise
+        except (OSError, RuntimeError, ValueError) as e:
+            first = " ".join(str(e).split())[:300]
+            raise ModelLoadError(f"{self._model_name()}: cannot load model {pretrained!r}: {type(e).__name__}: {first}") from None
+        self._rolling_bos = rolling_bos
+        self._in_rolling = False
+        self._costs = {"tokens": 0, "seconds": 0.0}
+        param = next(self._model.parameters())
+        self._lingreg_info: dict[str, Any] = {
+            "version": __version__,
+            "rolling_bos": rolling_bos,
+            "dtype": str(param.dtype).removeprefix("torch."),
+            "device": str(param.device),
+        }
         if pretrained in (None, ""):
             self._lingreg_info["pretrained"] = "gemma-3-270m (bundled)"
 
@@ -89,15 +120,28 @@ class LingregLM(HFLM):
     @classmethod
     def _check_args(cls, kwargs: dict[str, Any]) -> None:
         """A model_arg that looks like a misspelt known one is an error, not something for from_pretrained."""
-        known = set(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"} | cls.OWN_ARGS | _FROM_PRETRAINED
+        known = set(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"} | cls.OWN_ARGS | LingregLM.OWN_ARGS | _FROM_PRETRAINED
         for key in kwargs:
             if key not in known and close_matches(key, known):
                 raise ModelLoadError(f"unknown model_args key {key!r} for {cls._model_name()}{close_matches(key, known)}")
 
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None, **kwargs: Any) -> list[int]:
+        if self._in_rolling and self._rolling_bos == "context" and add_special_tokens is None:
+            add_special_tokens = False  # the document's own tokens; the rolling windows put BOS (the prefix token) before them
+        return super().tok_encode(string, add_special_tokens=add_special_tokens, left_truncate_len=left_truncate_len, **kwargs)
+
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        lls = super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
-        # get_rolling_token_windows predicts every token of the encoded string once.
-        return [TokenCountedLoglik(ll, len(self.tok_encode(req.args[0]))) for ll, req in zip(lls, requests, strict=True)]
+        t0 = time.perf_counter()
+        self._in_rolling = True
+        try:
+            lls = super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+            # get_rolling_token_windows predicts every token of the encoded string once.
+            out = [TokenCountedLoglik(ll, len(self.tok_encode(req.args[0]))) for ll, req in zip(lls, requests, strict=True)]
+        finally:
+            self._in_rolling = False
+        self._costs["tokens"] += sum(x.n_tokens for x in out)
+        self._costs["seconds"] += time.perf_counter() - t0
+        return out
 
     @contextlib.contextmanager
     def recording(self, **info: Any) -> Iterator[None]:
@@ -110,7 +154,11 @@ class LingregLM(HFLM):
             self._lingreg_info = saved
 
     def get_model_info(self) -> dict:
-        return {**super().get_model_info(), "lingreg": dict(self._lingreg_info)}
+        """Provenance and the scoring costs since the last call (lm-eval calls this once per evaluation, after the requests)."""
+        tokens, seconds = self._costs["tokens"], self._costs["seconds"]
+        self._costs = {"tokens": 0, "seconds": 0.0}
+        costs = {"tokens_scored": tokens, "scoring_seconds": round(seconds, 3), "tokens_per_second": round(tokens / seconds, 1) if seconds else None}
+        return {**super().get_model_info(), "lingreg": {**self._lingreg_info, **costs}}
 
 
 class RegionAblatedLM(LingregLM):

@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from lm_eval_lingreg.errors import OutputError
@@ -103,11 +103,75 @@ def clean_stale(target: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def check_target(target: str | os.PathLike, *, directory: bool = False, overwrite: bool = False) -> Path:
+#: Written into a folder a command produced as a whole: the same command may replace it on a rerun.
+OWNER_FILE = ".lingreg-output.json"
+
+
+def owner(folder: Path) -> str | None:
+    """The command that wrote `folder` as a whole, if one did."""
+    try:
+        data = json.loads((folder / OWNER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("command") if isinstance(data, dict) else None
+
+
+def _held(lock: Path) -> bool:
+    """Whether some process (this one included) holds the lock file right now."""
+    if str(lock.absolute()) in _HELD:
+        return True
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def clean_folder(folder: str | os.PathLike) -> list[Path]:
+    """Remove what killed runs left in `folder`: temporaries and lock files of outputs nobody is writing now."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in folder.iterdir():
+        name = p.name
+        for marker in (".tmp-", ".old-"):
+            if name.startswith(".") and marker in name:
+                target = name[1 : name.index(marker)]
+                if not _held(folder / f".{target}.lock"):
+                    if p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        p.unlink(missing_ok=True)
+                    removed.append(p)
+                break
+        else:
+            if name.startswith(".") and name.endswith(".lock") and p.is_file() and not _held(p):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def check_not_input(output: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> None:
+    """Refuse an output that is one of the command's input files: writing it would destroy what is being read."""
+    out = Path(output).resolve()
+    hit = next((p for p in inputs if Path(p).resolve() == out), None)
+    if hit is not None:
+        raise OutputError(f"{output} is one of the inputs ({hit}); writing there would destroy it: name another output")
+
+
+def check_target(target: str | os.PathLike, *, directory: bool = False, overwrite: bool = False, owned_by: str | None = None) -> Path:
     """Refuse a target this write must not replace; return it as a Path.
 
     A folder that holds the current directory (`.`, `..`, `/`) is never replaced. A non-empty
-    folder is replaced only with `overwrite`. A file is not replaced by a folder nor the reverse.
+    folder is replaced only with `overwrite`, or when the same command (`owned_by`) wrote it.
+    A file is not replaced by a folder nor the reverse.
     """
     target = Path(target)
     if not target.name or target.name in (".", ".."):
@@ -121,12 +185,14 @@ def check_target(target: str | os.PathLike, *, directory: bool = False, overwrit
             raise OutputError(f"{target} exists and is not a folder; name a new folder, or remove it first")
         if not directory and target.is_dir():
             raise OutputError(f"{target} is a folder; name a file (e.g. {target / 'out'}{target.suffix or ''})")
-        if directory and any(target.iterdir()) and not overwrite:
+        if directory and any(target.iterdir()) and not overwrite and not (owned_by and owner(target) == owned_by):
             raise OutputError(f"{target} exists and is not empty; pass --overwrite to replace it, or name a new folder")
     return target
 
 
-def check_writable(target: str | os.PathLike, *, directory: bool = False, overwrite: bool = False, into: bool = False) -> Path:
+def check_writable(
+    target: str | os.PathLike, *, directory: bool = False, overwrite: bool = False, into: bool = False, owned_by: str | None = None, figure: bool = False
+) -> Path:
     """`check_target`, then make sure the target can be created and written; before any work.
 
     With `into`, `target` is a folder that files are written into (it is never replaced as a
@@ -137,7 +203,9 @@ def check_writable(target: str | os.PathLike, *, directory: bool = False, overwr
         if target.exists() and not target.is_dir():
             raise OutputError(f"{target} exists and is not a folder; name a folder for the output")
     else:
-        target = check_target(target, directory=directory, overwrite=overwrite)
+        target = check_target(target, directory=directory, overwrite=overwrite, owned_by=owned_by)
+    if figure:
+        check_figure_format(target)
     existing = target.absolute() if into else target.absolute().parent
     while not existing.exists():
         existing = existing.parent
@@ -152,51 +220,84 @@ def check_writable(target: str | os.PathLike, *, directory: bool = False, overwr
     return target
 
 
+def check_figure_format(path: Path) -> None:
+    """A figure's file name must end in a format matplotlib writes (png, svg, pdf, ...)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix and suffix not in formats:
+        raise OutputError(f"{path}: cannot draw a .{suffix} figure; use one of {', '.join(sorted(formats))} (e.g. .png or .svg)")
+
+
+def _missing_parents(folder: Path) -> list[Path]:
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike, *, directory: bool = False, overwrite: bool = False) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike, *, directory: bool = False, overwrite: bool = False, owned_by: str | None = None) -> Iterator[Path]:
     """Yield a temporary sibling of `target`; on success rename it over `target`.
 
-    On any exception the temporary is removed and `target` is untouched. A non-empty folder
-    is replaced only with `overwrite`; an existing file is always replaceable.
+    On any exception the temporary (and any folder created for it) is removed and `target` is
+    untouched. A non-empty folder is replaced only with `overwrite`, or when `owned_by` names the
+    command that wrote it (a folder written with `owned_by` records it); an existing file is always replaceable.
     """
-    target = check_target(target, directory=directory, overwrite=overwrite)
+    target = check_target(target, directory=directory, overwrite=overwrite, owned_by=owned_by)
+    created = _missing_parents(target.absolute().parent)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot create the folder of {target}: {e.strerror or e}") from None
-    with output_lock(target):
-        clean_stale(target)
-        prefix = f".{target.name}.tmp-{os.getpid()}-"
-        umask = os.umask(0)
-        os.umask(umask)
-        try:
-            if directory:
-                tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
-            else:
-                fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
-                os.close(fd)
-                tmp = Path(name)
-        except OSError as e:
-            raise OutputError(f"cannot write {target}: {e.strerror or e}") from None
-        try:
-            yield tmp
-            # mkstemp/mkdtemp (and some writers) make 0600/0700; the result is meant to be shared
-            os.chmod(tmp, (0o777 if directory else 0o666) & ~umask)
-            if directory and target.is_dir():
-                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
-                os.replace(target, old / "x")
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-        except BaseException as e:
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                tmp.unlink(missing_ok=True)
-            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
-                raise OutputError(f"cannot write {target}: {e.strerror}") from None
-            raise
+    try:
+        with output_lock(target):
+            yield from _swap(target, directory, owned_by)
+    except BaseException:
+        for folder in created:  # innermost first; only the ones this write created, and only if left empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _swap(target: Path, directory: bool, owned_by: str | None) -> Iterator[Path]:
+    """Create the temporary, hand it out, then rename it over `target` (the caller holds the lock)."""
+    clean_stale(target)
+    prefix = f".{target.name}.tmp-{os.getpid()}-"
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        if directory:
+            tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
+            os.close(fd)
+            tmp = Path(name)
+    except OSError as e:
+        raise OutputError(f"cannot write {target}: {e.strerror or e}") from None
+    try:
+        yield tmp
+        if owned_by:
+            (tmp / OWNER_FILE).write_text(json.dumps({"command": owned_by}) + "\n", encoding="utf-8")
+        # mkstemp/mkdtemp (and some writers) make 0600/0700; the result is meant to be shared
+        os.chmod(tmp, (0o777 if directory else 0o666) & ~umask)
+        if directory and target.is_dir():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
+            os.replace(target, old / "x")
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException as e:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+            raise OutputError(f"cannot write {target}: {e.strerror}") from None
+        raise
 
 
 def sort_safetensors_header(path: str | os.PathLike) -> None:

@@ -118,6 +118,8 @@ class Perturbation:
             raise PerturbationError("`layer=` and `modules=` go with `dim=` (a hidden dimension perturbation)")
         if any(d < 0 for d in self.dims) or any(la < 0 for la in self.layers or ()):
             raise PerturbationError("dimensions and layers are numbered from 0")
+        if not 0 <= self.seed <= MAX_INT:
+            raise PerturbationError(f"seed={self.seed} must be a whole number from 0 to {MAX_INT:.3g}")
 
     @property
     def kind(self) -> str:
@@ -179,6 +181,9 @@ class Perturbation:
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> Perturbation:
         """From a mapping (a spec file entry, or lm-eval model_args already split into keys)."""
+        bad = [k for k in spec if not isinstance(k, str)]
+        if bad:
+            raise PerturbationError(f"perturbation keys are names like layer, dim, op; got {bad[0]!r}")
         unknown = sorted(set(spec) - KEYS)
         if unknown:
             hint = difflib.get_close_matches(unknown[0], sorted(KEYS), n=1)
@@ -242,27 +247,40 @@ def _pairs(text: str) -> dict[str, str]:
 
 
 def _str(v: Any) -> str | None:
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (str, int))):
+        raise PerturbationError(f"expected a name, got {str(v)[:60]!r}")
     return None if v is None else str(v).strip() or None
+
+
+#: Largest whole number a spec may hold (indices, layers, dimensions, seeds): far above any real model's.
+MAX_INT = 2**62
+#: Most entries a `a-b` range may expand to (layers and hidden dimensions of any real model fit easily).
+MAX_RANGE = 2**20
 
 
 def _float(v: Any, key: str) -> float | None:
     if v is None:
         return None
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise PerturbationError(f"{key}={v!r} is not a number")
     try:
         return float(v)
-    except (TypeError, ValueError):
-        raise PerturbationError(f"{key}={v!r} is not a number") from None
+    except (TypeError, ValueError, OverflowError):
+        raise PerturbationError(f"{key}={str(v)[:40]!r} is not a number") from None
 
 
 def _int(v: Any, key: str) -> int | None:
     if v is None:
         return None
-    if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
-        raise PerturbationError(f"{key}={v!r} is not a whole number")
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)) or (isinstance(v, float) and not v.is_integer()):
+        raise PerturbationError(f"{key}={str(v)[:40]!r} is not a whole number")
     try:
-        return int(str(v).strip()) if not isinstance(v, (int, float)) else int(v)
-    except ValueError:
-        raise PerturbationError(f"{key}={v!r} is not a whole number") from None
+        n = int(str(v).strip()) if isinstance(v, str) else int(v)
+    except (ValueError, OverflowError):
+        raise PerturbationError(f"{key}={str(v)[:40]!r} is not a whole number") from None
+    if abs(n) > MAX_INT:
+        raise PerturbationError(f"{key}={str(v)[:40]}... is out of range (at most {MAX_INT:.3g})")
+    return n
 
 
 def _str_list(v: Any) -> list[str]:
@@ -283,9 +301,11 @@ def _int_list(v: Any, key: str) -> list[int]:
     out: list[int] = []
     for x in items:
         if isinstance(x, str) and re.fullmatch(r"\s*\d+\s*-\s*\d+\s*", x):
-            a, b = (int(y) for y in x.split("-"))
+            a, b = (_int(y, key) for y in x.split("-"))
             if b < a:
                 raise PerturbationError(f"{key}={x!r}: empty range")
+            if b - a >= MAX_RANGE:
+                raise PerturbationError(f"{key}={x!r}: a range of {b - a + 1:,} values is more than any model has ({MAX_RANGE:,} at most)")
             out.extend(range(a, b + 1))
         else:
             out.append(_int(x, key))

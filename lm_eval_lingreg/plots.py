@@ -47,6 +47,32 @@ def plot_heatmap(runs: Sequence[Any], path: str | os.PathLike, metric: str = "to
     save_figure(fig, path)
 
 
+def plot_ratios(runs: Sequence[Any], path: str | os.PathLike, metric: str = "token_perplexity", ratio_to: str = "base", level: float = 0.95) -> None:
+    """Each run's ratio to the base run per language, with its paired bootstrap interval (log scale)."""
+    from lm_eval_lingreg.report import build_table
+
+    plt = _pyplot()
+    df = build_table(runs, metric, ratio_to, ci=level).drop(index="Geometric mean")
+    cols = [c for c in df.columns if c != ratio_to]
+    if not cols:
+        raise ReportError(f"nothing to plot: every run is the {ratio_to!r} run; give the ablated runs too")
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(df.index) + 2), 4))
+    for k, c in enumerate(cols):
+        cells = [(i, v) for i, v in enumerate(df[c]) if hasattr(v, "lo")]
+        xs = [i + (k - (len(cols) - 1) / 2) * 0.8 / max(1, len(cols)) for i, _ in cells]
+        ys = [v.value for _, v in cells]
+        err = [[v.value - v.lo for _, v in cells], [v.hi - v.value for _, v in cells]]
+        ax.errorbar(xs, ys, yerr=err, fmt="o", ms=3, capsize=2, label=c)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(df.index)), [i.split("(")[-1].rstrip(")") if "(" in i else i for i in df.index], fontsize=8)
+    ax.set_ylabel(f"{metric} / {ratio_to} ({level:.0%} interval)")
+    ax.set_title(f"{metric}: ratio to {ratio_to} per language")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def plot_region_density(region: Any, path: str | os.PathLike) -> None:
     """Share of each (layer, module) tensor that the region selects, as a heatmap."""
     import numpy as np

@@ -28,7 +28,7 @@ import torch
 from lm_eval_lingreg.anatomy import numel
 from lm_eval_lingreg.errors import RegionError, RegionFileError
 from lm_eval_lingreg.outputs import atomic_path, sort_safetensors_header
-from lm_eval_lingreg.regions import Region, check_name
+from lm_eval_lingreg.regions import MAX_TENSOR_NUMEL, Region, check_name
 from lm_eval_lingreg.resources import masks_dir
 
 FORMAT = "lm-eval-lingreg/region"
@@ -126,18 +126,27 @@ def _json_field(header: dict, key: str, path: Path, kind: type, default: Any = N
             return default
         raise RegionFileError(f"{path}: header lacks {key!r}; not a complete region file")
     try:
-        value = json.loads(header[key])
-    except (json.JSONDecodeError, RecursionError, TypeError):
-        raise RegionFileError(f"{path}: header field {key!r} is not valid JSON") from None
+        value = json.loads(header[key], object_pairs_hook=_unique_keys)
+    except (json.JSONDecodeError, RecursionError, TypeError, ValueError):
+        raise RegionFileError(f"{path}: header field {key!r} is not valid JSON (or repeats a key)") from None
     if not isinstance(value, kind):
         raise RegionFileError(f"{path}: header field {key!r} must be a JSON {'object' if kind is dict else kind.__name__}, got {type(value).__name__}")
     return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate keys")
+    return dict(pairs)
 
 
 def load_safetensors(path: str | os.PathLike) -> Region:
     from safetensors import safe_open
 
     path = Path(path)
+    if not path.is_file():
+        raise RegionFileError(f"{path} is not a regular file (a pipe or device?)")
     try:
         with safe_open(str(path), framework="np") as f:
             header = f.metadata() or {}
@@ -154,6 +163,9 @@ def load_safetensors(path: str | os.PathLike) -> Region:
             metadata = _json_field(header, "region", path, dict, default={})
             names = list(f.keys())
             sizes = {n: f.get_slice(n).get_shape() for n in names}
+            wrong = [n for n in names if str(f.get_slice(n).get_dtype()).upper() not in ("U8", "UINT8")]
+            if wrong:
+                raise RegionFileError(f"{path}: index data of {wrong[0]!r} is {f.get_slice(wrong[0]).get_dtype()}, expected uint8 varints; not a region file")
             for n in names:  # declared sizes against the data, before decoding anything
                 if n not in shapes:
                     raise RegionFileError(f"{path}: {n!r} has index data but no shape in the header")
@@ -188,6 +200,8 @@ def _shape(shape: Any, name: str, path: Path) -> tuple[int, ...]:
 
 
 def _torch_load(path: Path) -> Any:
+    if not path.is_file():
+        raise RegionFileError(f"{path} is not a regular file (a pipe or device?)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -219,6 +233,7 @@ def load_torch(path: str | os.PathLike) -> Region:
             raise RegionFileError(f"{path}: key {name!r} is not a parameter name")
         if not isinstance(t, torch.Tensor):
             raise RegionFileError(f"{path}: entry {name!r} is a {type(t).__name__}, expected a tensor")
+        _check_backed(t, name, path)
         if t.dtype == torch.bool:
             indices[name] = torch.nonzero(t.reshape(-1)).reshape(-1)
             shapes[name] = tuple(t.shape)
@@ -282,9 +297,18 @@ def save_torch(region: Region, path: str | os.PathLike, overwrite: bool = False,
     return Path(path)
 
 
+def _check_backed(t: torch.Tensor, name: str, path: Path) -> None:
+    """A tensor's declared size must be backed by its data: an expanded (stride-0) 1-byte tensor can claim billions of entries."""
+    if t.numel() > MAX_TENSOR_NUMEL or t.untyped_storage().nbytes() < t.numel() * t.element_size():
+        raise RegionFileError(
+            f"{path}: {name!r} declares {t.numel():,} entries but holds {t.untyped_storage().nbytes():,} bytes of data (an expanded view?); "
+            "save a real mask (`.contiguous()`) or flat indices"
+        )
+
+
 def load_official_dir(path: str | os.PathLike) -> Region:
     path = Path(path)
-    files = sorted(path.glob("*.pt"))
+    files = sorted(f for f in path.glob("*.pt") if f.is_file())
     if not files:
         raise RegionFileError(f"{path}: directory holds no <parameter name>.pt files (the official code's layout)")
     masks = {}
@@ -292,6 +316,7 @@ def load_official_dir(path: str | os.PathLike) -> Region:
         t = _torch_load(f)
         if not isinstance(t, torch.Tensor) or t.dtype != torch.bool:
             raise RegionFileError(f"{f}: expected a bool tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+        _check_backed(t, f.name, path)
         masks[f.name[: -len(".pt")]] = t
     meta_file = path / "region.json"
     metadata: Any = {}
@@ -338,6 +363,8 @@ def resolve(spec: str | os.PathLike) -> Path:
         raise RegionFileError("empty mask name; give a region file or the name of a shipped mask (e.g. core)")
     path = Path(text).expanduser()
     if path.exists():
+        if not (path.is_file() or path.is_dir()):
+            raise RegionFileError(f"{path} is not a regular file or folder (a pipe or device?); give a region file")
         return path
     shipped = shipped_masks()
     if text in shipped:

@@ -29,16 +29,18 @@ from lm_eval_lingreg.errors import RegionError, RegionMismatchError, first  # no
 
 #: Largest tensor a region may describe (entries); far above any single weight of a 70B model.
 MAX_TENSOR_NUMEL = 2**36
+#: Longest parameter name (it becomes a file name, `<name>.pt`, in the official layout).
+MAX_NAME = 200
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
 def check_name(name: object) -> str:
-    """A parameter name as a region may hold it: dotted, non-empty parts, no path separators.
+    """A parameter name as a region may hold it: dotted, non-empty parts, no path separators, at most MAX_NAME characters.
 
     Names become file names in the official layout; one that could point outside a folder
     (`../x`, `/abs/x`) is refused here, wherever it came from.
     """
-    if not isinstance(name, str) or not name or len(name) > 1000 or _BAD_NAME.search(name) or "" in name.split("."):
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME or _BAD_NAME.search(name) or "" in name.split("."):
         raise RegionError(
             f"invalid parameter name {str(name)[:120]!r}: expected a dotted name like 'model.layers.0.mlp.down_proj.weight' "
             "(no '/', '\\', control characters or empty parts)"
@@ -50,7 +52,7 @@ def check_shape(name: str, shape: object) -> tuple[int, ...]:
     """A declared tensor shape: a list of non-negative whole numbers, at most MAX_TENSOR_NUMEL entries."""
     if not isinstance(shape, (list, tuple)) or len(shape) > 8 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise RegionError(f"{name}: shape {str(shape)[:80]} is not a list of non-negative whole numbers")
-    if numel(shape) > MAX_TENSOR_NUMEL:
+    if numel(shape) > MAX_TENSOR_NUMEL or any(d > MAX_TENSOR_NUMEL for d in shape):
         raise RegionError(f"{name}: declared shape {list(shape)} has {numel(shape):.3g} entries, more than any real parameter tensor ({MAX_TENSOR_NUMEL:.3g})")
     return tuple(int(d) for d in shape)
 
@@ -243,9 +245,11 @@ def validate(region: Region, model: torch.nn.Module) -> dict[str, torch.nn.Param
 def check_value(value: float, params: Iterable[torch.Tensor], what: str = "mask_value") -> float:
     """A finite value that every target dtype can hold (1e39 overflows float32, 7e4 float16)."""
     try:
+        if isinstance(value, bool):
+            raise TypeError
         value = float(value)
-    except (TypeError, ValueError):
-        raise RegionError(f"{what}={value!r} is not a number") from None
+    except (TypeError, ValueError, OverflowError):
+        raise RegionError(f"{what}={str(value)[:40]!r} is not a number") from None
     if value != value or value in (float("inf"), float("-inf")):
         raise RegionError(f"{what} must be a finite number, got {value!r}")
     for dtype in {p.dtype for p in params}:

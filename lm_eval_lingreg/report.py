@@ -20,41 +20,70 @@ from lm_eval_lingreg.languages import LANGUAGES
 from lm_eval_lingreg.results import LOWER_IS_BETTER, METRICS, Run, check_metric, geomean, run_by_label
 
 BASELINE_SCHEMA = "lm-eval-lingreg/baselines/v1"
-BASELINE_FIELDS = ("source", "citation", "model", "condition", "language", "metric", "value", "kind", "note")
+BASELINE_FIELDS = ("source", "citation", "model", "condition", "language", "metric", "value", "kind", "note", "convention")
 
 
 # tables ------------------------------------------------------------------------------------------
 
 
-def build_table(runs: Sequence[Run], metric: str = "bits_per_byte", ratio_to: str | None = None):
+def check_convention(run: Run, base: Run, allow_mixed: bool = False) -> None:
+    """Ratios between runs that counted BOS differently are refused unless `allow_mixed`."""
+    if run.convention != base.convention and not allow_mixed:
+        raise ReportError(
+            f"{run.label} scored documents with rolling_bos={run.convention} but {base.label} with rolling_bos={base.convention}: "
+            "lm-eval's own convention (score) also counts p(BOS|BOS), which alone moves token perplexity by up to 20%, so their ratio "
+            "would measure the convention, not the condition. Evaluate both with the same wrapper settings, or pass --allow-mixed-bos"
+        )
+
+
+def build_table(runs: Sequence[Run], metric: str = "bits_per_byte", ratio_to: str | None = None, ci: float | None = None, allow_mixed: bool = False):
     """A pandas DataFrame: rows = the 30 languages + a summary row, columns = run labels.
 
     Absolute values, or each run divided by the run labelled `ratio_to`. The summary row is the
     arithmetic mean for absolute values (as the `lingreg_ppl` group) and the geometric mean for
     ratios; a language missing in a run is NaN there and left out of that run's summary.
+    With `ci` (e.g. 0.95) every cell is an `uncertainty.Interval`: the paired bootstrap over documents.
     """
     import pandas as pd
 
     check_metric(metric)
     labels = [r.label for r in runs]
     base = run_by_label(runs, ratio_to) if ratio_to is not None else None
+    if base is not None:
+        for r in runs:
+            check_convention(r, base, allow_mixed)
     langs = [iso for iso in LANGUAGES if any(iso in r.values for r in runs)]
-    data = {}
-    for r in runs:
-        col = []
-        for iso in langs:
-            v = r.value(iso, metric)
-            if base is not None:
-                b = base.value(iso, metric)
-                v = v / b if b and not math.isnan(b) and not math.isnan(v) else math.nan
-            col.append(v)
-        data[r.label] = col
+    data = {r.label: [_cell(r, base, iso, metric, ci) for iso in langs] for r in runs}
     index = [f"{LANGUAGES[iso].name} ({iso})" for iso in langs]
     df = pd.DataFrame(data, index=index, columns=labels)
     summary = "Geometric mean" if base is not None else "Mean"
-    df.loc[summary] = [geomean(list(df[c])) if base is not None else _mean(list(df[c])) for c in labels]
+    df.loc[summary] = [_summary(r, base, [iso for iso in langs if iso in r.values], metric, ci, list(df[r.label])) for r in runs]
     df.index.name = "language"
     return df
+
+
+def _cell(run: Run, base: Run | None, iso: str, metric: str, ci: float | None):
+    from lm_eval_lingreg import uncertainty
+
+    if iso not in run.values or (base is not None and iso not in base.values):
+        return math.nan
+    if ci is not None:
+        return uncertainty.ratio_interval(run, base, iso, metric, ci) if base is not None else uncertainty.value_interval(run, iso, metric, ci)
+    v = run.value(iso, metric)
+    if base is not None:
+        b = base.value(iso, metric)
+        v = v / b if b and not math.isnan(b) and not math.isnan(v) else math.nan
+    return v
+
+
+def _summary(run: Run, base: Run | None, langs: list[str], metric: str, ci: float | None, column: list):
+    from lm_eval_lingreg import uncertainty
+
+    if ci is not None:
+        if base is not None:
+            return uncertainty.geomean_ratio_interval(run, base, [iso for iso in langs if iso in base.values], metric, ci)
+        return uncertainty.mean_value_interval(run, langs, metric, ci)
+    return geomean(column) if base is not None else _mean(column)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -69,7 +98,9 @@ def fmt_short(x: float) -> str:
     return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.2e}"
 
 
-def fmt_value(v: float) -> str:
+def fmt_value(v: Any) -> str:
+    if hasattr(v, "lo"):  # an interval
+        return f"{fmt_value(v.value)} [{fmt_value(v.lo)}, {fmt_value(v.hi)}]"
     if isinstance(v, float) and math.isnan(v):
         return "missing"
     if isinstance(v, float) and math.isinf(v):
@@ -82,9 +113,10 @@ def render_table(df, fmt: str = "markdown") -> str:
     from tabulate import tabulate
 
     if fmt == "json":
-        return json.dumps({c: {i: (None if math.isnan(v) else v) for i, v in df[c].items()} for c in df.columns}, indent=1, default=str).replace(
-            "Infinity", '"inf"'
-        )
+        cell = lambda v: [v.value, v.lo, v.hi] if hasattr(v, "lo") else (None if math.isnan(v) else v)  # noqa: E731
+        return json.dumps({c: {i: cell(v) for i, v in df[c].items()} for c in df.columns}, indent=1, default=str).replace("Infinity", '"inf"')
+    if fmt == "csv" and any(hasattr(v, "lo") for c in df.columns for v in df[c]):
+        return df.map(fmt_value).to_csv()
     if fmt == "csv":
         return df.to_csv(float_format="%.6g", na_rep="missing")
     cells = [[i, *(fmt_value(v) for v in row)] for i, row in zip(df.index, df.itertuples(index=False), strict=True)]
@@ -103,8 +135,8 @@ def _baseline_value(v: Any, where: str) -> float:
         raise ReportError(f"{where}: value {v!r} is not a number")
     try:
         value = float(v)
-    except ValueError:
-        raise ReportError(f"{where}: value {v!r} is not a number") from None
+    except (ValueError, OverflowError):
+        raise ReportError(f"{where}: value {str(v)[:40]!r} is not a number") from None
     if math.isnan(value):
         raise ReportError(f"{where}: value is NaN; a baseline entry needs a number (drop the entry if the run had none)")
     if value < 0:
@@ -146,6 +178,8 @@ def load_baseline(path: str | os.PathLike) -> list[dict[str, Any]]:
             raise ReportError(f"{where}: unknown metric {row['metric']!r}")
         if not isinstance(row["condition"], str) or not isinstance(row["language"], str):
             raise ReportError(f"{where}: condition and language must be strings")
+        if row["language"] not in LANGUAGES:
+            raise ReportError(f"{where}: unknown language code {row['language']!r}; codes are {','.join(LANGUAGES)}")
         out.append({k: row.get(k) for k in BASELINE_FIELDS} | {"value": _baseline_value(row["value"], where)})
     return out
 
@@ -171,6 +205,7 @@ def baseline_from_runs(runs: Sequence[Run], source: str, model: str, metric: str
                         "value": str(v) if math.isinf(v) else v,
                         "kind": "measured",
                         "note": note or f"limit={r.limit}",
+                        "convention": r.convention,
                     }
                 )
     return {"schema": BASELINE_SCHEMA, "values": values}
@@ -182,8 +217,15 @@ def check_tolerance(rtol: float, atol: float) -> None:
             raise ReportError(f"--{name} must be a finite number >= 0, got {v!r}")
 
 
-def compare(runs: Sequence[Run], baseline: Sequence[Mapping[str, Any]], rtol: float = 0.05, atol: float = 0.0) -> list[dict[str, Any]]:
-    """Each baseline value matched to a run (by condition label) and language; with deltas and a verdict."""
+def compare(
+    runs: Sequence[Run], baseline: Sequence[Mapping[str, Any]], rtol: float = 0.05, atol: float = 0.0, ci: float | None = None, allow_mixed: bool = False
+) -> list[dict[str, Any]]:
+    """Each baseline value matched to a run (by condition label) and language; with deltas and a verdict.
+
+    With `ci`, a difference beyond the tolerance is flagged only when the run's bootstrap interval excludes the baseline value.
+    """
+    from lm_eval_lingreg import uncertainty
+
     check_tolerance(rtol, atol)
     by_label = {r.label: r for r in runs}
     rows = []
@@ -192,6 +234,12 @@ def compare(runs: Sequence[Run], baseline: Sequence[Mapping[str, Any]], rtol: fl
         metric = b["metric"] if b["metric"] in METRICS else "token_perplexity"  # a paper's own perplexity: closest is per token
         got = run.value(b["language"], metric) if run else math.nan
         want = b["value"]
+        interval = None
+        if run is not None and b.get("convention") and b["convention"] != run.convention and not allow_mixed:
+            raise ReportError(
+                f"the baseline for {b['condition']} {b['language']} was measured with rolling_bos={b['convention']} but {run.label} with "
+                f"rolling_bos={run.convention}; compare like with like, or pass --allow-mixed-bos"
+            )
         if run is None or math.isnan(got):
             status = "missing"
         elif math.isinf(want) or math.isinf(got):
@@ -199,10 +247,14 @@ def compare(runs: Sequence[Run], baseline: Sequence[Mapping[str, Any]], rtol: fl
         else:
             tol = atol + rtol * abs(want)
             status = "ok" if abs(got - want) <= tol else ("worse" if (got > want) == LOWER_IS_BETTER[metric] else "better")
+            if status != "ok" and ci is not None:
+                interval = uncertainty.value_interval(run, b["language"], metric, ci)
+                status = status if interval.excludes(want) else "ok"
         rows.append(
             {
                 **b,
                 "compared_metric": metric,
+                "interval": interval,
                 "got": got,
                 "delta": got - want if not (math.isnan(got) or math.isnan(want)) else math.nan,
                 "rel": (got / want - 1) if want and not (math.isnan(got) or math.isnan(want) or math.isinf(want)) else math.nan,
@@ -214,7 +266,7 @@ def compare(runs: Sequence[Run], baseline: Sequence[Mapping[str, Any]], rtol: fl
 
 # checks -----------------------------------------------------------------------------------------
 
-_RULE_KEYS = {"name", "condition", "metric", "ratio_to", "min", "max", "languages", "exclude"}
+_RULE_KEYS = {"name", "condition", "metric", "ratio_to", "min", "max", "languages", "exclude", "ci"}
 
 
 def _bound(v: Any, key: str, where: str) -> float | None:
@@ -224,8 +276,8 @@ def _bound(v: Any, key: str, where: str) -> float | None:
         raise ReportError(f"{where}: `{key}: {v!r}` is not a number")
     try:
         value = float(v)
-    except ValueError:
-        raise ReportError(f"{where}: `{key}: {v!r}` is not a number") from None
+    except (ValueError, OverflowError):
+        raise ReportError(f"{where}: `{key}: {str(v)[:40]!r}` is not a number") from None
     if math.isnan(value):
         raise ReportError(f"{where}: `{key}` is NaN; give a number")
     return value
@@ -255,6 +307,7 @@ class Rule:
     max: float | None = None
     languages: Sequence[str] | None = None  # None: every language present
     exclude: Sequence[str] = ()
+    ci: float | None = None  # with a level (e.g. 95), min must hold on the interval's lower end and max on its upper end
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> Rule:
@@ -262,7 +315,7 @@ class Rule:
         if unknown:
             raise ReportError(f"{where}: unknown rule key(s) {', '.join(sorted(map(str, unknown)))}")
         lo, hi = _bound(d.get("min"), "min", where), _bound(d.get("max"), "max", where)
-        if "condition" not in d or (lo is None and hi is None):
+        if d.get("condition") in (None, "") or (lo is None and hi is None):
             raise ReportError(f"{where}: a rule needs `condition` and at least one of `min`/`max`")
         if lo is not None and hi is not None and lo > hi:
             raise ReportError(f"{where}: min {lo:g} is above max {hi:g}; no value can pass")
@@ -281,7 +334,20 @@ class Rule:
             hi,
             _codes(d.get("languages"), "languages", where),
             tuple(_codes(d.get("exclude"), "exclude", where) or ()),
+            _level(d.get("ci"), where),
         )
+
+
+def _level(v: Any, where: str) -> float | None:
+    from lm_eval_lingreg.uncertainty import check_level
+
+    if v is None:
+        return None
+    value = _bound(v, "ci", where)
+    try:
+        return check_level(value)
+    except ReportError as e:
+        raise ReportError(f"{where}: {e}") from None
 
 
 def load_rules(path: str | os.PathLike) -> list[Rule]:
@@ -305,8 +371,11 @@ def load_rules(path: str | os.PathLike) -> list[Rule]:
     return rules
 
 
-def apply_rules(runs: Sequence[Run], rules: Sequence[Rule]) -> list[dict[str, Any]]:
-    """One row per rule x matching run x language: value, bounds, pass/fail (missing values fail)."""
+def apply_rules(runs: Sequence[Run], rules: Sequence[Rule], allow_mixed: bool = False) -> list[dict[str, Any]]:
+    """One row per rule x matching run x language: value, bounds, pass/fail (missing values fail).
+
+    A rule with `ci` judges the bootstrap interval: `min` must hold on its lower end and `max` on its upper end.
+    """
     by_label = {r.label: r for r in runs}
     out = []
     for rule in rules:
@@ -338,16 +407,34 @@ def apply_rules(runs: Sequence[Run], rules: Sequence[Rule]) -> list[dict[str, An
             )
             continue
         for run in matched:
+            if base is not None:
+                check_convention(run, base, allow_mixed)
             langs = [iso for iso in (rule.languages or [iso for iso in LANGUAGES if iso in run.values]) if iso not in rule.exclude]
-            for iso in langs:
-                v = run.value(iso, rule.metric)
-                if base is not None:
-                    b = base.value(iso, rule.metric)
-                    v = v / b if not math.isnan(b) and b else math.nan
-                if math.isnan(v):
-                    ok, why = False, ("missing or NaN" if iso in run.values else f"{run.label} has no {LANGUAGES[iso].name}")
-                else:
-                    ok = (rule.min is None or v >= rule.min) and (rule.max is None or v <= rule.max)
-                    why = "" if ok else (f"below min {rule.min:g}" if rule.min is not None and v < rule.min else f"above max {rule.max:g}")
-                out.append({"rule": rule.name, "run": run.label, "language": iso, "value": v, "ok": ok, "why": why})
+            out += [_judge(rule, run, base, iso) for iso in langs]
     return out
+
+
+def _judge(rule: Rule, run: Run, base: Run | None, iso: str) -> dict[str, Any]:
+    """One rule on one language of one run: the value (or interval) and the verdict."""
+    from lm_eval_lingreg import uncertainty
+
+    row = {"rule": rule.name, "run": run.label, "language": iso}
+    v = run.value(iso, rule.metric)
+    if base is not None:
+        b = base.value(iso, rule.metric)
+        v = v / b if not math.isnan(b) and b else math.nan
+    if math.isnan(v):
+        return row | {"value": v, "ok": False, "why": "missing or NaN" if iso in run.values else f"{run.label} has no {LANGUAGES[iso].name}"}
+    lo = hi = v
+    if rule.ci is not None:
+        interval = (
+            uncertainty.ratio_interval(run, base, iso, rule.metric, rule.ci) if base is not None else uncertainty.value_interval(run, iso, rule.metric, rule.ci)
+        )
+        lo, hi, v = interval.lo, interval.hi, interval
+    if rule.min is not None and lo < rule.min:
+        why = f"below min {rule.min:g}" + (f" at the interval's lower end ({lo:.4g})" if rule.ci is not None else "")
+    elif rule.max is not None and hi > rule.max:
+        why = f"above max {rule.max:g}" + (f" at the interval's upper end ({hi:.4g})" if rule.ci is not None else "")
+    else:
+        why = ""
+    return row | {"value": v, "ok": not why, "why": why}

@@ -8,6 +8,7 @@ pages in docs/ are made this way.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from dataclasses import asdict
@@ -15,32 +16,44 @@ from pathlib import Path
 from typing import Any
 
 from lm_eval_lingreg import experiments
-from lm_eval_lingreg.experiments import dimensions, forgetting, regions
-from lm_eval_lingreg.outputs import write_text
+from lm_eval_lingreg.errors import UsageError
+from lm_eval_lingreg.experiments import dimensions, evaluation, forgetting, regions
+from lm_eval_lingreg.outputs import atomic_path, check_target, write_text
 
-FULL = {"regions": regions.Plan(), "dimensions": dimensions.Plan(), "forgetting": forgetting.Plan()}
+log = logging.getLogger(__name__)
+OWNER = "lingreg reproduce"
+
+FULL = {"regions": regions.Plan(), "dimensions": dimensions.Plan(), "forgetting": forgetting.Plan(), "evaluation": evaluation.Plan()}
+#: CI-sized: every experiment end to end in a few minutes; its results carry the tests of the paper's findings.
 QUICK = {
-    "regions": regions.Plan(langs=["en", "zh", "ar", "es", "ja", "sw"], limit=1, ratios=[1], mono=["ar", "zh"]),
-    "dimensions": dimensions.Plan(top=4, random=4, param_top=4, langs=["en", "zh"], docs=1, tokens=48, activations=False, harness_limit=None, prompts=[]),
+    "regions": regions.Plan(langs=["ar", "zh", "ko", "en", "fr", "sw"], limit=2, ratios=[1], mono=["ar", "zh", "ko"]),
+    "dimensions": dimensions.Plan(top=5, random=5, param_top=3, langs=["en", "zh", "ar"], docs=1, tokens=64, activations=False, harness_limit=None, prompts=[]),
     "forgetting": forgetting.Plan(conditions=["none", "core:0.05", "random:0.05"], eval_langs=["en", "ko", "zh"], eval_limit=1, steps=3, watch_blocks=2),
 }
 
 
-def run(out: Path, plans: dict[str, Any], command: str, lm: Any = None) -> dict[str, dict]:
-    """Run the planned experiments on one loaded model (the bundled one unless `lm` is given); return their records."""
+def run(out: Path, plans: dict[str, Any], command: str, lm: Any = None, overwrite: bool = False) -> dict[str, dict]:
+    """Run the planned experiments on one loaded model (the bundled one unless `lm` is given); return their records.
+
+    Each experiment's folder `<out>/<name>` is written as a whole (complete or absent); an existing one is replaced only
+    when an earlier `lingreg reproduce` wrote it, or with `overwrite`.
+    """
     from lm_eval_lingreg.models import LingregLM
 
+    for name in plans:
+        check_target(out / name, directory=True, overwrite=overwrite, owned_by=OWNER)
     t = time.perf_counter()
     lm = lm or LingregLM(device="cpu", dtype="float32", batch_size=1)
     load = time.perf_counter() - t
     records = {}
     for i, (name, plan) in enumerate(plans.items(), 1):
         module = experiments.module(name)
-        print(f"[{i}/{len(plans)}] {name}: {module.__doc__.strip().splitlines()[0]}", flush=True)
-        seconds = module.run(lm, plan, out / name)
-        if i == 1:
-            seconds = {"load": load, **seconds}
-        records[name] = experiments.write_record(out / name, name, asdict(plan), seconds, command)
+        log.info("[%d/%d] %s: %s", i, len(plans), name, module.__doc__.strip().splitlines()[0])
+        with atomic_path(out / name, directory=True, overwrite=overwrite, owned_by=OWNER) as tmp:
+            seconds = module.run(lm, plan, tmp)
+            if i == 1:
+                seconds = {"load": load, **seconds}
+            records[name] = experiments.write_record(tmp, name, asdict(plan), seconds, command)
     return records
 
 
@@ -49,7 +62,12 @@ def write_report(out: Path, doc: Path, names: list[str]) -> Path:
     records = {name: experiments.read_record(out / name) for name in names}
     pages = []
     for name, record in records.items():
-        pages.append(experiments.module(name).section(out / name, record))
+        try:
+            pages.append(experiments.module(name).section(out / name, record))
+        except (KeyError, TypeError, ValueError, IndexError, OSError) as e:
+            raise UsageError(
+                f"the {name} results under {out / name} are incomplete or corrupt ({type(e).__name__}: {e}); rerun without --from-results"
+            ) from None
         figures = out / name / "figures"
         if figures.is_dir():
             (doc.parent / "figures").mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,8 @@ from lm_eval_lingreg.errors import ReportError
 from lm_eval_lingreg.languages import LANGUAGES
 
 METRICS = ("bits_per_byte", "byte_perplexity", "word_perplexity", "token_perplexity")
+#: Results files larger than this are refused (a full 30-language run with per-document scores is a few MB).
+MAX_RESULTS_BYTES = 2 * 10**9
 #: Every metric of the lingreg_ppl tasks is lower-is-better.
 LOWER_IS_BETTER = dict.fromkeys(METRICS, True)
 
@@ -53,20 +55,65 @@ def per_language(results: Mapping[str, Any], metric: str) -> dict[str, float]:
         row = table.get(task_name(iso))
         if row is None:
             continue
-        value = row.get(f"{metric},none")
-        values[iso] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else number(value)
+        try:
+            values[iso] = number(row.get(f"{metric},none"))
+        except (ValueError, OverflowError):
+            values[iso] = math.nan
     return values
 
 
 def number(v: Any) -> float:
-    """A metric value as a float: numbers as they are, 'inf'/'nan' strings, anything else NaN."""
-    if isinstance(v, bool) or v is None:
+    """A metric value as a float: numbers as they are, 'inf'/'nan' strings, null as NaN (not computed);
+    anything else raises ValueError (garbage must not pass for a missing value)."""
+    if v is None:
         return math.nan
+    if isinstance(v, bool):
+        raise ValueError(f"{v!r} is not a number")
     if isinstance(v, (int, float)):
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:
+            raise ValueError(f"{str(v)[:20]}... is not a number a metric can have (too large for a float)") from None
     if isinstance(v, str) and v.strip().lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
         return float(v.strip().lower().replace("infinity", "inf"))
-    return math.nan
+    raise ValueError(f"{str(v)[:40]!r} is not a number")
+
+
+#: Key of the per-document scores in the results JSON that lingreg commands write.
+DOCUMENTS = "lingreg_documents"
+
+
+def documents(samples: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[str, list]]:
+    """Per task, the per-document log-likelihoods and sizes from lm-eval's logged samples, compactly."""
+    out = {}
+    for task, rows in samples.items():
+        if not task.startswith("lingreg_ppl_"):
+            continue
+        rows = sorted(rows, key=lambda r: r["doc_id"])
+        out[task] = {
+            "doc_id": [int(r["doc_id"]) for r in rows],
+            "loglikelihood": [float(r["bits_per_byte"][0]) for r in rows],
+            "bytes": [int(r["bits_per_byte"][1]) for r in rows],
+            "words": [int(r["word_perplexity"][1]) for r in rows],
+            **({"tokens": [int(r["token_perplexity"][1]) for r in rows]} if all("token_perplexity" in r for r in rows) else {}),
+        }
+    return out
+
+
+#: Per-document counts each metric divides the summed log-likelihood by.
+SIZES = {"token_perplexity": "tokens", "bits_per_byte": "bytes", "byte_perplexity": "bytes", "word_perplexity": "words"}
+
+
+@dataclass
+class Documents:
+    """Per-document log-likelihoods and sizes of one language in one run (what the bootstrap resamples)."""
+
+    doc_id: list[int]
+    loglikelihood: list[float]
+    sizes: dict[str, list[int]]  # "bytes", "words" and, from lingreg wrappers, "tokens"
+
+    def has(self, metric: str) -> bool:
+        return SIZES[metric] in self.sizes
 
 
 @dataclass
@@ -79,9 +126,15 @@ class Run:
     values: dict[str, dict[str, float]]  # iso -> metric -> value
     info: dict[str, Any] = field(default_factory=dict)
     limit: Any = None
+    documents: dict[str, Documents] = field(default_factory=dict)  # iso -> per-document scores, when recorded
 
     def value(self, iso: str, metric: str) -> float:
         return self.values.get(iso, {}).get(metric, math.nan)
+
+    @property
+    def convention(self) -> str:
+        """How BOS was treated: `context` (the document's own tokens), `score`, or `lm-eval` (plain hf or older runs: lm-eval's own)."""
+        return str(self.info.get("rolling_bos") or "lm-eval")
 
 
 def _label(cfg: Mapping[str, Any], info: Mapping[str, Any], path: Path) -> tuple[str, str]:
@@ -104,7 +157,8 @@ def _label(cfg: Mapping[str, Any], info: Mapping[str, Any], path: Path) -> tuple
         kind = meta.get("kind") if isinstance(meta, dict) else None
         ratio = meta.get("ratio") if isinstance(meta, dict) else None
         base = Path(str(info["mask"])).name.removesuffix(".safetensors").removesuffix(".pt")
-        return (f"{kind}-{ratio * 100:g}" if kind and isinstance(ratio, (int, float)) and not isinstance(ratio, bool) else base), model
+        plausible = isinstance(ratio, float | int) and not isinstance(ratio, bool) and 0 < ratio <= 1
+        return (f"{kind}-{ratio * 100:g}" if kind and plausible else base), model
     if info:
         return "base", model
     return Path(model).name or path.parent.name, model
@@ -113,14 +167,18 @@ def _label(cfg: Mapping[str, Any], info: Mapping[str, Any], path: Path) -> tuple
 def read_run(path: str | os.PathLike) -> Run:
     """One results JSON; raises `ReportError` naming the file when it is not lm-eval results."""
     path = Path(path)
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise ReportError(f"{path}: not a regular file (a pipe or device?)")
+    if path.is_file() and path.stat().st_size > MAX_RESULTS_BYTES:
+        raise ReportError(f"{path}: {path.stat().st_size / 1e9:.3g} GB is too large for a results file (at most {MAX_RESULTS_BYTES / 1e9:g} GB)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ReportError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise ReportError(f"{path}: is a folder, not a results file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ReportError(f"{path}: not valid JSON ({e}); a partly written file? rerun that evaluation") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
+        raise ReportError(f"{path}: not valid JSON ({str(e)[:120]}); a partly written file? rerun that evaluation") from None
     except RecursionError:
         raise ReportError(f"{path}: JSON nested too deeply; not an lm-eval results file") from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
@@ -133,12 +191,15 @@ def read_run(path: str | os.PathLike) -> Run:
         raise ReportError(f"{path}: 'config.lingreg' must be a JSON object, got {type(info).__name__}")
     values: dict[str, dict[str, float]] = {}
     for task, row in data["results"].items():
-        if not (isinstance(task, str) and task.startswith("lingreg_ppl_") and isinstance(row, dict)):
+        if not (isinstance(task, str) and task.startswith("lingreg_ppl_")) or task.removeprefix("lingreg_ppl_") not in LANGUAGES:
             continue
         iso = task.removeprefix("lingreg_ppl_")
-        if iso not in LANGUAGES:
-            continue
-        values[iso] = {m: number(row.get(f"{m},none")) for m in METRICS if f"{m},none" in row}
+        if not isinstance(row, dict):
+            raise ReportError(f"{path}: results of {task} must be a JSON object, got {type(row).__name__}")
+        try:
+            values[iso] = {m: number(row.get(f"{m},none")) for m in METRICS if f"{m},none" in row}
+        except (ValueError, OverflowError) as e:
+            raise ReportError(f"{path}: {task}: a metric value {e}; the file is corrupt") from None
         negative = [m for m, v in values[iso].items() if v < 0]
         if negative:
             raise ReportError(
@@ -147,7 +208,49 @@ def read_run(path: str | os.PathLike) -> Run:
     if not values:
         raise ReportError(f"{path}: no lingreg_ppl_<iso> results in it (was it run with --tasks lingreg_ppl?)")
     label, model = _label(cfg, info, path)
-    return Run(path, label, model, values, dict(info), cfg.get("limit"))
+    return Run(path, label, model, values, dict(info), cfg.get("limit"), _documents(data, path))
+
+
+def _documents(data: Mapping[str, Any], path: Path) -> dict[str, Documents]:
+    """Per-document scores: written by lingreg commands into the results JSON, or by `lm_eval --log_samples` beside it."""
+    tables = data.get(DOCUMENTS)
+    if tables is None:
+        tables = _from_samples_files(path)
+    out = {}
+    try:
+        for task, t in (tables or {}).items():
+            iso = task.removeprefix("lingreg_ppl_")
+            if iso in LANGUAGES:
+                sizes = {k: [int(x) for x in t[k]] for k in ("tokens", "bytes", "words") if k in t}
+                docs = Documents([int(x) for x in t["doc_id"]], [float(x) for x in t["loglikelihood"]], sizes)
+                if any(len(v) != len(docs.doc_id) for v in (docs.loglikelihood, *sizes.values())):
+                    raise ValueError("lengths differ")
+                out[iso] = docs
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ReportError(f"{path}: malformed per-document scores ({DOCUMENTS}); rerun that evaluation") from None
+    return out
+
+
+def _from_samples_files(path: Path) -> dict[str, dict[str, list]] | None:
+    """`lm_eval --log_samples` writes samples_<task>_<time>.jsonl next to results_<time>.json."""
+    stamp = path.stem.removeprefix("results_") if path.stem.startswith("results_") else None
+    if stamp is None:
+        return None
+    tables: dict[str, dict[str, list]] = {}
+    for f in path.parent.glob(f"samples_lingreg_ppl_*_{stamp}.jsonl"):
+        task = f.name.removeprefix("samples_").removesuffix(f"_{stamp}.jsonl")
+        rows = []
+        for line in f.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise ReportError(f"{f}: not valid JSON lines; a partly written file?") from None
+        try:
+            tables.update(documents({task: rows}))
+        except (KeyError, TypeError, IndexError):
+            raise ReportError(f"{f}: not lm-eval samples of a lingreg_ppl task") from None
+    return tables or None
 
 
 def find_results(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -159,6 +262,9 @@ def find_results(paths: Iterable[str | os.PathLike]) -> list[Path]:
             out.append(p)
         elif p.is_dir():
             found = sorted(f for f in p.rglob("*.json") if f.name == "results.json" or (f.name.startswith("results_") and f.suffix == ".json"))
+            special = [f for f in found if not f.is_file()]
+            if special:
+                raise ReportError(f"{special[0]}: not a regular file (a pipe, device or broken link?); remove it from the results folder")
             by_dir: dict[Path, Path] = {}
             for f in found:  # lm-eval writes results_<timestamp>.json; keep the newest per folder
                 by_dir[f.parent] = max(by_dir.get(f.parent, f), f, key=lambda x: x.name)

@@ -24,7 +24,7 @@ from lm_eval_lingreg import __version__
 from lm_eval_lingreg.anatomy import DEFAULT_SCOPE, model_fingerprint, model_name
 from lm_eval_lingreg.errors import ScoreFileError
 from lm_eval_lingreg.lm_loss import DEFAULT_MAX_LOGITS_MB
-from lm_eval_lingreg.outputs import atomic_path, check_writable, output_lock, sort_safetensors_header
+from lm_eval_lingreg.outputs import atomic_path, check_writable, clean_folder, output_lock, sort_safetensors_header
 
 log = logging.getLogger(__name__)
 FORMAT = "lm-eval-lingreg/scores"
@@ -89,12 +89,22 @@ class ScoreSet:
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise ScoreFileError(f"scores directory {self.directory} not found; create it with `lingreg score --out {self.directory}`")
-        available = sorted(p.stem for p in self.directory.glob("*.safetensors") if not p.name.startswith("."))
+        from lm_eval_lingreg.languages import LANGUAGES
+
+        available = sorted(p.stem for p in self.directory.glob("*.safetensors") if p.stem in LANGUAGES and p.is_file())
+        if not available and not langs:
+            raise ScoreFileError(f"{self.directory} holds no score files (<lang>.safetensors); create them with `lingreg score --out {self.directory}`")
         self.langs = langs or available
         missing = [lang for lang in self.langs if lang not in available]
         if missing:
             raise ScoreFileError(f"{self.directory}: no scores for {missing} (found: {available or 'none'}); run `lingreg score --langs {','.join(missing)}`")
+        self.files = [score_path(self.directory, lang) for lang in self.langs]
         self.headers = {lang: read_header(score_path(self.directory, lang)) for lang in self.langs}
+        wrong = [lang for lang in self.langs if self.headers[lang].get("lang") != lang]
+        if wrong:
+            raise ScoreFileError(
+                f"{score_path(self.directory, wrong[0])} holds the scores of {self.headers[wrong[0]].get('lang')!r}, not {wrong[0]!r}; was it renamed?"
+            )
         try:
             self._files = {lang: safe_open(str(score_path(self.directory, lang)), framework="pt") for lang in self.langs}
         except Exception as e:  # noqa: BLE001
@@ -109,9 +119,20 @@ class ScoreSet:
                 if a.get(key) != b.get(key):
                     raise ScoreFileError(f"{self.directory}: {lang} was scored on {key} {a.get(key)!r} but {first} on {b.get(key)!r}")
         self.names = names[first]
+        for lang in self.langs[1:]:
+            for n in self.names:
+                if self._files[lang].get_slice(n).get_shape() != self._files[first].get_slice(n).get_shape():
+                    raise ScoreFileError(
+                        f"{self.directory}: {n} has shape {self._files[lang].get_slice(n).get_shape()} in {lang} but {self._files[first].get_slice(n).get_shape()} in {first}"
+                    )
 
     def get(self, lang: str, name: str) -> torch.Tensor:
-        return self._files[lang].get_tensor(name)
+        t = self._files[lang].get_tensor(name)
+        if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+            raise ScoreFileError(
+                f"{score_path(self.directory, lang)}: the scores of {name} are {'not floating point' if not t.is_floating_point() else 'not all finite'}; rescore with --overwrite"
+            )
+        return t
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         first = self._files[self.langs[0]]
@@ -194,6 +215,8 @@ def score_languages(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     summary = {}
     with output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
+        if rank == 0:
+            clean_folder(out_dir)  # what a killed run left behind, whatever this run ends up doing
         for lang in langs:
             batch = make_samples(tokenizer, lang, samples, data=data, unit=unit, seq_len=seq_len, seed=seed)
             config = {

@@ -14,6 +14,12 @@ from lm_eval_lingreg.errors import RegionError
 from lm_eval_lingreg.regions import Region
 
 
+def _generator(seed: int) -> torch.Generator:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise RegionError(f"seed must be a whole number from 0 to 2**63 - 1, got {str(seed)[:30]}")
+    return torch.Generator().manual_seed(seed)
+
+
 def _check_ratio(ratio: float) -> float:
     ratio = float(ratio)
     if not 0.0 < ratio <= 1.0:
@@ -24,7 +30,7 @@ def _check_ratio(ratio: float) -> float:
 def select_random(shapes: Mapping[str, tuple[int, ...]], ratio: float, seed: int = 0, metadata: Mapping | None = None) -> Region:
     """Uniformly random `int(ratio * numel)` entries of each tensor, reproducible from `seed`."""
     ratio = _check_ratio(ratio)
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = _generator(seed)
     indices = {}
     for name, shape in shapes.items():
         numel = math.prod(shape)
@@ -72,7 +78,7 @@ def select_core(
     `get(lang, name)` returns s_l of one tensor, so score files are read one tensor at a time.
     """
     ratio = _check_ratio(ratio)
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = _generator(seed)
     indices, shapes = {}, {}
     informative = False
     for name in names:

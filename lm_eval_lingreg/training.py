@@ -67,8 +67,12 @@ class TrainConfig:
         for k in ("lr", "weight_decay", "max_grad_norm", "heldout"):
             if not math.isfinite(getattr(self, k)):
                 problems.append(f"{k} must be a finite number (got {getattr(self, k)})")
-        if not self.lr > 0:
-            problems.append(f"lr must be a positive number (got {self.lr})")
+        if not 0 < self.lr <= 10:
+            problems.append(f"lr must be a positive number up to 10 (got {self.lr})")
+        if not 0 <= self.weight_decay <= 1:
+            problems.append(f"weight_decay must be between 0 and 1 (got {self.weight_decay})")
+        if not 0 <= self.seed < 2**63:
+            problems.append(f"seed must be a whole number from 0 to 2**63 - 1 (got {self.seed})")
         if self.schedule not in ("cosine", "linear", "constant"):
             problems.append(f"schedule must be cosine, linear or constant (got {self.schedule!r})")
         if not 0 < self.heldout < 1:
@@ -209,6 +213,9 @@ def train(model: torch.nn.Module, tokenizer: Any, cfg: TrainConfig, freeze: Regi
         for n, p in model.named_parameters():
             p.requires_grad_(was[n])
     seconds = time.perf_counter() - t0
+    final = curves[-1]["perplexity"]
+    if not all(math.isfinite(v) for v in final.values()) or not all(bool(torch.isfinite(p).all()) for p in trainable):
+        raise TrainingError(f"training diverged: the weights or the held-out perplexity ({final}) are no longer finite; lower --lr or --weight-decay")
     record = {
         "config": asdict(cfg) | {"eval_langs": list(cfg.eval_langs)},
         "source": source,
@@ -258,8 +265,16 @@ def further_pretrain(
         return model, train(model, tokenizer, cfg, freeze=freeze, progress=progress)
     from peft import LoraConfig, get_peft_model
 
+    from lm_eval_lingreg.anatomy import hidden_size
+
+    hidden = hidden_size(model) or 0
+    if hidden and lora["r"] > hidden:
+        raise UsageError(f"--lora r={lora['r']} is more than the model's hidden size {hidden}; a LoRA rank is small (8-64)")
     frozen = FrozenRegion(model, freeze) if freeze is not None else None
-    peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+    try:
+        peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--lora {lora}: peft refused it: {' '.join(str(e).split())[:300]}") from None
     record = train(peft_model, tokenizer, cfg, progress=progress)
     merged = merge_and_reimpose(peft_model, frozen) if frozen else peft_model.merge_and_unload()
     record["lora"] = dict(lora)

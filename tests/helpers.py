@@ -22,7 +22,8 @@ SENTENCES = [
 ]
 
 
-def tiny_tokenizer():
+def tiny_tokenizer(add_bos: bool = True):
+    """A byte-level BPE tokenizer; like Llama's and Gemma's it adds BOS unless told not to."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -31,7 +32,7 @@ def tiny_tokenizer():
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<bos>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(SENTENCES * 4, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", add_bos_token=add_bos)
 
 
 def make_tiny(arch: str, seed: int = 0) -> torch.nn.Module:

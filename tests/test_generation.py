@@ -28,3 +28,5 @@ def test_conditions_and_bad_arguments(tiny_model, tok):
         generate(tiny_model, tok, [" "], {"base": []})
     with pytest.raises(UsageError, match="--max-new-tokens"):
         generate(tiny_model, tok, ["x"], {"base": []}, max_new_tokens=0)
+    with pytest.raises(UsageError, match="more than the model's context of 256"):
+        generate(tiny_model, tok, ["x"], {"base": []}, max_new_tokens=10**12)

@@ -289,7 +289,214 @@ def _tiny_mask(t: Path, model_dir: str) -> Path:
     return save_region(Region.from_indices({name: [0, 5]}, {name: (cfg.intermediate_size, cfg.hidden_size)}), t / "tiny.safetensors")
 
 
-CASES = MASKS + SPECS + SCORING + REPORTS + OUTPUTS
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def _stride0(path: Path) -> Path:
+    return _pt(path, {NAME: torch.ones(1, 1, dtype=torch.bool).expand(60000, 60000)})
+
+
+def _score_dir(t: Path, model_dir: str) -> Path:
+    out = t / "scores"
+    assert lingreg("score", "--pretrained", model_dir, "--langs", "ar,es", "--samples", "2", "--out", out, "--device", "cpu").returncode == 0
+    return out
+
+
+def _bad_scores(t: Path, kind: str) -> Path:
+    from lm_eval_lingreg.scores import save_scores
+
+    out = t / f"scores-{kind}"
+    cfg = {"model": "m"}
+    if kind == "shapes":
+        save_scores(out, "ar", {NAME: torch.ones(4, 4)}, {}, cfg)
+        save_scores(out, "es", {NAME: torch.ones(2, 8)}, {}, cfg)
+    else:
+        save_scores(out, "ar", {NAME: torch.full((4, 4), float("nan"))}, {}, cfg)
+        save_scores(out, "es", {NAME: torch.ones(4, 4)}, {}, cfg)
+    return out
+
+
+def _model_copy(t: Path, model_dir: str, truncate: bool) -> Path:
+    import shutil
+
+    out = t / "model-copy"
+    shutil.copytree(model_dir, out)
+    data = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").write_bytes(data[: len(data) // 2])
+    return out
+
+
+def _experiment(t: Path, content: str) -> Path:
+    (t / "r" / "regions").mkdir(parents=True)
+    (t / "r" / "regions" / "experiment.json").write_text(content)
+    return t / "r"
+
+
+SECOND = [
+    ("stride0-pt-bomb", lambda t, m: ["mask", "info", _stride0(t / "e.pt")], "bytes of data"),
+    ("stride0-official-bomb", lambda t, m: ["mask", "info", _official_dir(t / "off3", tensor=torch.ones(1, dtype=torch.bool).expand(10**9))], "bytes of data"),
+    ("range-bomb", lambda t, m: ["generate", "--pretrained", m, "--prompt", "x", "--compare", "layer=0:dims=0-150000000:op=zero"], "a range of"),
+    ("layer-range-bomb", lambda t, m: ["scan", "--pretrained", m, "--layer", "0-999999999999", "--dims", "1", "--langs", "en"], "a range of"),
+    (
+        "dims-layer-bomb",
+        lambda t, m: ["dims", _pt(t / "d.pt", {"model.layers.999999999.input_layernorm.weight": torch.zeros(4096, dtype=torch.bool)})],
+        "more than any real model",
+    ),
+    ("fifo-mask", lambda t, m: ["mask", "info", _fifo(t / "x.safetensors")], "not a regular file"),
+    ("fifo-results", lambda t, m: ["table", _fifo_results(t)], "not a regular file"),
+    (
+        "endless-generation",
+        lambda t, m: ["generate", "--pretrained", m, "--prompt", "All", "--max-new-tokens", "1000000000000"],
+        "more than the model's context",
+    ),
+    (
+        "forget-into-a-user-folder",
+        lambda t, m: ["forget", "--pretrained", m, "--lang", "en", "--conditions", "none", "--steps", "1", "-o", _victim(t / "victim3")],
+        "--overwrite",
+    ),
+    (
+        "demo-into-a-user-folder",
+        lambda t, m: ["demo", "--pretrained", m, "--langs", "en", "--limit", "1", "--output-path", _victim(t / "victim4")],
+        "--overwrite",
+    ),
+    ("table-onto-its-input", lambda t, m: ["table", _results(t / "runs", lambda d: None), "-o", t / "runs" / "results.json"], "is one of the inputs"),
+    (
+        "baseline-onto-its-input",
+        lambda t, m: ["baseline", _results(t / "runs2", lambda d: None), "-o", t / "runs2" / "results.json", "--source", "x"],
+        "is one of the inputs",
+    ),
+    (
+        "extract-onto-a-score-file",
+        lambda t, m: ["extract", "core", "--scores", _score_dir(t, m), "--langs", "ar,es", "--out", t / "scores" / "ar.safetensors"],
+        "is one of the inputs",
+    ),
+    ("json-and-plot-same-file", lambda t, m: ["dims", "mono-ar-1", "--json", t / "same.png", "--plot", t / "same.png"], "same file"),
+    ("unknown-figure-format", lambda t, m: ["plot", "--mask", "mono-ar-1", "-o", t / "new" / "deeper" / "p.xyz"], "cannot draw a .xyz"),
+    (
+        "metric-is-text",
+        lambda t, m: [
+            "check",
+            _results(t / "r3", lambda d: d["results"]["lingreg_ppl_en"].__setitem__("token_perplexity,none", "abc")),
+            "--baseline",
+            REPO / "baselines" / "gemma-3-270m-regions.json",
+        ],
+        "not a number",
+    ),
+    (
+        "metric-row-is-a-list",
+        lambda t, m: [
+            "check",
+            _results(t / "r4", lambda d: d["results"].__setitem__("lingreg_ppl_en", [1, 2])),
+            "--rules",
+            REPO / "baselines" / "rules-bundled.yaml",
+        ],
+        "must be a JSON object",
+    ),
+    (
+        "metric-400-digits",
+        lambda t, m: ["table", _results(t / "r5", lambda d: d["results"]["lingreg_ppl_en"].__setitem__("token_perplexity,none", 10**400))],
+        "not a number",
+    ),
+    ("rule-condition-null", lambda t, m: ["check", RESULTS, "--rules", _text(t / "r.yaml", "rules:\n  - {condition: null, max: 3}\n")], "needs `condition`"),
+    ("baseline-unknown-language", lambda t, m: ["check", RESULTS, "--strict", "--baseline", _baseline_lang(t / "b.json")], "unknown language code"),
+    ("baseline-huge-value", lambda t, m: ["check", RESULTS, "--baseline", _baseline(t / "b.json", 10**400)], "not a number"),
+    ("huge-seed", lambda t, m: ["demo", "--pretrained", m, "--seed", "9" * 30], "must be below 2**63"),
+    (
+        "spec-integer-key",
+        lambda t, m: ["generate", "--pretrained", m, "--prompt", "x", "--compare", _text(t / "s.yaml", "- {1: 2, layer: 0, dim: 1, op: zero}\n")],
+        "keys are names",
+    ),
+    (
+        "spec-boolean-value",
+        lambda t, m: ["generate", "--pretrained", m, "--prompt", "x", "--compare", _text(t / "s2.yaml", "- {layer: 0, dim: 1, op: mul, value: true}\n")],
+        "not a number",
+    ),
+    (
+        "spec-huge-seed",
+        lambda t, m: ["generate", "--pretrained", m, "--prompt", "x", "--compare", "layer=0:dim=1:op=noise:value=0.1:seed=" + "9" * 25],
+        "out of range",
+    ),
+    (
+        "scores-of-different-shapes",
+        lambda t, m: ["extract", "core", "--scores", _bad_scores(t, "shapes"), "--langs", "ar,es", "--out", t / "o.safetensors"],
+        "has shape",
+    ),
+    ("nan-scores", lambda t, m: ["extract", "core", "--scores", _bad_scores(t, "nan"), "--langs", "ar,es", "--out", t / "o.safetensors"], "not all finite"),
+    (
+        "all-scored-empty-folder",
+        lambda t, m: ["extract", "core", "--all-scored", "--scores", _victim(t / "emptyish"), "--out", t / "o.safetensors"],
+        "holds no score files",
+    ),
+    ("absurd-lr", lambda t, m: ["train", "--pretrained", m, "--lang", "en", "--lr", "1e300", "--out", t / "c"], "up to 10"),
+    ("absurd-weight-decay", lambda t, m: ["train", "--pretrained", m, "--lang", "en", "--weight-decay", "1e300", "--out", t / "c"], "between 0 and 1"),
+    ("absurd-lora-rank", lambda t, m: ["train", "--pretrained", m, "--lang", "en", "--steps", "1", "--lora", "r=99999999999", "--out", t / "c"], "hidden size"),
+    (
+        "lora-target-missing",
+        lambda t, m: ["train", "--pretrained", m, "--lang", "en", "--steps", "1", "--lora", "r=4,target=nothing_here", "--out", t / "c"],
+        "peft refused",
+    ),
+    (
+        "corrupt-experiment-record",
+        lambda t, m: ["reproduce", "--only", "regions", "--from-results", "--out", _experiment(t, "{oops")],
+        "not an experiment record",
+    ),
+    (
+        "shape-with-a-huge-dimension",
+        lambda t, m: ["mask", "info", _st(t / "z.safetensors", {NAME: [10**30, 0]}, {NAME: 0}, data=b"")],
+        "more than any real parameter",
+    ),
+    ("truncated-model", lambda t, m: ["params", "--pretrained", _model_copy(t, m, True)], "cannot load model"),
+    (
+        "jsonl-text-null",
+        lambda t, m: ["score", "--pretrained", m, "--langs", "sw", "--samples", "1", "--data", _jsonl_null(t), "--out", t / "s"],
+        "'text' field",
+    ),
+    ("float-index-data", lambda t, m: ["mask", "info", _st_float(t / "f.safetensors")], "expected uint8"),
+    (
+        "duplicate-shape-keys",
+        lambda t, m: ["mask", "info", _st(t / "dup.safetensors", f'{{"{NAME}": [4, 4], "{NAME}": [2, 2]}}', {NAME: 1})],
+        "repeats a key",
+    ),
+    ("mask-value-boolean", lambda t, m: ["apply", "--pretrained", m, "--mask", _tiny_mask(t, m), "--out", t / "abl", "--mask-value", "True"], "not a number"),
+]
+
+
+def _fifo_results(t: Path) -> Path:
+    (t / "runs-fifo" / "q").mkdir(parents=True)
+    os.mkfifo(t / "runs-fifo" / "q" / "results.json")
+    return t / "runs-fifo"
+
+
+def _baseline_lang(path: Path) -> Path:
+    path.write_text(
+        json.dumps(
+            {
+                "schema": "lm-eval-lingreg/baselines/v1",
+                "values": [{"source": "s", "model": "m", "condition": "base", "language": "xx", "metric": "token_perplexity", "value": 3}],
+            }
+        )
+    )
+    return path
+
+
+def _jsonl_null(t: Path) -> Path:
+    d = t / "jsonl-null"
+    d.mkdir()
+    (d / "sw.jsonl").write_text('{"text": null}\n')
+    return d
+
+
+def _st_float(path: Path) -> Path:
+    from safetensors.numpy import save_file
+
+    meta = {**HEADER, "shapes": json.dumps({NAME: [4, 4]}), "counts": json.dumps({NAME: 1})}
+    save_file({NAME: np.zeros(1, dtype=np.float32)}, str(path), metadata=meta)
+    return path
+
+
+CASES = MASKS + SPECS + SCORING + REPORTS + OUTPUTS + SECOND
 
 
 def test_there_are_at_least_sixty_cases():
@@ -382,3 +589,30 @@ def test_apply_and_train_killed_then_rerun_complete_and_leave_nothing(tiny_model
     assert not out.exists() or (out / "model.safetensors").is_file()  # never a half-written checkpoint under the final name
     proc = lingreg(*cmd, "--overwrite")
     assert proc.returncode == 0 and (out / "model.safetensors").is_file() and _leftovers(tmp_path) == []
+
+
+def test_sigterm_mid_write_leaves_nothing(tiny_model_dir, tmp_path):
+    """`kill`, `timeout` and CI cancelling send SIGTERM: it unwinds like Ctrl-C, removing the temporary and the lock."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = ["apply", "--pretrained", tiny_model_dir, "--mask", _tiny_mask(tmp_path, str(tiny_model_dir)), "--out", tmp_path / "abl", "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, "-m", "lm_eval_lingreg.cli", *map(str, cmd)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while proc.poll() is None and time.time() < deadline and not (tmp_path / ".abl.lock").exists():
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate()
+    assert proc.returncode in (0, 143), err  # 0 only if it finished before the signal
+    assert _leftovers(tmp_path) == [] and (proc.returncode == 0) == (tmp_path / "abl").exists()
+
+
+def test_a_failing_rerun_still_cleans_what_a_killed_run_left(tiny_model_dir, tmp_path):
+    out = tmp_path / "scores"
+    cmd = ["score", "--pretrained", tiny_model_dir, "--langs", "ar,zh", "--samples", "40", "--batch-size", "1", "--out", out, "--device", "cpu"]
+    _kill_when(cmd, lambda: out.exists() and any(p.name.startswith(".zh.safetensors.tmp-") for p in out.glob(".*")))
+    proc = lingreg(*[c if c != "40" else "30" for c in map(str, cmd)])  # another sample count: refused for ar, or scored
+    assert proc.returncode in (0, 2)
+    assert _leftovers(tmp_path) == []

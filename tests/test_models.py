@@ -191,3 +191,54 @@ def test_lm_eval_cli_ends_with_our_message(tiny_model_dir, tmp_path):
     proc = _lm_eval("hf-region-ablated", f"pretrained={tiny_model_dir},mask={tmp_path / 'missing.safetensors'}", "lingreg_ppl_en", tmp_path)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode != 0 and last.startswith("lm_eval_lingreg.errors.RegionFileError:") and "missing.safetensors" in last and "not found" in last
+
+
+# the BOS convention ------------------------------------------------------------------------------------------------
+
+TEXT = "All human beings are born free and equal in dignity and rights."
+
+
+def _rolling(lm, text: str):
+    from lm_eval.api.instance import Instance
+
+    (ll,) = lm.loglikelihood_rolling([Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0)], disable_tqdm=True)
+    return ll
+
+
+@pytest.mark.parametrize("arch", ["tiny_model_dir", "tiny_gemma_dir"])
+def test_token_perplexity_is_the_hugging_face_loss_on_bos_plus_document(request, arch):
+    import math
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lm_eval_lingreg.models import LingregLM
+
+    path = str(request.getfixturevalue(arch))
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    doc = tok(TEXT, add_special_tokens=False).input_ids
+    ids = torch.tensor([[tok.bos_token_id, *doc]])
+    with torch.no_grad():
+        hf_loss = model(input_ids=ids, labels=ids).loss.item()  # mean over the document's own tokens, BOS as context
+    ll = _rolling(LingregLM(pretrained=path, device="cpu", dtype="float32"), TEXT)
+    assert ll.n_tokens == len(doc)
+    assert math.exp(-ll / ll.n_tokens) == pytest.approx(math.exp(hf_loss), rel=1e-5)
+    # lm-eval's own convention also scores p(BOS | BOS): one more token, a higher perplexity
+    scored = _rolling(LingregLM(pretrained=path, device="cpu", dtype="float32", rolling_bos="score"), TEXT)
+    assert scored.n_tokens == len(doc) + 1 and scored < ll
+
+
+def test_the_convention_dtype_device_and_costs_are_recorded(tiny_lm):
+    res = _evaluate(tiny_lm, langs=("en",), limit=1)
+    info = res["config"]["lingreg"]
+    assert info["rolling_bos"] == "context" and info["dtype"] == "float32" and info["device"] == "cpu"
+    assert info["tokens_scored"] > 100 and info["scoring_seconds"] > 0 and info["tokens_per_second"] > 0
+
+
+def test_half_precision_weights_get_an_fp32_log_softmax(tiny_model_dir):
+    from lm_eval_lingreg.models import LingregLM
+
+    lm = LingregLM(pretrained=str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    assert lm.softmax_dtype == torch.float32 and lm._lingreg_info["dtype"] == "bfloat16"
+    with pytest.raises(ModelLoadError, match="rolling_bos"):
+        LingregLM(pretrained=str(tiny_model_dir), rolling_bos="maybe")

@@ -103,3 +103,37 @@ def test_a_second_concurrent_run_on_the_same_output_is_refused(tok, tmp_path):
         with pytest.raises(OutputError, match="being written by another lingreg process"):
             _score(make_tiny("llama"), tok, tmp_path / "scores", langs=("ar",))
     assert not (tmp_path / "scores" / "ar.safetensors").exists()
+
+
+def test_distributed_scoring_matches_single_process(tiny_model_dir, tmp_path):
+    """torchrun with 2 gloo ranks on the CPU sums the same per-sample gradients as one process."""
+    import sys
+
+    from helpers import lingreg, run
+
+    args = ["score", "--pretrained", str(tiny_model_dir), "--langs", "zh,ar", "--samples", "7", "--batch-size", "2", "--device", "cpu"]
+    assert lingreg(*args, "--out", tmp_path / "one").returncode == 0
+    multi = run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "lm_eval_lingreg.cli",
+            *args,
+            "--backend",
+            "gloo",
+            "--out",
+            str(tmp_path / "two"),
+        ]
+    )
+    assert multi.returncode == 0
+    one, two = ScoreSet(tmp_path / "one"), ScoreSet(tmp_path / "two")
+    for lang in ("zh", "ar"):
+        assert two.headers[lang]["info"]["world_size"] == 2
+        assert two.headers[lang]["info"]["tokens"] == one.headers[lang]["info"]["tokens"]
+        for n in one:
+            torch.testing.assert_close(two.get(lang, n), one.get(lang, n), rtol=1e-4, atol=1e-7)

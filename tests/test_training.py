@@ -111,9 +111,29 @@ def test_nonsense_configurations_are_refused(kw, message):
         TrainConfig(lang="en", **kw)
 
 
-def test_divergence_is_a_clear_error(tiny_model, text_dir):
-    with pytest.raises(TrainingError, match="lower --lr"):
-        train(tiny_model, tiny_tokenizer(), _cfg(text_dir, lr=1e20, max_grad_norm=0, steps=4, warmup=0), progress=False)
+def test_divergence_is_a_clear_error(tiny_model, text_dir, monkeypatch):
+    from lm_eval_lingreg import training
+
+    with pytest.raises(TrainingError, match="lr must be a positive number up to 10"):
+        _cfg(text_dir, lr=1e20)
+    monkeypatch.setattr(training, "loss_backward", lambda *a, **k: float("nan"))
+    with pytest.raises(TrainingError, match="training loss became nan.*lower --lr"):
+        train(tiny_model, tiny_tokenizer(), _cfg(text_dir, steps=2), progress=False)
+
+
+def test_a_diverged_model_is_never_returned(tiny_model, text_dir, monkeypatch):
+    from lm_eval_lingreg import training
+
+    real = training.probe_perplexity
+    calls = []
+
+    def blow_up(model, probe):
+        calls.append(1)
+        return real(model, probe) if len(calls) == 1 else {k: float("inf") for k in real(model, probe)}
+
+    monkeypatch.setattr(training, "probe_perplexity", blow_up)
+    with pytest.raises(TrainingError, match="diverged"):
+        train(tiny_model, tiny_tokenizer(), _cfg(text_dir, steps=2), progress=False)
 
 
 def test_checkpoint_is_atomic_and_refuses_to_replace_a_folder(tiny_model, tmp_path):

@@ -56,11 +56,39 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP (`kill`, `timeout`, a closed terminal, CI cancelling): unwinds like Ctrl-C, so outputs are cleaned up."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
 def main(argv: list[str] | None = None) -> int:
-    from lm_eval_lingreg.errors import LingregError
+    import signal
 
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
+    handlers = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            handlers[sig] = signal.signal(sig, _terminate)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+    try:
+        return _run(args)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from lm_eval_lingreg.errors import LingregError
+
     debug = os.environ.get("LINGREG_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
@@ -70,23 +98,31 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
         return 141
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as e:
         print("interrupted; outputs are written atomically, so nothing half-written was left", file=sys.stderr)
-        return 130
+        return 128 + (e.args[0] if isinstance(e, Terminated) else 2)
     except LingregError as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except (OSError, MemoryError, RecursionError) as e:
+    except MemoryError:
         if debug:
             raise
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        print("error: out of memory; use fewer samples, documents or a smaller batch, or a machine with more memory", file=sys.stderr)
+        return 2
+    except (OSError, RecursionError) as e:
+        if debug:
+            raise
+        print(f"error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - a bug, reported in one line unless debugging
         if debug:
             raise
-        print(f"error: unexpected {type(e).__name__}: {e} (this is a bug in lm-eval-lingreg; LINGREG_DEBUG=1 shows the traceback)", file=sys.stderr)
+        print(
+            f"error: unexpected {type(e).__name__}: {_one_line(e)[:500]} (this is a bug in lm-eval-lingreg; LINGREG_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -32,6 +32,14 @@ def nonneg_int(text: str) -> int:
     return n
 
 
+def seed(text: str) -> int:
+    """A random seed: a whole number from 0 to 2**63 - 1."""
+    n = nonneg_int(text)
+    if n >= 2**63:
+        raise argparse.ArgumentTypeError(f"must be below 2**63, got {text[:30]}")
+    return n
+
+
 def finite_float(text: str) -> float:
     try:
         x = float(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from lm_eval_lingreg.cli import _args
 
@@ -15,9 +16,14 @@ def cmd_dims(args: argparse.Namespace) -> int:
     from lm_eval_lingreg.outputs import check_writable, write_json
     from lm_eval_lingreg.region_io import load_region
 
-    for path in (args.json, args.plot):
-        if path:
-            check_writable(path)
+    if args.json and args.plot and Path(args.json).absolute() == Path(args.plot).absolute():
+        from lm_eval_lingreg.errors import UsageError
+
+        raise UsageError("--json and --plot name the same file; give each its own")
+    if args.json:
+        check_writable(args.json)
+    if args.plot:
+        check_writable(args.plot, figure=True)
     dc = dimension_counts(load_region(args.mask))
     acts = None
     if args.activations:
@@ -160,7 +166,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--langs", default="en,zh,ar,ru", help="probe languages (default en,zh,ar,ru)")
     s.add_argument("--docs", type=_args.positive_int, default=2, help="UDHR documents per language (default 2)")
     s.add_argument("--tokens", type=_args.positive_int, default=128, help="tokens per document (default 128)")
-    s.add_argument("--seed", type=int, default=0, help="for random:N and op=noise")
+    s.add_argument("--seed", type=_args.seed, default=0, help="for random:N and op=noise")
     s.add_argument("-o", "--output", default=None, help="write the ranked results as JSON")
     _args.model_options(s)
     s.set_defaults(func=cmd_scan)

@@ -63,19 +63,22 @@ def cmd_params(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from lm_eval_lingreg.evaluation import demo
     from lm_eval_lingreg.languages import parse_languages
-    from lm_eval_lingreg.outputs import check_writable
+    from lm_eval_lingreg.outputs import atomic_path, check_writable
 
     langs = parse_languages(args.langs)
     bundled = args.pretrained in (None, "", "gemma-3-270m")
     masks = [m for m in (args.masks if args.masks is not None else ("core" if bundled else "")).split(",") if m]
-    check_writable(args.output_path, into=True)
-    table = demo(lambda: _args.wrapper(args, args.batch_size), masks, langs, args.ratio, args.seed, args.limit, args.output_path)
+    check_writable(args.output_path, directory=True, overwrite=args.overwrite, owned_by="lingreg demo")
+    with atomic_path(args.output_path, directory=True, overwrite=args.overwrite, owned_by="lingreg demo") as tmp:
+        table = demo(lambda: _args.wrapper(args, args.batch_size), masks, langs, args.ratio, args.seed, args.limit, tmp)
     print(table)
     print(f"results JSON per condition under {args.output_path}/")
     return 0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from lm_eval_lingreg.evaluation import DEFAULT_LIMIT
+
     s = sub.add_parser("prepare", help="convert the bundled model once; print its local path as the last line")
     s.add_argument("--force", action="store_true", help="convert again even if cached")
     s.set_defaults(func=cmd_prepare)
@@ -101,11 +104,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--langs", default="all", help="comma-separated ISO codes or 'all' (default)")
     s.add_argument("--ratio", type=_args.ratio, default=0.01, help="share of entries per tensor (default 0.01)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_args.seed, default=0)
     s.add_argument(
-        "--limit", type=_args.limit, default=8, help="documents per language, or 'all' for the 31 (default 8; 'all' reads the 31 and takes about 3x longer)"
+        "--limit",
+        type=_args.limit,
+        default=DEFAULT_LIMIT,
+        help=f"documents per language, or 'all' for the 31 (default {DEFAULT_LIMIT}; 'all' takes about 3x longer)",
     )
     s.add_argument("--batch-size", type=_args.positive_int, default=1)
-    s.add_argument("--output-path", default="lingreg-demo", help="where results JSON go (default ./lingreg-demo)")
+    s.add_argument("--output-path", default="lingreg-demo", help="where results JSON go (default ./lingreg-demo; a rerun replaces its own earlier output)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder that an earlier demo did not write")
     _args.model_options(s, device_map=True)
     s.set_defaults(func=cmd_demo)

@@ -51,7 +51,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from lm_eval_lingreg import __version__
     from lm_eval_lingreg.errors import UsageError
     from lm_eval_lingreg.languages import CORE_LANGUAGES, parse_languages
-    from lm_eval_lingreg.outputs import check_writable
+    from lm_eval_lingreg.outputs import check_not_input, check_writable
     from lm_eval_lingreg.region_io import format_for, save_region
     from lm_eval_lingreg.scores import ScoreSet
     from lm_eval_lingreg.selection import select_core, select_monolingual
@@ -62,6 +62,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         raise UsageError("`lingreg extract monolingual` needs --lang (e.g. --lang ar)")
     langs = parse_languages(args.langs) if args.langs else None
     scores = ScoreSet(args.scores, langs or (None if args.kind == "core" and args.all_scored else list(CORE_LANGUAGES)))
+    check_not_input(args.out, scores.files)
     meta = {**scores.provenance(), "lm_eval_lingreg": __version__, "command": "lingreg " + " ".join(sys.argv[1:])}
     if args.kind == "core":
         region = select_core(scores.get, scores.names, scores.langs, args.ratio, which=args.which, seed=args.seed, metadata=meta)
@@ -150,7 +151,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--seq-len", type=_args.positive_int, default=512, help="block length / sentence truncation in tokens (default 512)")
     s.add_argument("--batch-size", type=_args.positive_int, default=4, help="samples per forward+backward (default 4; memory grows with it)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_args.seed, default=0)
     s.add_argument("--scope", type=_args.regex, default=DEFAULT_SCOPE, help="regex on parameter names to score (default: transformer blocks)")
     s.add_argument(
         "--max-logits-mb",
@@ -171,7 +172,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--lang", default=None, help="monolingual only: the language whose region to extract")
     s.add_argument("--langs", default=None, help="languages to combine (default: the paper's six: ar,es,ru,zh,ko,vi)")
     s.add_argument("--all-scored", action="store_true", help="core: use every language found in --scores")
-    s.add_argument("--seed", type=int, default=0, help="for --which random")
+    s.add_argument("--seed", type=_args.seed, default=0, help="for --which random")
     s.add_argument("--out", required=True, help="output region file (.safetensors, .pt, or a directory)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
     _dense_option(s)

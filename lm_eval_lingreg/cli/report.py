@@ -10,10 +10,14 @@ from lm_eval_lingreg.cli import _args
 METRIC_HELP = "bits_per_byte, byte_perplexity, word_perplexity or token_perplexity"
 
 
-def _runs(args: argparse.Namespace):
+def _runs(args: argparse.Namespace, output: str | None = None):
+    """The runs under the paths; an `output` that is one of their files is refused (it would destroy the input)."""
+    from lm_eval_lingreg.outputs import check_not_input
     from lm_eval_lingreg.results import load_runs
 
     runs = load_runs(args.paths, _args.labels(args.label))
+    if output:
+        check_not_input(output, [r.path for r in runs])
     print(f"{len(runs)} run(s): " + ", ".join(f"{r.label} [{r.path}]" for r in runs), file=sys.stderr)
     return runs
 
@@ -25,9 +29,38 @@ def cmd_table(args: argparse.Namespace) -> int:
         from lm_eval_lingreg.outputs import check_writable
 
         check_writable(args.output)
-    df = build_table(_runs(args), args.metric, args.ratio_to)
-    _args.emit(render_table(df, args.format), args.output)
+    runs = _runs(args, args.output)
+    df = build_table(runs, args.metric, args.ratio_to, ci=_level(args.ci), allow_mixed=args.allow_mixed_bos)
+    text = render_table(df, args.format)
+    if args.costs:
+        text += "\n\n" + costs_table(runs)
+    _args.emit(text, args.output)
     return 0
+
+
+def _level(ci: float | None) -> float | None:
+    from lm_eval_lingreg.uncertainty import check_level
+
+    return None if ci is None else check_level(ci)
+
+
+def costs_table(runs) -> str:
+    """What each run cost: dtype, device, tokens scored, scoring time and tokens/s (as recorded by lingreg wrappers)."""
+    from tabulate import tabulate
+
+    rows = [
+        [
+            r.label,
+            r.info.get("dtype", ""),
+            r.info.get("device", ""),
+            r.info.get("tokens_scored", ""),
+            r.info.get("scoring_seconds", ""),
+            r.info.get("tokens_per_second", ""),
+            r.info.get("wall_seconds", ""),
+        ]
+        for r in runs
+    ]
+    return tabulate(rows, headers=["run", "dtype", "device", "tokens scored", "scoring s", "tokens/s", "wall s"], tablefmt="github", missingval="")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -36,7 +69,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from lm_eval_lingreg.report import check_tolerance, compare, fmt_value, load_baseline
 
     check_tolerance(args.rtol, args.atol)
-    rows = compare(_runs(args), load_baseline(args.baseline), rtol=args.rtol, atol=args.atol)
+    rows = compare(_runs(args), load_baseline(args.baseline), rtol=args.rtol, atol=args.atol, ci=_level(args.ci), allow_mixed=args.allow_mixed_bos)
 
     def rel(r: dict) -> str:
         if r["rel"] != r["rel"]:
@@ -84,7 +117,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     rules = load_rules(args.rules) if args.rules else None
     runs = _runs(args)
     failures, checked, skipped = [], 0, 0
-    for r in compare(runs, baseline, rtol=args.rtol, atol=args.atol) if baseline else []:
+    for r in compare(runs, baseline, rtol=args.rtol, atol=args.atol, ci=_level(args.ci), allow_mixed=args.allow_mixed_bos) if baseline else []:
         if r["status"] == "missing" and not args.strict:
             skipped += 1
             continue
@@ -95,7 +128,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                 + (f", {r['rel']:+.1%}" if r["rel"] == r["rel"] else "")
                 + ")"
             )
-    for r in apply_rules(runs, rules) if rules else []:
+    for r in apply_rules(runs, rules, allow_mixed=args.allow_mixed_bos) if rules else []:
         checked += 1
         if not r["ok"]:
             failures.append(f"rule '{r['rule']}': {r['run']} {r['language']} = {fmt_value(r['value'])} ({r['why']})")
@@ -118,7 +151,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from lm_eval_lingreg.outputs import check_writable
     from lm_eval_lingreg.plots import plot_heatmap, plot_region_density
 
-    check_writable(args.output)
+    check_writable(args.output, figure=True)
     if args.mask:
         from lm_eval_lingreg.region_io import load_region
 
@@ -126,7 +159,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     else:
         if not args.paths:
             raise UsageError("give results folders/files to plot, or --mask for a region density plot")
-        plot_heatmap(_runs(args), args.output, args.metric, args.ratio_to)
+        runs = _runs(args)
+        if args.ci is not None:
+            from lm_eval_lingreg.plots import plot_ratios
+
+            plot_ratios(runs, args.output, args.metric, args.ratio_to, _level(args.ci))
+        else:
+            plot_heatmap(runs, args.output, args.metric, args.ratio_to)
     print(f"wrote {args.output}")
     return 0
 
@@ -136,11 +175,16 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from lm_eval_lingreg.report import baseline_from_runs
 
     check_writable(args.output)
-    runs = _runs(args)
+    runs = _runs(args, args.output)
     data = baseline_from_runs(runs, args.source, args.model or runs[0].model, args.metric, args.note)
     write_json(args.output, data)
     print(f"wrote {args.output}: {len(data['values'])} values from {len(runs)} runs")
     return 0
+
+
+def _common(s: argparse.ArgumentParser) -> None:
+    _args.label_option(s)
+    s.add_argument("--allow-mixed-bos", action="store_true", help="take ratios between runs that treated BOS differently (rolling_bos)")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -152,7 +196,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--ratio-to", default=None, help="divide every run by the run with this label (e.g. base)")
     s.add_argument("--format", choices=["markdown", "csv", "latex", "html", "json"], default="markdown")
     s.add_argument("-o", "--output", default=None, help="write the table here (default: print)")
-    _args.label_option(s)
+    s.add_argument("--ci", type=_args.positive_float, default=None, metavar="LEVEL", help="bootstrap intervals over documents, e.g. --ci 95")
+    s.add_argument("--costs", action="store_true", help="also list each run's dtype, device, tokens scored and tokens/s")
+    _common(s)
     s.set_defaults(func=cmd_table)
 
     s = sub.add_parser("compare", help="runs side by side with a baseline file, with deltas; flags what disagrees")
@@ -160,7 +206,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--baseline", required=True, help="baseline file (see baselines/README.md)")
     s.add_argument("--rtol", type=float, default=0.05, help="relative tolerance (default 0.05)")
     s.add_argument("--atol", type=float, default=0.0, help="absolute tolerance (default 0)")
-    _args.label_option(s)
+    s.add_argument(
+        "--ci", type=_args.positive_float, default=None, metavar="LEVEL", help="flag a difference only when the run's interval excludes the baseline"
+    )
+    _common(s)
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("check", help="regression gate: exit 0 pass, 1 regression, 2 bad input")
@@ -172,7 +221,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--both-ways", action="store_true", help="also fail when a value is better than the baseline beyond tolerance")
     s.add_argument("--strict", action="store_true", help="fail on baseline values missing from the runs")
     s.add_argument("--max-report", type=_args.positive_int, default=20, help="failures to list (default 20)")
-    _args.label_option(s)
+    s.add_argument(
+        "--ci",
+        type=_args.positive_float,
+        default=None,
+        metavar="LEVEL",
+        help="baseline comparisons: flag only when the interval excludes the value (rules set `ci:` themselves)",
+    )
+    _common(s)
     s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("plot", help="heatmap of languages x conditions (log ratio to base), or --mask for region density")
@@ -181,7 +237,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--metric", choices=METRICS, default="token_perplexity", help=METRIC_HELP + " (default token_perplexity)")
     s.add_argument("--ratio-to", default="base", help="label of the run to divide by (default base)")
     s.add_argument("--mask", default=None, help="plot a region's density per layer x module instead")
-    _args.label_option(s)
+    s.add_argument(
+        "--ci",
+        type=_args.positive_float,
+        default=None,
+        metavar="LEVEL",
+        help="plot each run's ratios per language with bootstrap intervals instead of the heatmap",
+    )
+    _common(s)
     s.set_defaults(func=cmd_plot)
 
     s = sub.add_parser("baseline", help="write a reference baseline file from runs of this tool")

@@ -56,7 +56,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     from lm_eval_lingreg.errors import UsageError
     from lm_eval_lingreg.experiments.forgetting import forget, table
     from lm_eval_lingreg.languages import LANGUAGES, parse_languages
-    from lm_eval_lingreg.outputs import check_writable
+    from lm_eval_lingreg.outputs import atomic_path, check_writable
     from lm_eval_lingreg.plots import plot_curves
     from lm_eval_lingreg.training import condition_label, resolve_freeze
 
@@ -67,12 +67,13 @@ def cmd_forget(args: argparse.Namespace) -> int:
     if not conditions or len(set(labels)) != len(labels):
         raise UsageError(f"--conditions {args.conditions!r}: give distinct conditions, e.g. none,core:0.05,random:0.05")
     eval_langs = parse_languages(args.eval_langs)
-    out = check_writable(args.output, into=True)
+    out = check_writable(args.output, directory=True, overwrite=args.overwrite, owned_by="lingreg forget")
     lm = _args.wrapper(args)
     for c in conditions:  # every condition checked before any training
         resolve_freeze(c, lm.model, cfg.seed)
-    summary = forget(lm, cfg, conditions, eval_langs, args.eval_limit, out, save_checkpoints=args.save_checkpoints)
-    plot_curves(summary, out / "curves.png")
+    with atomic_path(out, directory=True, overwrite=args.overwrite, owned_by="lingreg forget") as tmp:
+        summary = forget(lm, cfg, conditions, eval_langs, args.eval_limit, tmp, save_checkpoints=args.save_checkpoints)
+        plot_curves(summary, tmp / "curves.png")
     print(
         f"\n{cfg.steps} steps on {LANGUAGES[lang].name}; token perplexity after / before, on {len(eval_langs)} languages x {args.eval_limit or 'all'} UDHR documents"
     )
@@ -93,7 +94,7 @@ def _training_options(s: argparse.ArgumentParser, steps: int, seq_len: int, scop
     s.add_argument("--warmup", type=_args.nonneg_int, default=10, help="linear warmup steps (default 10)")
     s.add_argument("--schedule", choices=["cosine", "linear", "constant"], default="cosine")
     s.add_argument("--weight-decay", type=_args.nonneg_float, default=0.01, help="AdamW weight decay on matrices (default 0.01)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_args.seed, default=0)
     s.add_argument("--train-scope", default=scope, help=f"'all' or a regex on parameter names to train (default {scope!r})")
     s.add_argument("--eval-every", type=_args.positive_int, default=eval_every, help=f"held-out evaluation every N steps (default {eval_every})")
     s.add_argument("--watch-langs", default="en,zh,ar", help="languages whose held-out perplexity is tracked besides the target (default en,zh,ar)")
@@ -125,6 +126,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--eval-langs", default="all", help="harness languages before and after (default all 30)")
     s.add_argument("--eval-limit", type=_args.limit, default=2, help="UDHR documents per language for the harness (default 2, or 'all')")
     s.add_argument("--save-checkpoints", action="store_true", help="also write each trained model under <output>/<condition>/checkpoint")
-    s.add_argument("-o", "--output", type=Path, default=Path("lingreg-forget"), help="output directory (default ./lingreg-forget)")
+    s.add_argument(
+        "-o", "--output", type=Path, default=Path("lingreg-forget"), help="output directory (default ./lingreg-forget; a rerun replaces its own earlier output)"
+    )
+    s.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder that an earlier forget did not write")
     _training_options(s, 80, 64, r"layers\.\d+\.", 20)
     s.set_defaults(func=cmd_forget)

@@ -2,7 +2,8 @@
 
 - `regions`: findings 1 and 3, core / bottom / random regions and monolingual regions through the harness;
 - `dimensions`: finding 2, the hidden dimensions the core region concentrates on, and perturbation scans;
-- `forgetting`: finding 4, further pre-training with the core region frozen.
+- `forgetting`: finding 4, further pre-training with the core region frozen;
+- `evaluation`: the BOS convention, intervals against the number of documents, bfloat16 against float32.
 
 Each experiment writes its raw results under `<out>/<name>/` with an `experiment.json` record (plan,
 timings, command), so its page can be rewritten from the results alone. `reproduce` composes them.
@@ -17,7 +18,10 @@ from typing import Any
 from lm_eval_lingreg.errors import UsageError
 from lm_eval_lingreg.outputs import write_json
 
-NAMES = ("regions", "dimensions", "forgetting")
+#: The paper's findings, in the order `lingreg reproduce` runs them.
+PAPER = ("regions", "dimensions", "forgetting")
+#: Every experiment `--only` accepts: the paper's, and `evaluation` (how far the numbers can be trusted).
+NAMES = (*PAPER, "evaluation")
 RECORD = "experiment.json"
 
 
@@ -40,7 +44,13 @@ def read_record(out: Path) -> dict[str, Any]:
     path = out / RECORD
     if not path.is_file():
         raise UsageError(f"no {path}: run the experiment first (without --from-results)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        record = None
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), t) for k, t in (("plan", dict), ("seconds", dict), ("command", str))):
+        raise UsageError(f"{path} is not an experiment record (plan, seconds, command); rerun the experiment without --from-results")
+    return record
 
 
 def demote(markdown: str) -> str:

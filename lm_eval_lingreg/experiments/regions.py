@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lm_eval_lingreg.evaluation import DEFAULT_LIMIT
 from lm_eval_lingreg.languages import CORE_LANGUAGES, LANGUAGES
 
 NAME = "regions"
@@ -21,7 +22,7 @@ NAME = "regions"
 @dataclass
 class Plan:
     langs: list[str] = field(default_factory=lambda: list(LANGUAGES))
-    limit: int | None = 3  # UDHR documents per language; None = all 31
+    limit: int | None = DEFAULT_LIMIT  # UDHR documents per language; None = all 31
     ratios: list[int] = field(default_factory=lambda: [1, 3, 5])
     mono: list[str] = field(default_factory=lambda: list(CORE_LANGUAGES))
 

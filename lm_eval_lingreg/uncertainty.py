@@ -1,0 +1,142 @@
+"""Uncertainty over documents: paired bootstrap intervals for metric values, ratios to a base run, and their
+geometric mean over languages.
+
+A language's perplexity is a ratio of sums over its documents (exp of summed negative log-likelihood over summed
+tokens), so the bootstrap resamples documents with replacement and recomputes the sums. A ratio between two runs
+is *paired*: both runs scored the same documents, so the same resampled documents are used for both. The geometric
+mean over languages resamples each language's documents independently. Intervals are percentile intervals on the
+log scale; everything is seeded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lm_eval_lingreg.errors import ReportError
+from lm_eval_lingreg.results import SIZES, Documents, Run
+
+LEVEL = 0.95
+SAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point value and its bootstrap interval."""
+
+    value: float
+    lo: float
+    hi: float
+
+    def excludes(self, x: float) -> bool:
+        return not (self.lo <= x <= self.hi)
+
+    @property
+    def width(self) -> float:
+        """hi / lo: how many times wider the upper end is than the lower (1 = no uncertainty)."""
+        return self.hi / self.lo if self.lo > 0 else math.inf
+
+
+def check_level(level: float) -> float:
+    """A confidence level given as 0.95 or 95."""
+    level = level / 100 if level > 1 else level
+    if not (0 < level < 1 and math.isfinite(level)):
+        raise ReportError(f"confidence level must be between 0 and 100 (e.g. 95), got {level}")
+    return level
+
+
+def _log_value(ll: np.ndarray, size: np.ndarray, metric: str) -> np.ndarray:
+    """log of the metric from summed log-likelihoods and sizes: log-perplexity, or log bits per byte."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        nats = -ll / size
+        return np.log(nats / math.log(2)) if metric == "bits_per_byte" else nats
+
+
+def _arrays(docs: Documents, metric: str, run: Run | None = None, iso: str = "") -> tuple[np.ndarray, np.ndarray]:
+    if not docs.has(metric):
+        where = f"{run.label} ({iso})" if run is not None else "this run"
+        raise ReportError(f"{where} has no per-document {SIZES[metric]}: {metric} intervals need a lingreg wrapper's run (plain `hf` does not count tokens)")
+    return np.asarray(docs.loglikelihood, dtype=np.float64), np.asarray(docs.sizes[SIZES[metric]], dtype=np.float64)
+
+
+def _percentiles(logs: np.ndarray, point: float, level: float) -> Interval:
+    finite = logs[~np.isnan(logs)]
+    lo, hi = np.percentile(finite, [100 * (1 - level) / 2, 100 * (1 + level) / 2]) if finite.size else (math.nan, math.nan)
+    return Interval(*(_exp(x) for x in (point, lo, hi)))
+
+
+def _exp(x: float) -> float:
+    if math.isnan(x):
+        return math.nan
+    return math.exp(x) if x < 709 else math.inf
+
+
+def _draws(rng: np.random.Generator, n_docs: int, samples: int) -> np.ndarray:
+    return rng.integers(0, n_docs, size=(samples, n_docs))
+
+
+def documents_of(run: Run, iso: str) -> Documents:
+    if iso not in run.documents:
+        raise ReportError(
+            f"{run.label} has no per-document scores for {iso} ({run.path}); intervals need them: lingreg commands record them, "
+            "and `lm_eval` writes them with --log_samples"
+        )
+    return run.documents[iso]
+
+
+def _paired(base: Run, run: Run, iso: str, metric: str) -> tuple[np.ndarray, ...]:
+    b, r = documents_of(base, iso), documents_of(run, iso)
+    if b.doc_id != r.doc_id:
+        raise ReportError(
+            f"{run.label} and {base.label} scored different {iso} documents ({len(r.doc_id)} vs {len(b.doc_id)}); a paired ratio needs the same ones"
+        )
+    return (*_arrays(b, metric, base, iso), *_arrays(r, metric, run, iso))
+
+
+def value_interval(run: Run, iso: str, metric: str, level: float = LEVEL, samples: int = SAMPLES, seed: int = 0) -> Interval:
+    """The metric of one language in one run, with its bootstrap interval over documents."""
+    ll, size = _arrays(documents_of(run, iso), metric, run, iso)
+    idx = _draws(np.random.default_rng(seed), ll.size, samples)
+    point = float(_log_value(ll.sum(), size.sum(), metric))
+    return _percentiles(_log_value(ll[idx].sum(1), size[idx].sum(1), metric), point, level)
+
+
+def ratio_interval(run: Run, base: Run, iso: str, metric: str, level: float = LEVEL, samples: int = SAMPLES, seed: int = 0) -> Interval:
+    """run / base for one language, paired over the same documents."""
+    llb, nb, llr, nr = _paired(base, run, iso, metric)
+    idx = _draws(np.random.default_rng(seed), llb.size, samples)
+    point = float(_log_value(llr.sum(), nr.sum(), metric) - _log_value(llb.sum(), nb.sum(), metric))
+    logs = _log_value(llr[idx].sum(1), nr[idx].sum(1), metric) - _log_value(llb[idx].sum(1), nb[idx].sum(1), metric)
+    return _percentiles(logs, point, level)
+
+
+def geomean_ratio_interval(run: Run, base: Run, langs: Sequence[str], metric: str, level: float = LEVEL, samples: int = SAMPLES, seed: int = 0) -> Interval:
+    """Geometric mean over languages of run / base, each language's documents resampled independently."""
+    rng = np.random.default_rng(seed)
+    points, draws = [], []
+    for iso in langs:
+        llb, nb, llr, nr = _paired(base, run, iso, metric)
+        idx = _draws(rng, llb.size, samples)
+        points.append(float(_log_value(llr.sum(), nr.sum(), metric) - _log_value(llb.sum(), nb.sum(), metric)))
+        draws.append(_log_value(llr[idx].sum(1), nr[idx].sum(1), metric) - _log_value(llb[idx].sum(1), nb[idx].sum(1), metric))
+    if not points:
+        raise ReportError("no language to average over")
+    return _percentiles(np.mean(draws, axis=0), float(np.mean(points)), level)
+
+
+def mean_value_interval(run: Run, langs: Sequence[str], metric: str, level: float = LEVEL, samples: int = SAMPLES, seed: int = 0) -> Interval:
+    """Arithmetic mean over languages of the metric (the `lingreg_ppl` group's summary), with its interval."""
+    rng = np.random.default_rng(seed)
+    points, draws = [], []
+    for iso in langs:
+        ll, size = _arrays(documents_of(run, iso), metric, run, iso)
+        idx = _draws(rng, ll.size, samples)
+        points.append(_exp(float(_log_value(ll.sum(), size.sum(), metric))))
+        with np.errstate(over="ignore"):
+            draws.append(np.exp(_log_value(ll[idx].sum(1), size[idx].sum(1), metric)))
+    point, dist = float(np.mean(points)), np.mean(draws, axis=0)
+    lo, hi = np.percentile(dist, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return Interval(point, float(lo), float(hi))
