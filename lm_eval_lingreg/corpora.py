@@ -8,8 +8,13 @@ Sources, per language:
 - any `datasets` source: `datasets:<path>[:<config>]` with `{lang}` substituted, e.g.
   `datasets:wikimedia/wikipedia:20231101.{lang}` (options: split=, column=).
 
-Samples are either whole sentences/lines (truncated to `max_len` tokens) or packed token
-blocks of `seq_len` tokens (the paper: 512), drawn with a seed.
+Three sampling units, drawn in a seeded order (so the first n samples of a larger draw are the
+n samples of a smaller one):
+- `sentences` (default): BOS + one sentence/line, truncated to `seq_len` tokens;
+- `documents` (the official preprocessing): BOS + one document/line + EOS, documents longer
+  than `seq_len` (the paper: 512) tokens dropped, never packed or truncated;
+- `blocks`: texts joined with EOS and packed into blocks of exactly `seq_len` tokens, each
+  starting with BOS.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from pathlib import Path
 
 from lm_eval_lingreg.errors import CorpusError
 from lm_eval_lingreg.languages import LANGUAGES
+
+UNITS = ("sentences", "documents", "blocks")
 
 
 @dataclass(frozen=True)
@@ -41,10 +48,15 @@ class Samples:
     @property
     def ids_sha256(self) -> str:
         """Hash of the exact token ids: text, tokenizer, sampling unit and seed all change it."""
-        h = hashlib.sha256()
-        for s in self.input_ids:
-            h.update(json.dumps(s, separators=(",", ":")).encode() + b"\n")
-        return h.hexdigest()
+        return ids_sha256(self.input_ids)
+
+
+def ids_sha256(input_ids: Sequence[Sequence[int]]) -> str:
+    """Hash of a list of token id sequences."""
+    h = hashlib.sha256()
+    for s in input_ids:
+        h.update(json.dumps(list(s), separators=(",", ":")).encode() + b"\n")
+    return h.hexdigest()
 
 
 def eld_path() -> Path:
@@ -130,7 +142,7 @@ def make_samples(
     split: str = "train",
     column: str = "text",
 ) -> Samples:
-    """`n` samples of token ids: sentences (truncated to `seq_len`) or packed `seq_len`-token blocks."""
+    """`n` samples of token ids: sentences (truncated to `seq_len`), whole documents (at most `seq_len`) or packed `seq_len`-token blocks."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise CorpusError(f"the number of samples must be a whole number >= 1, got {n!r}")
     if seq_len < 2:
@@ -148,6 +160,23 @@ def make_samples(
             raise CorpusError(f"{source}: asked for {n} samples of {lang} but only {len(texts)} sentences exist; lower --samples")
         used = [texts[i] for i in order[:n]]
         ids = [(bos + tokenizer(t, add_special_tokens=False)["input_ids"])[:seq_len] for t in used]
+    elif unit == "documents":
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        ids, dropped = [], 0
+        for i in order:
+            doc = bos + tokenizer(texts[i], add_special_tokens=False)["input_ids"] + eos
+            if len(doc) > seq_len:
+                dropped += 1
+                continue
+            ids.append(doc)
+            used.append(texts[i])
+            if len(ids) == n:
+                break
+        if len(ids) < n:
+            raise CorpusError(
+                f"{source}: only {len(ids)} {lang} documents fit in {seq_len} tokens with BOS and EOS ({dropped} longer ones dropped; asked for {n}); "
+                "lower --samples, raise --seq-len, or give more text"
+            )
     elif unit == "blocks":
         stream: list[int] = []
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -163,7 +192,7 @@ def make_samples(
                 f"{source}: only {len(ids)} blocks of {seq_len} tokens fit in the {lang} text (asked for {n}); lower --samples or --seq-len, or give more text"
             )
     else:
-        raise CorpusError(f"unknown sampling unit {unit!r}; expected 'sentences' or 'blocks'")
+        raise CorpusError(f"unknown sampling unit {unit!r}; expected one of {', '.join(UNITS)}")
     digest = hashlib.sha256("\n".join(used).encode("utf-8")).hexdigest()
     return Samples(lang, ids, source, digest)
 
@@ -171,3 +200,10 @@ def make_samples(
 def shard(items: Sequence, rank: int, world: int) -> list:
     """Round-robin share of one rank (so the union over ranks is every item once)."""
     return list(items[rank::world])
+
+
+def shard_batches(items: Sequence, batch_size: int, rank: int, world: int) -> list:
+    """Round-robin share of whole consecutive micro-batches of `batch_size` items: each rank's
+    list, cut into `batch_size` pieces, gives exactly the micro-batches of one process."""
+    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    return [x for b in batches[rank::world] for x in b]

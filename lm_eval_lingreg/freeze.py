@@ -30,6 +30,14 @@ from lm_eval_lingreg.edits import SavedEntries
 from lm_eval_lingreg.regions import Region, validate
 
 
+def without_norms(region: Region) -> Region:
+    """The region minus its entries in norm weights (any tensor whose name contains `norm`): the
+    official training never froze those (`if 'norm' in name: continue`)."""
+    empty = torch.empty(0, dtype=torch.int64)
+    indices = {n: (empty if "norm" in n else idx) for n, idx in region.indices.items()}
+    return Region(indices, dict(region.shapes), {**region.metadata, "norms_frozen": False})
+
+
 class FrozenRegion:
     """The original values of a region's entries, restorable into the model at any time."""
 

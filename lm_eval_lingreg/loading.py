@@ -14,7 +14,7 @@ from typing import Any
 
 from lm_eval_lingreg.errors import ModelLoadError, UsageError
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 BACKENDS = ("auto", "nccl", "gloo")
 
 
@@ -43,12 +43,31 @@ def resolve_device(device: str | None = "auto") -> str:
     raise UsageError(f"--device {device!r}: use auto, cpu, cuda, cuda:<n> or mps")
 
 
-def torch_dtype(dtype: str):
+def native_bf16(device: str) -> bool:
+    """Whether `device` computes bfloat16 matrix products in hardware (else bfloat16 is emulated, and slower than float32)."""
     import torch
 
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device == "cpu":
+        cpu = torch.cpu
+        return any(bool(getattr(cpu, probe, lambda: False)()) for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
+
+
+def resolve_dtype(dtype: str, device: str = "cpu") -> str:
+    """`auto` -> bfloat16 where the device computes it natively, float32 elsewhere; other names as given."""
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
-    return getattr(torch, dtype)
+    if dtype == "auto":
+        return "bfloat16" if native_bf16(resolve_device(device)) else "float32"
+    return dtype
+
+
+def torch_dtype(dtype: str, device: str = "cpu"):
+    import torch
+
+    return getattr(torch, resolve_dtype(dtype, device))
 
 
 def load_model(pretrained: str | None = None, *, device: str = "auto", dtype: str = "float32", device_map: str | None = None) -> tuple[Any, Any]:
@@ -58,7 +77,7 @@ def load_model(pretrained: str | None = None, *, device: str = "auto", dtype: st
     from lm_eval_lingreg.bundled import resolve_pretrained
 
     path = resolve_pretrained(pretrained)
-    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype)}
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype, device if not device_map else "cuda")}
     if device_map:
         kwargs["device_map"] = device_map
     else:

@@ -199,19 +199,18 @@ def _shape(shape: Any, name: str, path: Path) -> tuple[int, ...]:
 # torch formats -------------------------------------------------------------------------
 
 
-def _torch_load(path: Path) -> Any:
+def _torch_load(path: Path, error: type[Exception] = RegionFileError, advice: str = "Save masks as a dict of tensors, or use the .safetensors format.") -> Any:
+    """`torch.load(weights_only=True)`: tensors and plain containers only, never pickled code; one clear `error` otherwise."""
     if not path.is_file():
-        raise RegionFileError(f"{path} is not a regular file (a pipe or device?)")
+        raise error(f"{path} is not a regular file (a pipe or device?)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise RegionFileError(
-            f"{path}: refused to load: the file holds Python objects other than tensors and plain "
-            "containers (loading it could run arbitrary code). Save masks as a dict of tensors, "
-            "or use the .safetensors format."
+        raise error(
+            f"{path}: refused to load: the file holds Python objects other than tensors and plain containers (loading it could run arbitrary code). {advice}"
         ) from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-        raise RegionFileError(f"{path}: cannot read as a torch file ({type(e).__name__}: {str(e)[:200]})") from None
+        raise error(f"{path}: cannot read as a torch file ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def load_torch(path: str | os.PathLike) -> Region:
@@ -297,10 +296,10 @@ def save_torch(region: Region, path: str | os.PathLike, overwrite: bool = False,
     return Path(path)
 
 
-def _check_backed(t: torch.Tensor, name: str, path: Path) -> None:
+def _check_backed(t: torch.Tensor, name: str, path: Path, error: type[Exception] = RegionFileError) -> None:
     """A tensor's declared size must be backed by its data: an expanded (stride-0) 1-byte tensor can claim billions of entries."""
     if t.numel() > MAX_TENSOR_NUMEL or t.untyped_storage().nbytes() < t.numel() * t.element_size():
-        raise RegionFileError(
+        raise error(
             f"{path}: {name!r} declares {t.numel():,} entries but holds {t.untyped_storage().nbytes():,} bytes of data (an expanded view?); "
             "save a real mask (`.contiguous()`) or flat indices"
         )

@@ -5,16 +5,25 @@ in its header: the model's weight fingerprint, a hash of the exact calibration t
 every option. A rerun reuses a language's file only when all of that matches; when anything
 differs it says what, and rescores only with `overwrite`. Timings are printed, never stored,
 so two identical runs write identical files.
+
+With `checkpoints` (sample counts), the cumulative scores after the first n samples are also
+written as `<out>/checkpoints/<n>/<lang>.safetensors`, each a complete score set of its own,
+with the configuration `samples=n` would record and the same scores up to float rounding (the
+samples are summed in another order): how the region settles as samples grow.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +31,8 @@ import torch
 
 from lm_eval_lingreg import __version__
 from lm_eval_lingreg.anatomy import DEFAULT_SCOPE, model_fingerprint, model_name
-from lm_eval_lingreg.errors import ScoreFileError
+from lm_eval_lingreg.errors import OutputError, ScoreFileError, UsageError
+from lm_eval_lingreg.importance import global_importance
 from lm_eval_lingreg.lm_loss import DEFAULT_MAX_LOGITS_MB
 from lm_eval_lingreg.outputs import atomic_path, check_writable, clean_folder, output_lock, sort_safetensors_header
 
@@ -176,119 +186,328 @@ def _resume(path: Path, config: Mapping[str, Any], overwrite: bool) -> bool:
     raise ScoreFileError(f"{path} holds scores made differently ({'; '.join(differences(old, config))}); pass --overwrite to rescore, or choose another --out")
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """What defines a language's scores besides the model and the text: recorded in every score file, compared on resume."""
+
+    samples: int
+    data: str | None = None  # None: the offline default (eld)
+    unit: str = "sentences"
+    seq_len: int = 512
+    seed: int = 0
+    batch_size: int = 4
+    scope: str = DEFAULT_SCOPE
+    max_logits_mb: float = DEFAULT_MAX_LOGITS_MB
+    loss_norm: str = "sample"
+    grad_dtype: str = "float32"
+    checkpoints: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        from lm_eval_lingreg.corpora import UNITS
+        from lm_eval_lingreg.importance import check_loss_norm, grad_dtype_of
+
+        check_loss_norm(self.loss_norm)
+        grad_dtype_of(self.grad_dtype)
+        if self.unit not in UNITS:
+            raise UsageError(f"unknown sampling unit {self.unit!r}; expected one of {', '.join(UNITS)}")
+        points = tuple(self.checkpoints)
+        bad = [n for n in points if isinstance(n, bool) or not isinstance(n, int) or not 0 < n < self.samples]
+        if bad or len(set(points)) != len(points):
+            raise UsageError(f"checkpoints must be distinct sample counts between 1 and --samples ({self.samples}) exclusive, got {list(points)}")
+        if self.loss_norm == "batch-token" and any(n % self.batch_size for n in points):
+            raise UsageError(
+                f"with --loss-norm batch-token the micro-batches define the loss, so checkpoints must be multiples of --batch-size {self.batch_size} (got {list(points)})"
+            )
+        object.__setattr__(self, "checkpoints", tuple(sorted(points)))
+
+    def at(self, samples: int) -> Scoring:
+        """The same scoring stopped after `samples` samples (a checkpoint's own configuration)."""
+        return dataclasses.replace(self, samples=samples, checkpoints=())
+
+    def config(self, model: str, fingerprint: str, lang: str, corpus_sha256: str) -> dict[str, Any]:
+        """The score file's configuration: everything that changes the scores beyond float32 rounding (not
+        chunking; batch size only under `batch-token`, which it defines, or bfloat16 accumulation, where it
+        decides when the sum is rounded)."""
+        config = {
+            "model": model,
+            "model_fingerprint": fingerprint,
+            "lang": lang,
+            "samples": self.samples,
+            "data": self.data or "eld",
+            "corpus_sha256": corpus_sha256,
+            "unit": self.unit,
+            "seq_len": self.seq_len,
+            "seed": self.seed,
+            "scope": self.scope,
+            "loss_norm": self.loss_norm,
+            "grad_dtype": self.grad_dtype,
+        }
+        if self.loss_norm == "batch-token" or self.grad_dtype == "bfloat16":  # the micro-batches, or where bf16 rounds
+            config["batch_size"] = self.batch_size
+        return config
+
+
 def score_languages(
     model: torch.nn.Module,
     tokenizer: Any,
     langs: Sequence[str],
     out_dir: str | os.PathLike,
     samples: int,
-    data: str | None = None,
-    unit: str = "sentences",
-    seq_len: int = 512,
-    seed: int = 0,
-    batch_size: int = 4,
-    scope: str = DEFAULT_SCOPE,
     model_label: str | None = None,
-    max_logits_mb: float = DEFAULT_MAX_LOGITS_MB,
     overwrite: bool = False,
     progress: bool = True,
+    **options: Any,
 ) -> dict[str, dict]:
     """Score each language into `<out_dir>/<lang>.safetensors`, reusing matching finished ones.
 
+    `options` are the fields of `Scoring` (data, unit, seq_len, seed, batch_size, scope, max_logits_mb,
+    loss_norm, grad_dtype, checkpoints).
     Under torch.distributed, every rank scores its shard of the samples, gradients are summed
     across ranks and rank 0 writes (holding the output's lock for the whole run).
     """
-    import contextlib
-
     import torch.distributed as dist
 
-    from lm_eval_lingreg.corpora import make_samples
-    from lm_eval_lingreg.importance import all_reduce, importance
-
-    distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    scoring = Scoring(samples, **options)
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     out_dir = Path(out_dir)
     if rank == 0:
         check_writable(out_dir, directory=True, into=True)
-    name = model_label or model_name(model)
-    fingerprint = model_fingerprint(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    identity = (model_label or model_name(model), model_fingerprint(model))
     summary = {}
     with output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
         if rank == 0:
-            clean_folder(out_dir)  # what a killed run left behind, whatever this run ends up doing
+            folders = [checkpoint_path(out_dir, n, "x").parent for n in scoring.checkpoints]
+            for folder in [out_dir / "checkpoints", *folders] if folders else []:
+                if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                    raise OutputError(
+                        f"{folder} is {'a link' if folder.is_symlink() else 'not a folder'}; checkpoint scores go in real folders under --out. Remove it"
+                    )
+            for folder in [out_dir, *folders]:
+                clean_folder(folder)  # what a killed run left behind, whatever this run ends up doing
         for lang in langs:
-            batch = make_samples(tokenizer, lang, samples, data=data, unit=unit, seq_len=seq_len, seed=seed)
-            config = {
-                "model": name,
-                "model_fingerprint": fingerprint,
-                "lang": lang,
-                "samples": samples,
-                "data": data or "eld",
-                "corpus_sha256": batch.ids_sha256,
-                "unit": unit,
-                "seq_len": seq_len,
-                "seed": seed,
-                "scope": scope,
-            }
-            if _resume(score_path(out_dir, lang), config, overwrite):
-                log.info("%s: already scored in %s with this model, text and configuration; reusing it", lang, out_dir)
-                summary[lang] = {"skipped": True}
-                continue
-            result, seconds = _score_one(model, batch, rank, world, batch_size, scope, pad_id, max_logits_mb, progress)
-            if distributed:
-                result = all_reduce(result)
-            info = {
-                "samples": result.samples,
-                "tokens": result.tokens,
-                "source": batch.source,
-                "corpus_sha256": batch.sha256,
-                "world_size": world,
-                "lm_eval_lingreg": __version__,
-            }
-            if result.tokens == 0 or not any(bool(g.any()) for g in result.grads.values()):
-                raise ScoreFileError(
-                    f"{lang}: the summed gradients are all zero ({result.tokens} tokens scored); nothing to rank. Use samples of at least 2 tokens"
-                )
-            if rank == 0:
-                save_scores(out_dir, lang, importance(model, result.grads), info, config)
-                log.info(
-                    "%s: %d samples, %d tokens from %s in %.1fs (%.0f tokens/s) -> %s",
-                    lang,
-                    result.samples,
-                    result.tokens,
-                    batch.source,
-                    seconds,
-                    result.tokens / max(seconds, 1e-9),
-                    score_path(out_dir, lang),
-                )
-            summary[lang] = {**info, "seconds": round(seconds, 2)}
-            if distributed:
-                dist.barrier()
+            summary[lang] = _score_language(model, tokenizer, lang, out_dir, scoring, identity, overwrite, progress)
     return summary
 
 
-def _score_one(
-    model: torch.nn.Module, batch: Any, rank: int, world: int, batch_size: int, scope: str, pad_id: int, max_logits_mb: float, progress: bool
-) -> tuple[Any, float]:
-    """One language's gradient sum on this rank's shard, with a progress bar (samples, tokens/s)."""
+#: The official scoring protocol (PAPER.md): whole documents of at most 512 tokens with BOS and EOS, the
+#: Hugging Face loss over micro-batches of 8, bf16 forward, gradients accumulated and saved in bf16.
+PAPER_SCORING: dict[str, Any] = {
+    "unit": "documents",
+    "seq_len": 512,
+    "loss_norm": "batch-token",
+    "grad_dtype": "bfloat16",
+    "batch_size": 8,
+    "dtype": "bfloat16",
+}
+
+
+def checkpoint_path(out_dir: str | os.PathLike, samples: int, lang: str) -> Path:
+    return Path(out_dir) / "checkpoints" / str(samples) / f"{lang}.safetensors"
+
+
+def _score_language(
+    model: torch.nn.Module, tokenizer: Any, lang: str, out_dir: Path, scoring: Scoring, identity: tuple[str, str], overwrite: bool, progress: bool
+) -> dict[str, Any]:
+    """One language: reuse its files if everything matches, else sum the gradients (over the ranks) and
+    write the scores at every checkpoint and at the end."""
+    import torch.distributed as dist
+
+    from lm_eval_lingreg.corpora import ids_sha256, make_samples
+
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    batch = make_samples(tokenizer, lang, scoring.samples, data=scoring.data, unit=scoring.unit, seq_len=scoring.seq_len, seed=scoring.seed)
+    stops = [*scoring.checkpoints, scoring.samples]
+    outputs = [
+        (
+            n,
+            score_path(out_dir, lang) if n == scoring.samples else checkpoint_path(out_dir, n, lang),
+            scoring.at(n).config(*identity, lang, ids_sha256(batch.input_ids[:n])),
+        )
+        for n in stops
+    ]
+    if all([_resume(path, config, overwrite) for _, path, config in outputs]):
+        log.info("%s: already scored in %s with this model, text and configuration; reusing it", lang, out_dir)
+        return {"skipped": True}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    segments = [batch.input_ids[a:b] for a, b in zip([0, *stops], stops, strict=False)]
+    with _progress(batch.lang, sum(len(_share(s, rank, world, scoring)) for s in segments), rank, progress) as step:
+        result = None
+        for segment, (n, path, config) in zip(segments, outputs, strict=True):
+            result = _sum_shard(model, _share(segment, rank, world, scoring), scoring, pad_id, step, result)
+            scores, nonzero, samples, tokens = global_importance(model, result, distributed, keep=rank == 0)
+            if tokens == 0 or not nonzero:
+                raise ScoreFileError(f"{lang}: the summed gradients are all zero ({tokens} tokens scored); nothing to rank. Use samples of at least 2 tokens")
+            info = {"samples": samples, "tokens": tokens, "source": batch.source, "world_size": world, "lm_eval_lingreg": __version__}
+            info |= {"corpus_sha256": batch.sha256} if n == scoring.samples else {"checkpoint_of": scoring.samples}
+            if rank == 0:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_scores(path.parent, lang, scores, info, config)
+    if rank == 0:
+        log.info(
+            "%s: %d samples, %d tokens from %s in %.1fs (%.0f tokens/s) -> %s",
+            lang,
+            samples,
+            tokens,
+            batch.source,
+            step.seconds,
+            tokens / max(step.seconds, 1e-9),
+            score_path(out_dir, lang),
+        )
+    if distributed:
+        dist.barrier()
+    return {**info, "seconds": round(step.seconds, 2)}
+
+
+def _share(samples: list[list[int]], rank: int, world: int, scoring: Scoring) -> list[list[int]]:
+    """This rank's share of one segment's samples: round-robin samples, or whole micro-batches under batch-token."""
+    from lm_eval_lingreg.corpora import shard, shard_batches
+    from lm_eval_lingreg.importance import usable
+
+    kept = usable(samples, scoring.loss_norm)
+    return shard_batches(kept, scoring.batch_size, rank, world) if scoring.loss_norm == "batch-token" else shard(kept, rank, world)
+
+
+def _sum_shard(model: torch.nn.Module, mine: list[list[int]], scoring: Scoring, pad_id: int, step: Any, start: Any) -> Any:
+    """Continue this rank's gradient sum over its share of a segment."""
+    from lm_eval_lingreg import importance as imp
+
+    return imp.sum_gradients(
+        model,
+        mine,
+        scope=scoring.scope,
+        batch_size=scoring.batch_size,
+        pad_id=pad_id,
+        progress=step,
+        max_logits_mb=scoring.max_logits_mb,
+        loss_norm=scoring.loss_norm,
+        grad_dtype=scoring.grad_dtype,
+        start=start,
+    )
+
+
+class _Progress:
+    """A progress bar (samples of this rank, tokens/s) fed by `sum_gradients`' progress calls, across segments."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar, self.t0, self.last = bar, time.perf_counter(), 0
+
+    def __call__(self, done: int, tokens: int) -> None:
+        self.bar.update(done - self.last)
+        self.last = done
+        self.bar.set_postfix(tok_s=f"{tokens / max(1e-9, self.seconds):.0f}", tokens=tokens)
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+@contextlib.contextmanager
+def _progress(lang: str, total: int, rank: int, progress: bool) -> Iterator[_Progress]:
     from tqdm.auto import tqdm
 
-    from lm_eval_lingreg import importance as imp
-    from lm_eval_lingreg.corpora import shard
-
-    mine = shard(batch.input_ids, rank, world)
-    bar = tqdm(total=len(mine), desc=f"scoring {batch.lang}", unit="sample", disable=not progress or rank != 0)
-    t0 = time.perf_counter()
-    last = [0]
-
-    def step(done: int, tokens: int) -> None:
-        bar.update(done - last[0])
-        last[0] = done
-        bar.set_postfix(tok_s=f"{tokens / max(1e-9, time.perf_counter() - t0):.0f}", tokens=tokens)
-
+    bar = tqdm(total=total, desc=f"scoring {lang}", unit="sample", disable=not progress or rank != 0)
     try:
-        result = imp.sum_gradients(model, mine, scope=scope, batch_size=batch_size, pad_id=pad_id, progress=step, max_logits_mb=max_logits_mb)
+        yield _Progress(bar)
     finally:
         bar.close()
-    return result, time.perf_counter() - t0
+
+
+# scores computed with the official code ------------------------------------------------------
+
+OFFICIAL_CHECKPOINT = re.compile(r"grad-mul-param_checkpoint_(\d+)")
+IMPORTED_FINGERPRINT = "unknown (imported official scores)"
+
+
+def official_checkpoint(folder: Path, samples: int | None = None) -> tuple[Path, int | None]:
+    """The `grad-mul-param_checkpoint_N` folder to read: `folder` itself, or the one inside it with N = `samples`
+    (default: the largest N found)."""
+    if not folder.is_dir():
+        raise ScoreFileError(f"{folder} is not a folder; give the official scorer's output folder or one of its grad-mul-param_checkpoint_N folders")
+    m = OFFICIAL_CHECKPOINT.fullmatch(folder.name)
+    if m:
+        if samples is not None and samples != int(m.group(1)):
+            raise ScoreFileError(f"{folder} holds the scores after {m.group(1)} samples, not {samples}")
+        return folder, int(m.group(1))
+    found = {int(m.group(1)): p for p in folder.iterdir() if p.is_dir() and (m := OFFICIAL_CHECKPOINT.fullmatch(p.name))}
+    if not found:
+        if any(folder.glob("*.pt")):
+            return folder, samples
+        raise ScoreFileError(f"{folder} holds neither grad-mul-param_checkpoint_N folders nor <parameter name>.pt files (the official scorer's layout)")
+    n = max(found) if samples is None else samples
+    if n not in found:
+        raise ScoreFileError(f"{folder} has no grad-mul-param_checkpoint_{n}; found checkpoints {sorted(found)}; pass --samples with one of them")
+    return found[n], n
+
+
+def import_official(
+    folder: str | os.PathLike,
+    lang: str,
+    out_dir: str | os.PathLike,
+    model_label: str = "official",
+    samples: int | None = None,
+    scope: str = DEFAULT_SCOPE,
+    overwrite: bool = False,
+) -> Path:
+    """Import one language's scores written by the official scorer (`grad-mul-param_checkpoint_N/<parameter>.pt`, bf16
+    theta * summed gradient, every parameter) as `<out_dir>/<lang>.safetensors`: in-scope tensors only, loaded with
+    `weights_only=True`, checked to be finite floating-point tensors backed by their data. Languages imported with the
+    same `model_label` form a score set from which `lingreg extract` builds regions."""
+    from lm_eval_lingreg.anatomy import compile_scope
+    from lm_eval_lingreg.languages import parse_languages
+    from lm_eval_lingreg.region_io import _check_backed, _torch_load
+    from lm_eval_lingreg.regions import check_name
+
+    langs = parse_languages(lang)
+    if len(langs) != 1:
+        raise UsageError(f"--lang {lang!r}: an official score folder holds one language's scores; import each language with its own --lang")
+    lang = langs[0]
+    checkpoint, n = official_checkpoint(Path(folder), samples)
+    pattern = compile_scope(scope)
+    advice = "The official scorer saves one plain tensor per file; this one was written by something else."
+    scores: dict[str, torch.Tensor] = {}
+    digest = hashlib.sha256()
+    for f in sorted(checkpoint.glob("*.pt")):
+        name = f.name[: -len(".pt")].removeprefix("module.")
+        if not pattern.search(name):
+            continue
+        t = _torch_load(f, ScoreFileError, advice)
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise ScoreFileError(f"{f}: expected a floating-point tensor of scores, got {getattr(t, 'dtype', type(t).__name__)}")
+        _check_backed(t, name, f, ScoreFileError)
+        if not bool(torch.isfinite(t).all()):
+            raise ScoreFileError(f"{f}: the scores are not all finite; the official run that wrote it diverged")
+        try:
+            check_name(name)
+        except Exception as e:  # noqa: BLE001 - a RegionError from the name check
+            raise ScoreFileError(f"{f}: {e}") from None
+        scores[name] = t.contiguous()
+        digest.update(name.encode() + b"\0" + str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    if not scores:
+        raise ScoreFileError(f"{checkpoint}: no <parameter>.pt file matches the scope {scope!r} (names like model.layers.0.mlp.up_proj.weight.pt)")
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in scores.values()})
+    config = {
+        "model": model_label,
+        "model_fingerprint": IMPORTED_FINGERPRINT,
+        "lang": lang,
+        "samples": n,
+        "data": "official",
+        "corpus_sha256": digest.hexdigest(),
+        "unit": "documents",
+        "seq_len": 512,
+        "seed": None,
+        "scope": scope,
+        "loss_norm": "batch-token",
+        "grad_dtype": ",".join(dtypes),
+    }
+    out_dir = Path(out_dir)
+    check_writable(out_dir, directory=True, into=True)
+    with output_lock(out_dir):
+        clean_folder(out_dir)
+        path = score_path(out_dir, lang)
+        if _resume(path, config, overwrite):
+            log.info("%s: already imported from %s; reusing it", lang, checkpoint)
+            return path
+        info = {"samples": n, "tokens": None, "source": str(checkpoint.resolve()), "imported": "official", "lm_eval_lingreg": __version__}
+        return save_scores(out_dir, lang, scores, info, config)

@@ -101,23 +101,54 @@ def select_monolingual(
     langs: Sequence[str],
     ratio: float,
     metadata: Mapping | None = None,
+    which: str = "top",
 ) -> Region:
-    """Monolingual region of `lang`: Top-k(|s_lang|) minus the union of Top-k(|s_o|), o in `langs` - {lang}."""
-    ratio = _check_ratio(ratio)
-    others = [o for o in langs if o != lang]
-    if lang not in langs or not others:
+    """Monolingual region of `lang`: Top-k(|s_lang|) minus the union of Top-k(|s_o|), o in `langs` - {lang}.
+
+    `which="bottom"` builds the official code's control the same way from Bottom-k: the entries
+    least important to `lang` that are not among the least important to any other language.
+    """
+    if lang not in langs:
         raise RegionError(f"monolingual region of {lang!r} needs it among --langs plus at least one other language (got {list(langs)})")
-    indices, shapes = {}, {}
-    informative = False
+    return select_monolingual_all(get, names, langs, ratio, metadata, which, only=[lang])[lang]
+
+
+def select_monolingual_all(
+    get: Callable[[str, str], torch.Tensor],
+    names: Iterable[str],
+    langs: Sequence[str],
+    ratio: float,
+    metadata: Mapping | None = None,
+    which: str = "top",
+    only: Sequence[str] | None = None,
+) -> dict[str, Region]:
+    """The monolingual regions of every language of `langs` (or of `only`), each language's k entries chosen once."""
+    ratio = _check_ratio(ratio)
+    if which not in ("top", "bottom"):
+        raise RegionError(f"a monolingual region is built from top or bottom entries, not {which!r}")
+    if len(set(langs)) < 2:
+        raise RegionError(f"monolingual regions need a language plus at least one other language to tell apart (got {list(langs)})")
+    wanted = list(only or langs)
+    indices: dict[str, dict[str, torch.Tensor]] = {lang: {} for lang in wanted}
+    shapes: dict[str, tuple[int, ...]] = {}
+    informative = dict.fromkeys(wanted, False)
     for name in names:
-        own = get(lang, name).to(torch.float32).abs()
-        informative |= bool(own.any())
-        k = int(ratio * own.numel())
-        keep = select_tensor(own, k, "top")
-        for o in others:
-            keep = keep[~torch.isin(keep, select_tensor(get(o, name).to(torch.float32).abs(), k, "top"))]
-        shapes[name] = tuple(own.shape)
-        indices[name] = keep
-    _check_informative(informative, [lang])
-    meta = {"kind": "monolingual", "lang": lang, "ratio": ratio, "languages": list(langs), **(metadata or {})}
-    return Region(indices, shapes, meta)
+        chosen = {}
+        for lang in langs:
+            s = get(lang, name).to(torch.float32).abs()
+            if lang in informative:
+                informative[lang] |= bool(s.any())
+            shapes[name] = tuple(s.shape)
+            chosen[lang] = select_tensor(s, int(ratio * s.numel()), which)
+        for lang in wanted:
+            keep = chosen[lang]
+            for other in langs:
+                if other != lang:
+                    keep = keep[~torch.isin(keep, chosen[other])]
+            indices[lang][name] = keep
+    for lang in wanted:
+        _check_informative(informative[lang], [lang])
+    kind = "monolingual" if which == "top" else "monolingual-bottom"
+    return {
+        lang: Region(indices[lang], dict(shapes), {"kind": kind, "lang": lang, "ratio": ratio, "languages": list(langs), **(metadata or {})}) for lang in wanted
+    }

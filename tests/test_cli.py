@@ -61,6 +61,37 @@ def test_score_extract_info_compare(scores, tmp_path):
     assert proc.returncode == 2 and "no scores for ['zh', 'ko', 'vi']" in proc.stderr
 
 
+def test_paper_protocol_scores_checkpoints_bottom_monolingual_and_official_import(tiny_model_dir, tmp_path):
+    out = tmp_path / "paper"
+    args = ("score", "--pretrained", tiny_model_dir, "--langs", "ar,es", "--samples", "16", "--out", out, "--device", "cpu", "--preset", "paper")
+    proc = lingreg(*args, "--checkpoints", "8", "--dtype", "float32")
+    assert proc.returncode == 0, proc.stderr
+    header = json.loads(__import__("safetensors").safe_open(str(out / "ar.safetensors"), "pt").metadata()["config"])
+    assert (header["unit"], header["loss_norm"], header["grad_dtype"], header["batch_size"], header["seq_len"]) == (
+        "documents",
+        "batch-token",
+        "bfloat16",
+        8,
+        512,
+    )
+    assert (out / "checkpoints" / "8" / "es.safetensors").is_file()
+    proc = lingreg(*args, "--checkpoints", "4")  # 4 is not a multiple of the preset's batch of 8
+    assert proc.returncode == 2 and "multiples of --batch-size 8" in proc.stderr
+    bottom = tmp_path / "mono-bottom.safetensors"
+    proc = lingreg("extract", "monolingual", "--scores", out, "--langs", "ar,es", "--lang", "ar", "--which", "bottom", "--out", bottom)
+    assert proc.returncode == 0 and load_region(bottom).metadata["kind"] == "monolingual-bottom"
+    dump = tmp_path / "dump" / "grad-mul-param_checkpoint_16"
+    dump.mkdir(parents=True)
+    from safetensors.torch import load_file
+
+    for name, t in load_file(out / "ar.safetensors").items():
+        torch.save(t, dump / f"{name}.pt")
+    proc = lingreg("import-scores", tmp_path / "dump", "--lang", "ar", "--out", tmp_path / "imported")
+    assert proc.returncode == 0 and (tmp_path / "imported" / "ar.safetensors").is_file()
+    proc = lingreg("import-scores", tmp_path / "nowhere", "--lang", "ar", "--out", tmp_path / "imported")
+    assert proc.returncode == 2 and "is not a folder" in proc.stderr
+
+
 def test_score_rerun_reuses_and_a_changed_option_needs_overwrite(scores, tiny_model_dir):
     again = lingreg("score", "--pretrained", tiny_model_dir, "--langs", "ar", "--samples", "4", "--out", scores, "--device", "cpu")
     assert again.returncode == 0 and "reusing it" in again.stderr
@@ -329,3 +360,25 @@ def test_unexpected_errors_are_one_line_unless_debugging(monkeypatch):
         from lm_eval_lingreg.cli import main
 
         main(["mask", "info", "core"])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["apply", "--mask", "core", "--out", "x"],
+        ["params"],
+        ["demo"],
+        ["score", "--out", "x"],
+        ["dims", "core", "--activations"],
+        ["scan"],
+        ["generate", "--prompt", "x"],
+        ["train", "--lang", "en", "--out", "x"],
+        ["forget"],
+        ["reproduce"],
+    ],
+)
+def test_every_command_that_loads_a_model_takes_device_and_dtype(argv):
+    from lm_eval_lingreg.cli import build_parser
+
+    args = build_parser().parse_args([*argv, "--device", "cpu", "--dtype", "float32", "--pretrained", "some/model"])
+    assert (args.device, args.dtype, args.pretrained) == ("cpu", "float32", "some/model")

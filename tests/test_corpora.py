@@ -55,3 +55,27 @@ def test_user_files_and_packed_blocks(tok, tmp_path):
     (tmp_path / "bad" / "id.jsonl").write_text('{"txt": "x"}\n')
     with pytest.raises(CorpusError, match="'text' field"):
         make_samples(tok, "id", 1, data=str(tmp_path / "bad"))
+
+
+def test_documents_have_bos_and_eos_and_over_long_ones_are_dropped_not_cut(tok, tmp_path):
+    (tmp_path / "en.txt").write_text("short one\n" + "a much longer line " * 40 + "\nanother short one\nthird\n", encoding="utf-8")
+    docs = make_samples(tok, "en", 3, data=str(tmp_path), unit="documents", seq_len=24)
+    assert len(docs.input_ids) == 3
+    for ids in docs.input_ids:
+        assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id and len(ids) <= 24
+        assert tok.decode(ids[1:-1]) in {"short one", "another short one", "third"}
+    with pytest.raises(CorpusError, match=r"only 3 en documents fit in 24 tokens.*1 longer ones dropped"):
+        make_samples(tok, "en", 4, data=str(tmp_path), unit="documents", seq_len=24)
+
+
+@pytest.mark.parametrize("unit", ["sentences", "documents", "blocks"])
+def test_a_smaller_draw_is_the_start_of_a_larger_one(tok, unit):
+    """What cumulative checkpoints rely on: the first n of N samples are the n samples of a draw of n."""
+    big = make_samples(tok, "es", 12, unit=unit, seq_len=32, seed=3)
+    small = make_samples(tok, "es", 5, unit=unit, seq_len=32, seed=3)
+    assert big.input_ids[:5] == small.input_ids
+
+
+def test_unknown_unit_names_the_choices(tok):
+    with pytest.raises(CorpusError, match="sentences, documents, blocks"):
+        make_samples(tok, "es", 2, unit="paragraphs")

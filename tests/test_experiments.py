@@ -21,7 +21,7 @@ RULES = REPO / "baselines" / "rules-bundled.yaml"
 @pytest.fixture(scope="module")
 def quick(bundled_model_dir, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("reproduce")
-    proc = lingreg("reproduce", "--quick", "--out", root / "out", "--doc", root / "docs" / "REPRODUCTION.md", "--device", "cpu", "--dtype", "bfloat16")
+    proc = lingreg("reproduce", "--quick", "--out", root / "out", "--doc", root / "docs" / "REPRODUCTION.md", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root
 
@@ -54,6 +54,10 @@ def test_monolingual_region_hurts_its_own_language_most(quick):
         own = mask.split("-")[1]
         others = {iso: v for iso, v in ratios[mask].items() if iso != own}
         assert ratios[mask][own] > max(others.values()), (mask, ratios[mask])
+        # its control, built the same way from the bottom 1%, is neither as harmful to the language nor as selective
+        control = ratios[f"mono-{own}-bottom-1"]
+        mean_others = {m: sum(v for iso, v in r.items() if iso != own) / len(others) for m, r in ((mask, ratios[mask]), ("control", control))}
+        assert ratios[mask][own] > control[own] and ratios[mask][own] / mean_others[mask] > control[own] / mean_others["control"], (mask, control)
 
 
 @pytest.mark.slow
@@ -130,11 +134,38 @@ def test_the_evaluation_experiment_runs_and_reports_on_a_tiny_model(tiny_lm, tmp
         str(save_region(select_random(scope_shapes(tiny_lm.model), 0.05, seed=s), tmp_path / f"{name}.safetensors"))
         for s, name in ((0, "core-bottom-x"), (1, "core-random-x"))
     ]
-    plan = evaluation.Plan(langs=["en", "zh"], conditions=masks, ci_docs=[1, 2, 3], bos_limit=2, precision_conditions=masks[:1], precision_limit=1)
+    plan = evaluation.Plan(
+        langs=["en", "zh"], conditions=masks, ci_docs=[1, 2, 3], bos_limit=2, precision_conditions=masks[:1], precision_langs=["en", "zh"], precision_tokens=16
+    )
     out = tmp_path / "evaluation"
     seconds = evaluation.run(tiny_lm, plan, out)
     record = experiments.write_record(out, "evaluation", __import__("dataclasses").asdict(plan), seconds, "test")
     page = evaluation.section(out, record)
     for part in ("## 1. The BOS convention", "## 2. Intervals against the number of documents", "## 3. bfloat16 against float32", "core-random-x"):
         assert part in page, part
-    assert sorted(p.name for p in out.iterdir()) == ["bfloat16", "context", "experiment.json", "float32", "score"]
+    assert sorted(p.name for p in out.iterdir()) == ["context", "experiment.json", "precision-bfloat16.json", "precision-float32.json", "score"]
+
+
+def test_the_protocol_experiment_runs_and_reports_on_a_tiny_model(tiny_lm, tmp_path):
+    """Three scoring protocols with checkpoints, their regions compared, the final ones through the harness, one page."""
+    import json
+
+    from lm_eval_lingreg import experiments
+    from lm_eval_lingreg.experiments import protocol
+
+    plan = protocol.Plan(
+        langs=["ar", "zh"], samples=16, checkpoints=[8], ratio=0.05, eval_langs=["en", "ar", "zh"], limit=1, scores_dir=str(tmp_path / "scores")
+    )
+    out = tmp_path / "protocol"
+    seconds = protocol.run(tiny_lm, plan, out)
+    record = experiments.write_record(out, "protocol", __import__("dataclasses").asdict(plan), seconds, "test")
+    page = protocol.section(out, record)
+    for part in ("## How far the regions move", "## How many samples are enough", "## The regions through the harness", "bottom control", "Arabic"):
+        assert part in page, part
+    agreement = json.loads((out / "agreement.json").read_text())
+    assert set(agreement["stability"]) == {"default", "paper-fp32", "paper"} and set(agreement["bf16_vs_fp32"]) == {"8", "16"}
+    assert all(0 <= v <= 1 for v in agreement["default_vs_paper"].values())
+    assert agreement["bf16_vs_fp32"]["16"]["core"] > 0.5  # bf16 accumulation moves a few entries, not the region
+    assert (tmp_path / "scores" / "paper" / "checkpoints" / "8" / "zh.safetensors").is_file()
+    assert (tmp_path / "scores" / "default" / "regions" / "mono-bottom-ar.safetensors").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["agreement.json", "experiment.json", "harness"]

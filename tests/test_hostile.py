@@ -181,7 +181,60 @@ SCORING = [
     ("out-is-a-file", lambda t, m: ["score", "--pretrained", m, "--langs", "ar", "--samples", "2", "--out", _bytes(t / "afile", b"x")], "not a folder"),
     ("zero-logits-budget", lambda t, m: ["score", "--pretrained", m, "--langs", "ar", "--max-logits-mb", "0", "--out", t / "s"], "must be more than 0"),
     ("unknown-backend", lambda t, m: ["score", "--pretrained", m, "--langs", "ar", "--backend", "mpi", "--out", t / "s"], "invalid choice"),
+    (
+        "checkpoints-folder-is-a-link",
+        lambda t, m: ["score", "--pretrained", m, "--langs", "ar", "--samples", "4", "--checkpoints", "2", "--out", _linked_checkpoints(t)],
+        "is a link",
+    ),
+    (
+        "checkpoint-past-the-end",
+        lambda t, m: ["score", "--pretrained", m, "--langs", "ar", "--samples", "4", "--checkpoints", "2,9", "--out", t / "s"],
+        "between 1 and --samples",
+    ),
+    (
+        "checkpoints-not-numbers",
+        lambda t, m: ["score", "--pretrained", m, "--langs", "ar", "--checkpoints", "10,x", "--out", t / "s"],
+        "comma-separated counts",
+    ),
+    (
+        "documents-all-too-long",
+        lambda t, m: ["score", "--pretrained", m, "--langs", "ar", "--samples", "2", "--unit", "documents", "--seq-len", "3", "--out", t / "s"],
+        "raise --seq-len",
+    ),
+    ("official-dump-pickle", lambda t, m: ["import-scores", _dump(t, _Payload()), "--lang", "ar", "--out", t / "imp"], "refused to load"),
+    (
+        "official-dump-expanded",
+        lambda t, m: ["import-scores", _dump(t, torch.zeros(1).expand(10**9)), "--lang", "ar", "--out", t / "imp"],
+        "holds",
+    ),
+    (
+        "official-dump-not-scores",
+        lambda t, m: ["import-scores", _dump(t, torch.zeros(4, dtype=torch.bool)), "--lang", "ar", "--out", t / "imp"],
+        "floating-point",
+    ),
+    ("official-dump-no-files", lambda t, m: ["import-scores", _victim(t / "empty-dump"), "--lang", "ar", "--out", t / "imp"], "official scorer's layout"),
+    ("official-dump-unknown-lang", lambda t, m: ["import-scores", _dump(t, torch.zeros(4)), "--lang", "xx", "--out", t / "imp"], "unknown language"),
+    (
+        "monolingual-random",
+        lambda t, m: ["extract", "monolingual", "--scores", t, "--lang", "ar", "--which", "random", "--out", t / "x.safetensors"],
+        "top or bottom",
+    ),
 ]
+
+
+def _linked_checkpoints(t: Path) -> Path:
+    (t / "s").mkdir()
+    (t / "elsewhere").mkdir()
+    (t / "s" / "checkpoints").symlink_to(t / "elsewhere")
+    return t / "s"
+
+
+def _dump(t: Path, obj) -> Path:
+    d = t / "dump" / "grad-mul-param_checkpoint_100"
+    d.mkdir(parents=True)
+    torch.save(obj, d / f"{NAME}.pt")
+    return t / "dump"
+
 
 REPORTS = [
     ("config-is-a-list", lambda t, m: ["table", _results(t / "r1", lambda d: d.__setitem__("config", [1]))], "'config' must be a JSON object"),

@@ -74,3 +74,82 @@ def test_bad_scope_and_batch_size_are_clear_errors(tiny_model, tok):
         imp.sum_gradients(tiny_model, samples, scope="^nothing$")
     with pytest.raises(UsageError, match="batch size"):
         imp.sum_gradients(tiny_model, samples, batch_size=0)
+
+
+def _hf_loss_gradients(model, batches, pad_id=0):
+    """Sum over micro-batches of the gradient of the Hugging Face causal-LM loss (mean over the batch's tokens)."""
+    params = named_parameters(model)
+    model.zero_grad()
+    for batch in batches:
+        ids, attn = lm_loss.pad_batch(batch, pad_id)
+        labels = ids.masked_fill(attn == 0, -100)
+        model(input_ids=ids, attention_mask=attn, labels=labels).loss.backward()
+    return {n: p.grad.clone() for n, p in params.items() if p.grad is not None}
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_batch_token_normalisation_is_the_hugging_face_loss_of_each_micro_batch(arch, tok):
+    model = make_tiny(arch)
+    samples = make_samples(tok, "ru", 7, seed=3, unit="documents").input_ids
+    assert len({len(s) for s in samples}) > 1, "the check needs samples of different lengths"
+    got = imp.sum_gradients(model, samples, batch_size=3, loss_norm="batch-token")
+    want = _hf_loss_gradients(model, [samples[0:3], samples[3:6], samples[6:7]])
+    for n, g in got.grads.items():
+        torch.testing.assert_close(g, want[n], rtol=1e-4, atol=1e-6)
+    per_sample = imp.sum_gradients(model, samples, batch_size=3)  # differs for variable lengths
+    assert any(not torch.allclose(per_sample.grads[n], g, rtol=1e-2) for n, g in got.grads.items())
+
+
+def test_batch_token_sums_are_the_same_when_micro_batches_are_sharded_over_ranks(tok):
+    from lm_eval_lingreg.corpora import shard_batches
+
+    model = make_tiny("llama")
+    samples = make_samples(tok, "es", 11, seed=4).input_ids
+    whole = imp.sum_gradients(model, samples, batch_size=2, loss_norm="batch-token")
+    parts = [imp.sum_gradients(model, shard_batches(samples, 2, r, 3), batch_size=2, loss_norm="batch-token") for r in range(3)]
+    assert sum(p.samples for p in parts) == whole.samples and sum(p.tokens for p in parts) == whole.tokens
+    for n, g in whole.grads.items():
+        torch.testing.assert_close(sum(p.grads[n] for p in parts), g, rtol=1e-4, atol=1e-6)
+
+
+def test_bfloat16_accumulation_stays_within_its_rounding_bound(tok):
+    model = make_tiny("gemma3")
+    samples = make_samples(tok, "zh", 16, seed=5).input_ids
+    bf = imp.sum_gradients(model, samples, batch_size=2, grad_dtype="bfloat16")
+    fp = imp.sum_gradients(model, samples, batch_size=2)
+    assert all(g.dtype == torch.bfloat16 for g in bf.grads.values())
+    # each of the n additions rounds the running sum to 8 significant bits: |error| <= n * 2^-8 * sum of |contributions|
+    batches = list(imp.micro_batches(samples, 2, "sample"))
+    magnitude = {n: torch.zeros_like(g) for n, g in fp.grads.items()}
+    for b in batches:
+        for n, g in imp.sum_gradients(model, b, batch_size=2).grads.items():
+            magnitude[n] += g.abs()
+    exceeded, differs = 0, 0
+    for n, g in fp.grads.items():
+        err = (bf.grads[n].float() - g).abs()
+        exceeded += int((err > (len(batches) + 1) * 2**-8 * magnitude[n] + 1e-12).sum())
+        differs += int((err > 0).sum())
+    assert exceeded == 0 and differs > 0
+    scores = imp.importance(model, bf.grads)
+    assert all(s.dtype == torch.bfloat16 for s in scores.values())
+
+
+def test_a_continued_sum_equals_one_sum_over_all_samples(tok):
+    model = make_tiny("llama")
+    samples = make_samples(tok, "ar", 9, seed=6).input_ids
+    first = imp.sum_gradients(model, samples[:4], batch_size=2)
+    both = imp.sum_gradients(model, samples[4:], batch_size=2, start=first)
+    whole = imp.sum_gradients(model, samples, batch_size=2)
+    assert both.samples == 9 and both.tokens == whole.tokens
+    for n, g in whole.grads.items():
+        torch.testing.assert_close(both.grads[n], g, rtol=1e-4, atol=1e-6)
+    with pytest.raises(UsageError, match="another dtype"):
+        imp.sum_gradients(model, samples[:2], start=both, grad_dtype="bfloat16")
+
+
+def test_unknown_loss_norm_and_grad_dtype_are_clear_errors(tiny_model, tok):
+    samples = make_samples(tok, "ar", 2).input_ids
+    with pytest.raises(UsageError, match="loss normalisation 'token'.*sample, batch-token"):
+        imp.sum_gradients(tiny_model, samples, loss_norm="token")
+    with pytest.raises(UsageError, match="gradient dtype 'fp8'"):
+        imp.sum_gradients(tiny_model, samples, grad_dtype="fp8")

@@ -50,3 +50,13 @@ def test_more_ranks_than_gpus_is_named(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ModelLoadError, match="3 processes were started on this machine but it has 1 GPU.*--nproc_per_node 1.*--backend gloo"):
         init_distributed("auto", "cuda")
+
+
+def test_auto_dtype_is_bfloat16_only_where_the_hardware_computes_it(monkeypatch):
+    from lm_eval_lingreg import loading
+    from lm_eval_lingreg.loading import resolve_dtype
+
+    monkeypatch.setattr(loading, "native_bf16", lambda device: False)
+    assert resolve_dtype("auto", "cpu") == "float32"
+    monkeypatch.setattr(loading, "native_bf16", lambda device: True)
+    assert resolve_dtype("auto", "cpu") == "bfloat16" and resolve_dtype("float16", "cpu") == "float16"

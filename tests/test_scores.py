@@ -105,13 +105,15 @@ def test_a_second_concurrent_run_on_the_same_output_is_refused(tok, tmp_path):
     assert not (tmp_path / "scores" / "ar.safetensors").exists()
 
 
-def test_distributed_scoring_matches_single_process(tiny_model_dir, tmp_path):
-    """torchrun with 2 gloo ranks on the CPU sums the same per-sample gradients as one process."""
+@pytest.mark.parametrize("options", [[], ["--loss-norm", "batch-token", "--checkpoints", "4", "--grad-dtype", "float32"]], ids=["sample", "batch-token"])
+def test_distributed_scoring_matches_single_process(tiny_model_dir, tmp_path, options):
+    """torchrun with 2 gloo ranks on the CPU sums the same gradients as one process: per-sample losses sharded by
+    sample, or micro-batch losses sharded by whole micro-batch, with cumulative checkpoints reduced over the ranks."""
     import sys
 
     from helpers import lingreg, run
 
-    args = ["score", "--pretrained", str(tiny_model_dir), "--langs", "zh,ar", "--samples", "7", "--batch-size", "2", "--device", "cpu"]
+    args = ["score", "--pretrained", str(tiny_model_dir), "--langs", "zh,ar", "--samples", "7", "--batch-size", "2", "--device", "cpu", *options]
     assert lingreg(*args, "--out", tmp_path / "one").returncode == 0
     multi = run(
         [
@@ -130,10 +132,120 @@ def test_distributed_scoring_matches_single_process(tiny_model_dir, tmp_path):
             str(tmp_path / "two"),
         ]
     )
-    assert multi.returncode == 0
-    one, two = ScoreSet(tmp_path / "one"), ScoreSet(tmp_path / "two")
-    for lang in ("zh", "ar"):
-        assert two.headers[lang]["info"]["world_size"] == 2
-        assert two.headers[lang]["info"]["tokens"] == one.headers[lang]["info"]["tokens"]
-        for n in one:
-            torch.testing.assert_close(two.get(lang, n), one.get(lang, n), rtol=1e-4, atol=1e-7)
+    assert multi.returncode == 0, multi.stderr[-2000:]
+    pairs = [(ScoreSet(tmp_path / "one"), ScoreSet(tmp_path / "two"))]
+    if "--checkpoints" in options:
+        pairs.append((ScoreSet(tmp_path / "one" / "checkpoints" / "4"), ScoreSet(tmp_path / "two" / "checkpoints" / "4")))
+    for one, two in pairs:
+        for lang in ("zh", "ar"):
+            assert two.headers[lang]["info"]["world_size"] == 2
+            assert two.headers[lang]["info"]["tokens"] == one.headers[lang]["info"]["tokens"]
+            assert two.headers[lang]["config"] == one.headers[lang]["config"]
+            for n in one:
+                torch.testing.assert_close(two.get(lang, n), one.get(lang, n), rtol=1e-4, atol=1e-7)
+
+
+def test_checkpoints_are_the_score_sets_of_the_first_n_samples(tok, tmp_path):
+    from lm_eval_lingreg.scores import checkpoint_path
+
+    model = make_tiny("llama")
+    _score(model, tok, tmp_path / "run", langs=("ar", "zh"), samples=9, checkpoints=[3, 6])
+    for n in (3, 6):
+        _score(model, tok, tmp_path / f"alone-{n}", langs=("ar", "zh"), samples=n)
+        cp, alone = ScoreSet(tmp_path / "run" / "checkpoints" / str(n)), ScoreSet(tmp_path / f"alone-{n}")
+        for lang in ("ar", "zh"):
+            assert read_header(checkpoint_path(tmp_path / "run", n, lang))["config"] == read_header(score_path(tmp_path / f"alone-{n}", lang))["config"]
+            assert cp.headers[lang]["info"]["samples"] == n and cp.headers[lang]["info"]["checkpoint_of"] == 9
+            for name in cp:
+                torch.testing.assert_close(cp.get(lang, name), alone.get(lang, name), rtol=1e-4, atol=1e-7)
+    final = ScoreSet(tmp_path / "run")
+    assert final.headers["ar"]["info"]["samples"] == 9
+    assert _score(model, tok, tmp_path / "run", langs=("ar", "zh"), samples=9, checkpoints=[3, 6])["ar"] == {"skipped": True}
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"checkpoints": [6]}, "between 1 and --samples"),
+        ({"checkpoints": [0, 2]}, "between 1 and --samples"),
+        ({"checkpoints": [2, 2]}, "distinct"),
+        ({"checkpoints": [4], "loss_norm": "batch-token"}, "multiples of --batch-size 3"),
+        ({"loss_norm": "mean"}, "loss normalisation"),
+        ({"grad_dtype": "float16"}, "gradient dtype"),
+        ({"unit": "pages"}, "sampling unit"),
+    ],
+)
+def test_bad_protocol_options_are_refused_before_any_work(tok, tmp_path, monkeypatch, kw, message):
+    from lm_eval_lingreg.errors import UsageError
+
+    monkeypatch.setattr(imp, "sum_gradients", lambda *a, **k: pytest.fail("scored with bad options"))
+    with pytest.raises(UsageError, match=message):
+        _score(make_tiny("llama"), tok, tmp_path, langs=("ar",), **kw)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_the_paper_protocol_writes_bf16_scores_recorded_in_the_header(tok, tmp_path):
+    from lm_eval_lingreg.selection import select_core
+
+    model = make_tiny("gemma3")
+    _score(model, tok, tmp_path, langs=("ar", "zh"), unit="documents", loss_norm="batch-token", grad_dtype="bfloat16")
+    scores = ScoreSet(tmp_path)
+    config = scores.headers["ar"]["config"]
+    assert (config["unit"], config["loss_norm"], config["grad_dtype"], config["batch_size"]) == ("documents", "batch-token", "bfloat16", 3)
+    assert all(scores.get("ar", n).dtype == torch.bfloat16 for n in scores)
+    assert select_core(scores.get, scores.names, scores.langs, 0.1).num_selected > 0
+    with pytest.raises(ScoreFileError, match="grad_dtype: bfloat16 -> float32"):
+        _score(model, tok, tmp_path, langs=("ar",), unit="documents", loss_norm="batch-token")
+
+
+def _write_official_dump(model, grads, folder):
+    """A folder as the official scorer writes it: every parameter's torch.mul(grad, param).bfloat16(), names without `module.`."""
+    folder.mkdir(parents=True)
+    for name, p in model.named_parameters():
+        g = grads.get(name, torch.zeros_like(p))
+        torch.save(torch.mul(g, p.detach()).bfloat16(), folder / f"{name}.pt")
+
+
+def test_official_score_dumps_round_trip(tok, tmp_path):
+    from lm_eval_lingreg.regions import jaccard
+    from lm_eval_lingreg.scores import import_official
+    from lm_eval_lingreg.selection import select_core
+
+    model = make_tiny("llama")
+    from lm_eval_lingreg.corpora import make_samples
+
+    for lang in ("ar", "zh"):
+        result = imp.sum_gradients(model, make_samples(tok, lang, 6).input_ids, batch_size=3, grad_dtype="bfloat16", loss_norm="batch-token")
+        _write_official_dump(model, result.grads, tmp_path / "dump" / lang / "grad-mul-param_checkpoint_6")
+        (tmp_path / "dump" / lang / "grad-mul-param_checkpoint_3").mkdir()
+        import_official(tmp_path / "dump" / lang, lang, tmp_path / "imported", model_label="tiny-official")
+        ours = imp.importance(model, result.grads)
+        imported = ScoreSet(tmp_path / "imported", [lang])
+        assert set(imported.names) == set(ours)  # embeddings, final norm and head left out, like the scope
+        assert all(torch.equal(imported.get(lang, n), ours[n]) for n in ours)
+        assert imported.headers[lang]["config"]["samples"] == 6
+    scores = ScoreSet(tmp_path / "imported")
+    region = select_core(scores.get, scores.names, scores.langs, 0.05)
+    assert region.num_selected > 0 and jaccard(region, region)[0] == 1.0
+    with pytest.raises(ScoreFileError, match=r"no grad-mul-param_checkpoint_9; found checkpoints \[3, 6\]"):
+        import_official(tmp_path / "dump" / "ar", "ar", tmp_path / "other", samples=9)
+
+
+def test_official_dumps_with_pickled_code_or_non_finite_scores_are_refused(tok, tmp_path):
+    from lm_eval_lingreg.scores import import_official
+
+    dump = tmp_path / "grad-mul-param_checkpoint_10"
+    dump.mkdir()
+    torch.save(torch.tensor([1.0, float("nan")]), dump / "model.layers.0.mlp.up_proj.weight.pt")
+    with pytest.raises(ScoreFileError, match="not all finite"):
+        import_official(dump, "ar", tmp_path / "out")
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (dump / "model.layers.0.mlp.up_proj.weight.pt").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ScoreFileError, match="refused to load"):
+        import_official(dump, "ar", tmp_path / "out")
+    assert not (tmp_path / "out" / "ar.safetensors").exists()

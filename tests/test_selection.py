@@ -58,3 +58,21 @@ def test_all_zero_scores_are_refused():
         select_core(lambda lang, name: zero[name], ["w"], ["ar", "zh"], 0.25)
     with pytest.raises(RegionError, match="all zero"):
         select_monolingual(lambda lang, name: zero[name], ["w"], "ar", ["ar", "zh"], 0.25)
+
+
+def test_bottom_monolingual_control_is_built_the_same_way_from_bottom_k():
+    scores = {
+        "ar": {"v": torch.tensor([0.0, 1.0, 2.0, 9.0, 9.0, 9.0])},
+        "zh": {"v": torch.tensor([0.0, 9.0, 9.0, 1.0, 2.0, 9.0])},
+        "ko": {"v": torch.tensor([9.0, 1.0, 9.0, 2.0, 9.0, 0.0])},
+    }
+    get = lambda lang, name: scores[lang][name]  # noqa: E731
+    ar = select_monolingual(get, ["v"], "ar", ["ar", "zh", "ko"], 0.5, which="bottom")
+    assert ar.indices["v"].tolist() == [2]  # ar bottom3 {0,1,2} minus zh bottom3 {0,3,4} minus ko bottom3 {1,3,5}
+    assert ar.metadata["kind"] == "monolingual-bottom"
+    from lm_eval_lingreg.selection import select_monolingual_all
+
+    every = select_monolingual_all(get, ["v"], ["ar", "zh", "ko"], 0.5, which="bottom")
+    assert every["ar"] == ar and set(every) == {"ar", "zh", "ko"}
+    with pytest.raises(RegionError, match="top or bottom"):
+        select_monolingual(get, ["v"], "ar", ["ar", "zh"], 0.5, which="random")

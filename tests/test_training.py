@@ -146,3 +146,81 @@ def test_checkpoint_is_atomic_and_refuses_to_replace_a_folder(tiny_model, tmp_pa
         save_checkpoint(tiny_model, tiny_tokenizer(), out, {"x": 2})
     save_checkpoint(tiny_model, tiny_tokenizer(), out, {"x": 2}, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_the_paper_preset_sets_the_official_recipe_exactly():
+    from lm_eval_lingreg.training import PAPER_PRESET, paper_preset
+
+    assert PAPER_PRESET == {
+        "lr": 5e-5,
+        "betas": (0.9, 0.95),
+        "weight_decay": 0.001,
+        "decay": "all",
+        "warmup": 100,
+        "schedule": "cosine",
+        "train_scope": "all",
+        "unit": "documents",
+        "seq_len": 512,
+        "freeze_norms": False,
+        "mixed_bf16": True,
+    }
+    assert paper_preset(5000)["warmup"] == 100 and paper_preset(300)["warmup"] == 30 and paper_preset(3)["warmup"] == 1
+
+
+@pytest.mark.parametrize("command", ["train", "forget"])
+def test_preset_paper_on_the_command_line_and_explicit_flags_win(command):
+    from lm_eval_lingreg.cli import build_parser
+    from lm_eval_lingreg.cli.train import _train_config
+
+    parser = build_parser()
+    extra = ["--out", "x"] if command == "train" else []
+    cfg = _train_config(parser.parse_args([command, "--lang", "ko", "--steps", "200", "--preset", "paper", *extra]), "ko")
+    assert (cfg.betas, cfg.weight_decay, cfg.decay, cfg.warmup, cfg.schedule, cfg.train_scope) == ((0.9, 0.95), 0.001, "all", 20, "cosine", "all")
+    assert (cfg.unit, cfg.seq_len, cfg.freeze_norms, cfg.mixed_bf16, cfg.lr) == ("documents", 512, False, True, 5e-5)
+    cfg = _train_config(parser.parse_args([command, "--lang", "ko", "--preset", "paper", "--freeze-norms", "--seq-len", "64", "--warmup", "0", *extra]), "ko")
+    assert cfg.freeze_norms and cfg.seq_len == 64 and cfg.warmup == 0 and cfg.betas == (0.9, 0.95)
+    plain = _train_config(parser.parse_args([command, "--lang", "ko", *extra]), "ko")
+    assert (plain.betas, plain.decay, plain.unit, plain.freeze_norms, plain.mixed_bf16) == ((0.9, 0.999), "matrices", "blocks", True, False)
+
+
+def test_paper_recipe_trains_documents_decays_every_parameter_and_leaves_norms_free(text_dir):
+    from lm_eval_lingreg.training import _optimizer, _trainable, paper_preset
+
+    model = make_tiny("gemma3")
+    tok = tiny_tokenizer()
+    cfg = _cfg(text_dir, **{**paper_preset(4), "seq_len": 160, "lr": 5e-3, "weight_decay": 0.1})
+    optimizer, _ = _optimizer(cfg, _trainable(model, cfg.train_scope))
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1] and optimizer.param_groups[0]["betas"] == (0.9, 0.95)
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
+    from lm_eval_lingreg.training import _decays
+
+    assert not _decays("model.layers.0.self_attn.q_proj.bias", torch.nn.Parameter(torch.zeros(2)), "all")  # the official grouping
+    region = _region(model, ratio=0.2)
+    before = {n: p.detach().clone() for n, p in named_parameters(model).items()}
+    rec = train(model, tok, cfg, freeze=region, progress=False)
+    assert rec["config"]["unit"] == "documents" and rec["config"]["mixed_bf16"] and rec["frozen"]["exact"]
+    assert rec["tokens"] < 4 * 2 * 2 * 160  # padded documents, not full blocks: only real tokens count
+    params = named_parameters(model)
+    for name in region.indices:
+        m = region.mask(name)
+        same = torch.equal(params[name][m], before[name][m])
+        assert same != ("norm" in name), f"{name}: frozen entries {'moved' if not same else 'stayed'}"
+    assert not torch.equal(params["model.embed_tokens.weight"], before["model.embed_tokens.weight"])  # every parameter trains
+
+
+def test_document_batches_use_the_hugging_face_loss(text_dir):
+    from lm_eval_lingreg import lm_loss
+    from lm_eval_lingreg.training import loss_backward
+
+    model = make_tiny("llama")
+    tok = tiny_tokenizer()
+    docs = [tok(s).input_ids + [tok.eos_token_id] for s in SENTENCES[:3]]
+    ids, attn = lm_loss.pad_batch(docs, tok.pad_token_id)
+    ours = loss_backward(model, ids, 1.0, attn)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    hf = model(input_ids=ids, attention_mask=attn, labels=ids.masked_fill(attn == 0, -100)).loss
+    hf.backward()
+    assert ours == pytest.approx(hf.detach().item(), rel=1e-5)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-6)

@@ -3,14 +3,15 @@
     lingreg prepare                       convert the bundled model once; print its path last
     lingreg apply --mask M --out DIR      write an ablated model as a standard HF checkpoint
     lingreg demo                          base vs core and random 1% regions on the 30 languages
-    lingreg score --langs ar,es,... --out scores/     per-language importance (torchrun-able)
+    lingreg score --langs ar,es,... --out scores/     per-language importance (torchrun-able; --preset paper)
+    lingreg import-scores DUMP --lang ar --out scores/ scores written by the official code
     lingreg extract core|monolingual ...  regions from score files
     lingreg mask info|compare|convert ... inspect, compare and convert region files
     lingreg params [--filter REGEX]       parameter names, shapes and residual-stream roles
     lingreg dims MASK --top 10            hidden dimensions a region concentrates on
     lingreg scan --layer 1 --op mul --value 4 --dims top:20,random:20   rank dimensions by effect
     lingreg generate --prompt P --compare base,mask=core,...            greedy outputs side by side
-    lingreg train --lang ko --freeze core:0.05 --steps 300 --out ckpt/   further pre-training, region frozen
+    lingreg train --lang ko --freeze core:0.05 --steps 300 --out ckpt/   further pre-training, region frozen (--preset paper)
     lingreg forget --lang ko --conditions none,core:0.05,random:0.05 -o forget/   the forgetting experiment
     lingreg table out/ [--ratio-to base] [--format markdown|csv|latex|html|json]  leaderboard tables
     lingreg compare out/ --baseline B     side by side with published or reference values

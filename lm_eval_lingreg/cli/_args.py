@@ -71,6 +71,14 @@ def ratio(text: str) -> float:
     return x
 
 
+def counts(text: str) -> tuple[int, ...]:
+    """Comma-separated positive whole numbers, e.g. sample counts `50,100,200`."""
+    try:
+        return tuple(positive_int(x.strip()) for x in text.split(",") if x.strip())
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated counts like 50,100,200 ({e})") from None
+
+
 def regex(text: str) -> str:
     try:
         re.compile(text)
@@ -95,7 +103,12 @@ def model_options(p: argparse.ArgumentParser, dtype: str = "float32", device_map
 
     p.add_argument("--pretrained", default=None, help=PRETRAINED_HELP)
     p.add_argument("--device", default="auto", help="auto (default: CUDA when available, else CPU), cpu, cuda, cuda:<n> or mps")
-    p.add_argument("--dtype", default=dtype, choices=DTYPES, help=f"weights' precision (default {dtype})")
+    p.add_argument(
+        "--dtype",
+        default=dtype,
+        choices=DTYPES,
+        help=f"weights' precision (default {dtype}; auto: bfloat16 where the device computes it natively, else float32)",
+    )
     if device_map:
         p.add_argument(
             "--device-map",
@@ -128,12 +141,13 @@ def load(args: argparse.Namespace):
 
 def wrapper(args: argparse.Namespace, batch_size: str = "1"):
     """A `LingregLM` (lm-eval wrapper, unchanged model) as the model options say."""
-    from lm_eval_lingreg.loading import resolve_device
+    from lm_eval_lingreg.loading import resolve_device, resolve_dtype
     from lm_eval_lingreg.models import LingregLM
 
     device_map = getattr(args, "device_map", None)
-    extra = {"parallelize": True, "device_map": device_map} if device_map else {"device": resolve_device(args.device)}
-    return LingregLM(pretrained=args.pretrained, dtype=args.dtype, batch_size=batch_size, **extra)
+    device = resolve_device(args.device)
+    extra = {"parallelize": True, "device_map": device_map} if device_map else {"device": device}
+    return LingregLM(pretrained=args.pretrained, dtype=resolve_dtype(args.dtype, device), batch_size=batch_size, **extra)
 
 
 def emit(text: str, output: str | None) -> None:

@@ -17,8 +17,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     from lm_eval_lingreg.languages import parse_languages
     from lm_eval_lingreg.loading import init_distributed, load_model
     from lm_eval_lingreg.outputs import check_writable
-    from lm_eval_lingreg.scores import score_languages
+    from lm_eval_lingreg.scores import PAPER_SCORING, score_languages
 
+    preset = PAPER_SCORING if args.preset == "paper" else {}
+    for key, default in SCORE_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, preset.get(key, default))
     langs = parse_languages(args.langs)
     dist = init_distributed(args.backend, args.device)
     if dist.rank == 0:
@@ -40,10 +44,21 @@ def cmd_score(args: argparse.Namespace) -> int:
         scope=args.scope,
         model_label=args.pretrained or "gemma-3-270m",
         max_logits_mb=args.max_logits_mb,
+        loss_norm=args.loss_norm,
+        grad_dtype=args.grad_dtype,
+        checkpoints=args.checkpoints,
         overwrite=args.overwrite,
     )
     if dist.rank == 0:
         print(Path(args.out).resolve())
+    return 0
+
+
+def cmd_import_scores(args: argparse.Namespace) -> int:
+    from lm_eval_lingreg.scores import import_official
+
+    path = import_official(args.dump, args.lang, args.out, model_label=args.model, samples=args.samples, scope=args.scope, overwrite=args.overwrite)
+    print(path.resolve())
     return 0
 
 
@@ -60,6 +75,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     check_writable(args.out, directory=fmt == "official", overwrite=args.overwrite)
     if args.kind == "monolingual" and not args.lang:
         raise UsageError("`lingreg extract monolingual` needs --lang (e.g. --lang ar)")
+    if args.kind == "monolingual" and args.which == "random":
+        raise UsageError("a monolingual region is built from --which top or bottom; for a random control use `lingreg extract core --which random`")
     langs = parse_languages(args.langs) if args.langs else None
     scores = ScoreSet(args.scores, langs or (None if args.kind == "core" and args.all_scored else list(CORE_LANGUAGES)))
     check_not_input(args.out, scores.files)
@@ -67,7 +84,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if args.kind == "core":
         region = select_core(scores.get, scores.names, scores.langs, args.ratio, which=args.which, seed=args.seed, metadata=meta)
     else:
-        region = select_monolingual(scores.get, scores.names, parse_languages(args.lang)[0], scores.langs, args.ratio, metadata=meta)
+        region = select_monolingual(scores.get, scores.names, parse_languages(args.lang)[0], scores.langs, args.ratio, metadata=meta, which=args.which)
     save_region(region, args.out, fmt, overwrite=args.overwrite, max_dense_gb=args.max_dense_gb)
     print(f"wrote {args.out}: {region.metadata['kind']} region, {region.num_selected} entries ({region.density:.3%}) over {len(region.shapes)} tensors")
     return 0
@@ -134,8 +151,14 @@ def _dense_option(s: argparse.ArgumentParser) -> None:
     )
 
 
+#: `lingreg score` options a preset may set (flags given explicitly win), and their defaults.
+SCORE_DEFAULTS = {"unit": "sentences", "seq_len": 512, "batch_size": 4, "loss_norm": "sample", "grad_dtype": "float32", "dtype": "float32"}
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from lm_eval_lingreg.anatomy import DEFAULT_SCOPE
+    from lm_eval_lingreg.corpora import UNITS
+    from lm_eval_lingreg.importance import GRAD_DTYPES, LOSS_NORMS
     from lm_eval_lingreg.lm_loss import DEFAULT_MAX_LOGITS_MB
     from lm_eval_lingreg.loading import BACKENDS
 
@@ -147,10 +170,41 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--data", default=None, help="'eld' (default, offline), a directory of <iso>.txt/.jsonl, a file, or datasets:<path>[:<config>] ({lang} is substituted)"
     )
     s.add_argument(
-        "--unit", choices=["sentences", "blocks"], default="sentences", help="a sample is one sentence/line (default), or a packed block of --seq-len tokens"
+        "--preset",
+        choices=["paper"],
+        default=None,
+        help="the official protocol: --unit documents --seq-len 512 --loss-norm batch-token --grad-dtype bfloat16 --batch-size 8 --dtype bfloat16; explicit flags win",
     )
-    s.add_argument("--seq-len", type=_args.positive_int, default=512, help="block length / sentence truncation in tokens (default 512)")
-    s.add_argument("--batch-size", type=_args.positive_int, default=4, help="samples per forward+backward (default 4; memory grows with it)")
+    s.add_argument(
+        "--unit",
+        choices=UNITS,
+        default=None,
+        help="a sample is BOS + one sentence/line, truncated to --seq-len (default); or a document: BOS + line + EOS, lines over --seq-len tokens dropped "
+        "(the official preprocessing); or a packed block of --seq-len tokens",
+    )
+    s.add_argument(
+        "--seq-len", type=_args.positive_int, default=None, help="sentence truncation / longest document kept / block length, in tokens (default 512)"
+    )
+    s.add_argument("--batch-size", type=_args.positive_int, default=None, help="samples per forward+backward (default 4; memory grows with it)")
+    s.add_argument(
+        "--loss-norm",
+        choices=LOSS_NORMS,
+        default=None,
+        help="sample (default): each sample's mean token loss, independent of batching; batch-token: the Hugging Face mean over all tokens of a "
+        "micro-batch of --batch-size, as the official code (which the paper used)",
+    )
+    s.add_argument(
+        "--grad-dtype",
+        choices=list(GRAD_DTYPES),
+        default=None,
+        help="gradient accumulation and score dtype: float32 (default, accurate) or bfloat16 (the official DeepSpeed run)",
+    )
+    s.add_argument(
+        "--checkpoints",
+        type=_args.counts,
+        default=(),
+        help="also write the cumulative scores after these sample counts to <out>/checkpoints/<n>/ (e.g. 50,100,200): how many samples are enough",
+    )
     s.add_argument("--seed", type=_args.seed, default=0)
     s.add_argument("--scope", type=_args.regex, default=DEFAULT_SCOPE, help="regex on parameter names to score (default: transformer blocks)")
     s.add_argument(
@@ -162,13 +216,30 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--backend", choices=BACKENDS, default="auto", help="under torchrun: nccl (GPUs) or gloo (CPU); auto picks by --device")
     s.add_argument("--overwrite", action="store_true", help="rescore languages whose saved scores were made with another model, text or option")
     _args.model_options(s)
-    s.set_defaults(func=cmd_score)
+    s.set_defaults(func=cmd_score, dtype=None)
+
+    s = sub.add_parser("import-scores", help="import one language's scores written by the official code (grad-mul-param_checkpoint_N/<param>.pt)")
+    s.add_argument("dump", help="the official scorer's output folder, or one of its grad-mul-param_checkpoint_N folders")
+    s.add_argument("--lang", required=True, help="the language these scores are of (ISO code)")
+    s.add_argument("--out", required=True, help="score directory to add <lang>.safetensors to (then `lingreg extract --scores` it)")
+    s.add_argument("--samples", type=_args.positive_int, default=None, help="which checkpoint: the N of grad-mul-param_checkpoint_N (default: the largest)")
+    s.add_argument(
+        "--model", default="official", help="a label for the scored model; languages imported with the same label form one score set (default 'official')"
+    )
+    s.add_argument("--scope", type=_args.regex, default=DEFAULT_SCOPE, help="regex on parameter names to keep (default: transformer blocks)")
+    s.add_argument("--overwrite", action="store_true", help="replace this language's scores if they came from elsewhere")
+    s.set_defaults(func=cmd_import_scores)
 
     s = sub.add_parser("extract", help="extract a region from score files")
     s.add_argument("kind", choices=["core", "monolingual"])
     s.add_argument("--scores", required=True, help="directory written by `lingreg score`")
     s.add_argument("--ratio", type=_args.ratio, default=0.01, help="share of each tensor (default 0.01)")
-    s.add_argument("--which", choices=["top", "bottom", "random"], default="top", help="core only (default top)")
+    s.add_argument(
+        "--which",
+        choices=["top", "bottom", "random"],
+        default="top",
+        help="top (default), bottom or random entries; monolingual: top, or bottom (the official control: bottom-k of the language minus the others' bottom-k)",
+    )
     s.add_argument("--lang", default=None, help="monolingual only: the language whose region to extract")
     s.add_argument("--langs", default=None, help="languages to combine (default: the paper's six: ar,es,ru,zh,ko,vi)")
     s.add_argument("--all-scored", action="store_true", help="core: use every language found in --scores")

@@ -34,6 +34,7 @@ class Plan:
     top: int = 20  # whole-dimension scan: top region dimensions ...
     random: int = 20  # ... and random controls
     param_top: int = 10  # single-parameter scan: per norm tensor, this many top and random dimensions
+    gain_scan: bool = True  # the single-parameter scan again with on=gain (x value on the norm's effective gain)
     langs: list[str] = field(default_factory=lambda: ["en", "zh", "ar", "ru"])
     docs: int = 2
     tokens: int = 128
@@ -83,6 +84,11 @@ def run(lm: Any, plan: Plan, out: Path) -> dict[str, float]:
     scan_param = scan(model, probe, cands)
     write_json(out / "scan-parameter.json", scan_param)
     timing["scan_parameter"] = time.perf_counter() - t
+    if plan.gain_scan:
+        t = time.perf_counter()
+        cands = [c for s in norms for c in dimension_candidates(picks, param=s.name, label_prefix=f"{s.module}:", on="gain", **op)]
+        write_json(out / "scan-parameter-gain.json", scan(model, probe, cands))
+        timing["scan_parameter_gain"] = time.perf_counter() - t
 
     if plan.harness_limit is not None or plan.prompts:
         timing |= _harness_and_generations(lm, plan, out, scan_dim, scan_param)
@@ -131,6 +137,16 @@ def _split(scan: dict, prefix: str = "") -> tuple[list[float], list[float]]:
     return top, rnd
 
 
+def _norms(scan: dict) -> list[str]:
+    """The norm tensors of a single-parameter scan, in the order a decoder layer applies them."""
+    return sorted(dict.fromkeys(r["label"].split(":")[0] for r in scan["rows"]), key=lambda n: NORM_ORDER.index(n) if n in NORM_ORDER else len(NORM_ORDER))
+
+
+def _strongest(scan: dict, norm: str) -> dict:
+    """The highest-ranked candidate of one norm tensor (rows are ranked by effect)."""
+    return next(x for x in scan["rows"] if x["label"].startswith(norm + ":"))
+
+
 def _scan_table(scan: dict, n_top: int, label_fn) -> str:
     from tabulate import tabulate
 
@@ -163,6 +179,8 @@ def section(out: Path, record: dict[str, Any]) -> str:
     _counts_part(w, dims)
     _dimension_scan_part(w, sd, timing, plan)
     _parameter_scan_part(w, sp, timing, plan)
+    if (out / "scan-parameter-gain.json").is_file():
+        _gain_part(w, sp, _load(out, "scan-parameter-gain.json"), timing, plan)
     if (out / "chosen.json").is_file():
         chosen = {k: v["spec"] for k, v in _load(out, "chosen.json").items()}
         if (out / "harness").is_dir():
@@ -246,19 +264,21 @@ def _parameter_scan_part(w, sp: dict, timing: dict, plan: Plan) -> None:
 
     from lm_eval_lingreg.report import fmt_short as fmt
 
-    norms = sorted(dict.fromkeys(r["label"].split(":")[0] for r in sp["rows"]), key=lambda n: NORM_ORDER.index(n) if n in NORM_ORDER else len(NORM_ORDER))
+    norms = _norms(sp)
     strongest = sp["rows"][0]["label"].split(":")[0]
     k = min(plan.param_top, plan.top)
     w(f"## 3. Multiplying a single parameter by {plan.value:g}\n")
     w(f"    lingreg scan --param model.layers.{plan.layer}.{strongest}.weight --op mul --value {plan.value:g} --dims top:{k},random:{k}\n")
     w(
         f"One entry of one layer-{plan.layer} norm weight (Gemma-3 has four per layer), at the top {k} region dimensions and at {k} random "
-        f"dimensions; {len(sp['rows'])} runs in {timing['scan_parameter']:.0f} s. This is the paper's experiment: one changed parameter.\n"
+        f"dimensions; {len(sp['rows'])} runs in {timing['scan_parameter']:.0f} s. This is the paper's experiment: one changed parameter. "
+        f"Here the stored weight w is multiplied (`on=param`, the default); Gemma-3 norms compute `x * (1 + w)`, so the gain becomes "
+        f"1 + {plan.value:g}w, not {plan.value:g}(1 + w) as it would on LLaMA-2, whose norms compute `x * w`. Section 3b multiplies the gain.\n"
     )
     rows = []
     for norm in norms:
         t, r = _split(sp, norm)
-        best = next(x for x in sp["rows"] if x["label"].startswith(norm + ":"))
+        best = _strongest(sp, norm)
         rows.append([norm, fmt(statistics.median(t)), fmt(max(t)), fmt(statistics.median(r)), fmt(max(r)), best["label"].split(":", 1)[1].replace(":", " ")])
     w(
         tabulate(
@@ -270,6 +290,64 @@ def _parameter_scan_part(w, sp: dict, timing: dict, plan: Plan) -> None:
     w("\nThe 10 strongest single-parameter perturbations:\n")
     w(_scan_table(sp, 10, lambda s: s.replace(":top:", " top ").replace(":random:", " random ").replace(":d", " d")))
     w("")
+
+
+def _gain_part(w, sp: dict, sg: dict, timing: dict, plan: Plan) -> None:
+    """The single-parameter scan with on=gain beside the one on the stored weight."""
+    from tabulate import tabulate
+
+    from lm_eval_lingreg.report import fmt_short as fmt
+
+    norms = _norms(sg)
+    strongest = sg["rows"][0]
+    k = min(plan.param_top, plan.top)
+    w(f"### 3b. The same on the gain (`on=gain`): the paper's x{plan.value:g} of a norm's gain\n")
+    w(
+        f"    lingreg scan --param model.layers.{plan.layer}.{strongest['label'].split(':')[0]}.weight --op mul --value {plan.value:g} --on gain "
+        f"--dims top:{k},random:{k}\n"
+    )
+    w(
+        f"The same {len(sg['rows'])} candidates with the effective gain multiplied: the stored weight becomes {plan.value:g}(1 + w) - 1. "
+        f"{timing.get('scan_parameter_gain', 0):.0f} s. Geometric mean over {', '.join(sg['langs'])} of the perplexity ratio:\n"
+    )
+    rows = []
+    for norm in norms:
+        pt, pr = _split(sp, norm)
+        gt, gr = _split(sg, norm)
+        best = _strongest(sg, norm)
+        rows.append(
+            [
+                norm,
+                fmt(max(pt)),
+                fmt(max(gt)),
+                fmt(statistics.median(pt)),
+                fmt(statistics.median(gt)),
+                fmt(max(pr)),
+                fmt(max(gr)),
+                best["label"].split(":", 1)[1].replace(":", " "),
+            ]
+        )
+    w(
+        tabulate(
+            rows,
+            headers=[
+                f"layer-{plan.layer} parameter",
+                f"top-{k} max x, on=param",
+                "on=gain",
+                f"top-{k} median x, on=param",
+                "on=gain",
+                f"random-{k} max x, on=param",
+                "on=gain",
+                "strongest on=gain",
+            ],
+            tablefmt="github",
+        )
+    )
+    w(
+        f"\nStrongest with `on=gain`: {strongest['label'].replace(':top:', ' top ').replace(':random:', ' random ').replace(':d', ' d')}, "
+        f"x{fmt(strongest['geomean_ratio'])}; with `on=param`: {sp['rows'][0]['label'].replace(':top:', ' top ').replace(':random:', ' random ').replace(':d', ' d')}, "
+        f"x{fmt(sp['rows'][0]['geomean_ratio'])}.\n"
+    )
 
 
 def _harness_part(w, out: Path, chosen: dict[str, str], timing: dict, plan: Plan) -> None:
@@ -352,6 +430,6 @@ def _conclusions(w, dims: dict, sd: dict, sp: dict) -> None:
         "in magnitude across models, only the contrast between region dimensions and random dimensions is."
     )
     w(
-        "- Gemma-3 norms compute `x * (1 + w)`. Everything above multiplies the stored parameter `w` (the default, `on=param`); "
-        "`on=gain` multiplies the effective gain `1 + w` instead.\n"
+        "- Gemma-3 norms compute `x * (1 + w)`. Everything above except section 3b multiplies the stored parameter `w` (the default, "
+        "`on=param`); `on=gain` multiplies the effective gain `1 + w` instead, which is what x4 means on LLaMA-2's `x * w` norms.\n"
     )

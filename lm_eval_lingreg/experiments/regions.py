@@ -2,7 +2,8 @@
 
 One model load; each region is applied, evaluated through lm-eval on the 30 languages, and
 restored exactly. Monolingual selectivity = perplexity ratio on the region's own language
-divided by the mean (and median) ratio on the other languages.
+divided by the mean (and median) ratio on the other languages; the bottom monolingual regions
+(built the same way from Bottom-k, as the official code does) are its control.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Plan:
     limit: int | None = DEFAULT_LIMIT  # UDHR documents per language; None = all 31
     ratios: list[int] = field(default_factory=lambda: [1, 3, 5])
     mono: list[str] = field(default_factory=lambda: list(CORE_LANGUAGES))
+    mono_bottom: bool = True  # also each monolingual region's bottom control
 
     @property
     def core(self) -> list[str]:
@@ -34,6 +36,10 @@ class Plan:
     def monolingual(self) -> list[str]:
         return [f"mono-{iso}-1" for iso in self.mono]
 
+    @property
+    def controls(self) -> list[str]:
+        return [f"mono-{iso}-bottom-1" for iso in self.mono] if self.mono_bottom else []
+
 
 def run(lm: Any, plan: Plan, out: Path) -> dict[str, float]:
     """Evaluate base, the core masks and the monolingual masks; results under `out/<condition>/`."""
@@ -41,7 +47,7 @@ def run(lm: Any, plan: Plan, out: Path) -> dict[str, float]:
     from lm_eval_lingreg.region_io import load_region
 
     t0 = time.perf_counter()
-    regions = {m: load_region(m) for m in plan.core + plan.monolingual}
+    regions = {m: load_region(m) for m in plan.core + plan.monolingual + plan.controls}
     evaluate_conditions(lm, {"base": None, **regions}, plan.langs, limit=plan.limit, output_dir=out)
     return {"evaluation": time.perf_counter() - t0}
 
@@ -55,7 +61,7 @@ def _ratios(out: Path, plan: Plan) -> tuple[dict, dict, dict]:
 
     from lm_eval_lingreg.results import per_language
 
-    names = ["base", *plan.core, *plan.monolingual]
+    names = ["base", *plan.core, *plan.monolingual, *plan.controls]
     results = {c: json.loads((out / c / "results.json").read_text()) for c in names}
     ppl = {c: per_language(r, "token_perplexity") for c, r in results.items()}
     bpb = {c: per_language(r, "bits_per_byte") for c, r in results.items()}
@@ -136,12 +142,13 @@ def _mono_lines(plan: Plan, ratio: dict) -> list[str]:
     lines += [
         "",
         f"Selectivity = ratio on the region's own language / mean (and median) ratio on the other {n_other}",
-        f"languages; rank = place of the own language among all {len(plan.langs)} by ratio (1 = hurt most):",
+        f"languages; rank = place of the own language among all {len(plan.langs)} by ratio (1 = hurt most)."
+        + (" Each region's control (`-bottom`) is built the same way from the bottom 1% of each language." if plan.controls else ""),
         "",
         f"| region | own-language ratio | mean, other {n_other} | selectivity (mean) | median, other {n_other} | selectivity (median) | rank | most-affected other languages |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for m in mono:
+    for m in [x for pair in zip(mono, plan.controls or [None] * len(mono), strict=True) for x in pair if x]:
         own = m.split("-")[1]
         others = {iso: ratio[m][iso] for iso in plan.langs if iso != own}
         top = sorted(others, key=others.get, reverse=True)[:3]
@@ -160,7 +167,7 @@ def baseline(out: Path, record: dict[str, Any]) -> dict[str, Any]:
     from lm_eval_lingreg.results import load_runs
 
     plan = plan_from(record)
-    runs = load_runs([out / c / "results.json" for c in ["base", *plan.core, *plan.monolingual]])
+    runs = load_runs([out / c / "results.json" for c in ["base", *plan.core, *plan.monolingual, *plan.controls]])
     return baseline_from_runs(
         runs, f"{record['command']} (lm-eval-lingreg, CPU float32)", runs[0].model, note=f"{plan.limit or 31} UDHR documents per language"
     )
