@@ -62,6 +62,113 @@ def cmd_import_scores(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibration(args: argparse.Namespace, tokenizer, langs: list[str]) -> dict[str, list[list[int]]]:
+    from lm_eval_lingreg.corpora import make_samples
+
+    return {lang: make_samples(tokenizer, lang, args.samples, data=args.data, unit=args.unit, seq_len=args.seq_len, seed=args.seed).input_ids for lang in langs}
+
+
+def _source_region(args: argparse.Namespace, meta: dict):
+    """A region from a source other than importance scores (magnitude, wanda, lape, super-weight)."""
+    from tqdm.auto import tqdm
+
+    from lm_eval_lingreg.anatomy import model_fingerprint, scope_shapes
+    from lm_eval_lingreg.errors import UsageError
+    from lm_eval_lingreg.languages import CORE_LANGUAGES, parse_languages
+    from lm_eval_lingreg.sources import (
+        activation_probabilities,
+        check_lape_rates,
+        coordinates_region,
+        detect_super_weights,
+        input_norms,
+        lape_neurons,
+        lape_region,
+        load_coordinates,
+        load_lape,
+        select_magnitude,
+        select_wanda,
+        shapes_of,
+    )
+
+    if args.which == "random":
+        raise UsageError(f"`lingreg extract {args.kind}` selects --which top or bottom; for a random control use `lingreg extract core --which random`")
+    if args.kind == "lape":
+        check_lape_rates(args.top_rate, args.filter_rate, args.bar_rate)
+    imported = args.kind == "lape" and args.neurons or args.kind == "super-weight" and args.coordinates
+    if imported:  # only the model's shapes are needed: read from its config, no weights loaded
+        shapes = shapes_of(args.pretrained, args.scope)
+        meta |= {"model": args.pretrained or "gemma-3-270m"}
+        if args.kind == "lape":
+            neurons = load_lape(args.neurons)
+            positions = None
+            if args.lang:
+                if not args.file_langs:
+                    raise UsageError("--lang with --neurons needs --file-langs: the languages of the file in its order (e.g. en,zh,fr,es,vi,id,ja)")
+                order = [s.strip() for s in args.file_langs.split(",")]
+                if len(order) != len(neurons):
+                    raise UsageError(f"--file-langs names {len(order)} languages but {args.neurons} holds {len(neurons)}")
+                if args.lang not in order:
+                    raise UsageError(f"--lang {args.lang!r} is not among --file-langs {','.join(order)}")
+                positions = [order.index(args.lang)]
+            return lape_region(neurons, shapes, positions, gate_up=args.gate_up, metadata=meta | {"source": str(args.neurons), "lang": args.lang})
+        return coordinates_region(load_coordinates(args.coordinates), shapes, meta | {"source": str(args.coordinates)})
+    model, tokenizer = _args.load(args)
+    meta |= {"model": args.pretrained or "gemma-3-270m", "model_fingerprint": model_fingerprint(model)}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if args.kind == "magnitude":
+        return select_magnitude(model, args.ratio, args.which, args.scope, meta)
+    if args.kind == "super-weight":
+        ids = tokenizer(args.prompt)["input_ids"]
+        found = detect_super_weights(model, ids, spike=args.spike, top=args.top)
+        if not found:
+            raise UsageError(
+                f"no down_proj output in any layer exceeds {args.spike:g}x the median over layers on this prompt; lower --spike or try another --prompt"
+            )
+        for f in found:
+            print(
+                f"super weight: layer {f['layer']}, row {f['row']}, col {f['col']} (|input| {f['max_abs_input']:.4g}, |output| {f['max_abs_output']:.4g}, {f['times_median']:.1f}x the median)"
+            )
+        return coordinates_region(
+            [(f["layer"], f["row"], f["col"]) for f in found],
+            scope_shapes(model, args.scope),
+            meta | {"prompt": args.prompt, "spike": args.spike, "found": found},
+        )
+    langs = parse_languages(args.langs) if args.langs else list(CORE_LANGUAGES)
+    samples = _calibration(args, tokenizer, langs)
+    calib = {"languages": langs, "samples": {k: len(v) for k, v in samples.items()}, "unit": args.unit, "seed": args.seed, "calibration": args.data or "eld"}
+    with tqdm(total=sum(len(v) for v in samples.values()), desc=f"{args.kind} activations", unit="sample") as bar:
+        if args.kind == "wanda":
+            norms, tokens = input_norms(model, [s for v in samples.values() for s in v], args.scope, args.batch_size, pad_id, bar.update)
+            return select_wanda(model, norms, args.ratio, args.which, args.per_row, args.scope, meta | calib | {"tokens": tokens})
+        if len(langs) < 2:
+            raise UsageError("LAPE compares languages: give --langs with at least two")
+        probs, tokens = activation_probabilities(model, samples, args.batch_size, pad_id, bar.update)
+    neurons = lape_neurons(probs, args.top_rate, args.filter_rate, args.bar_rate)
+    if args.lang and args.lang not in langs:
+        raise UsageError(f"--lang {args.lang!r} is not among --langs {','.join(langs)}")
+    for lang, per_layer in zip(langs, neurons, strict=True):
+        print(f"LAPE {lang}: {sum(t.numel() for t in per_layer)} neurons")
+    if args.save_neurons:
+        from lm_eval_lingreg.outputs import atomic_path
+
+        with atomic_path(args.save_neurons, overwrite=True) as tmp:
+            torch_save(neurons, tmp)
+    lape_meta = {
+        "top_rate": args.top_rate,
+        "filter_rate": args.filter_rate,
+        "bar_rate": args.bar_rate,
+        "neurons": {k: sum(t.numel() for t in v) for k, v in zip(langs, neurons, strict=True)},
+    }
+    positions = [langs.index(args.lang)] if args.lang else None
+    return lape_region(neurons, scope_shapes(model, args.scope), positions, args.gate_up, meta | calib | {"tokens": tokens, "lang": args.lang, **lape_meta})
+
+
+def torch_save(obj, path) -> None:
+    import torch
+
+    torch.save(obj, path)
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     from lm_eval_lingreg import __version__
     from lm_eval_lingreg.errors import UsageError
@@ -73,6 +180,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     fmt = format_for(args.out)
     check_writable(args.out, directory=fmt == "official", overwrite=args.overwrite)
+    if args.kind not in ("core", "monolingual"):
+        region = _source_region(args, {"lm_eval_lingreg": __version__, "command": "lingreg " + " ".join(sys.argv[1:])})
+        save_region(region, args.out, fmt, overwrite=args.overwrite, max_dense_gb=args.max_dense_gb)
+        print(f"wrote {args.out}: {region.metadata['kind']} region, {region.num_selected} entries ({region.density:.3%}) over {len(region.shapes)} tensors")
+        return 0
+    if not args.scores:
+        raise UsageError(f"`lingreg extract {args.kind}` needs --scores: the folder written by `lingreg score`")
     if args.kind == "monolingual" and not args.lang:
         raise UsageError("`lingreg extract monolingual` needs --lang (e.g. --lang ar)")
     if args.kind == "monolingual" and args.which == "random":
@@ -128,13 +242,28 @@ def cmd_mask_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_source(args: argparse.Namespace):
+    """A LAPE neuron file or super-weight coordinates as a region (the model's shapes from --pretrained), else None."""
+    from lm_eval_lingreg.region_io import TORCH_SUFFIXES, _torch_load
+    from lm_eval_lingreg.sources import coordinates_region, lape_region, load_coordinates, load_lape, shapes_of
+
+    src = Path(args.src)
+    if src.suffix in (".json", ".yaml", ".yml") and src.is_file():
+        return coordinates_region(load_coordinates(src), shapes_of(args.pretrained), {"source": str(src), "model": args.pretrained or "gemma-3-270m"})
+    if src.suffix in TORCH_SUFFIXES and src.is_file() and isinstance(_torch_load(src), (list, tuple)):
+        return lape_region(
+            load_lape(src), shapes_of(args.pretrained), gate_up=args.gate_up, metadata={"source": str(src), "model": args.pretrained or "gemma-3-270m"}
+        )
+    return None
+
+
 def cmd_mask_convert(args: argparse.Namespace) -> int:
     from lm_eval_lingreg.outputs import check_writable
     from lm_eval_lingreg.region_io import format_for, load_region, save_region
 
     fmt = format_for(args.dst, args.format)
     check_writable(args.dst, directory=fmt == "official", overwrite=args.overwrite)
-    region = load_region(args.src)
+    region = _convert_source(args) or load_region(args.src)
     out = save_region(region, args.dst, fmt=fmt, overwrite=args.overwrite, max_dense_gb=args.max_dense_gb)
     print(f"wrote {out} ({region.num_selected} entries)")
     return 0
@@ -230,9 +359,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--overwrite", action="store_true", help="replace this language's scores if they came from elsewhere")
     s.set_defaults(func=cmd_import_scores)
 
-    s = sub.add_parser("extract", help="extract a region from score files")
-    s.add_argument("kind", choices=["core", "monolingual"])
-    s.add_argument("--scores", required=True, help="directory written by `lingreg score`")
+    s = sub.add_parser(
+        "extract",
+        help="extract a region: core|monolingual from score files; magnitude, wanda, lape, super-weight from the model (other published definitions)",
+    )
+    s.add_argument("kind", choices=["core", "monolingual", "magnitude", "wanda", "lape", "super-weight"])
+    s.add_argument("--scores", default=None, help="core, monolingual: directory written by `lingreg score`")
     s.add_argument("--ratio", type=_args.ratio, default=0.01, help="share of each tensor (default 0.01)")
     s.add_argument(
         "--which",
@@ -240,13 +372,39 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default="top",
         help="top (default), bottom or random entries; monolingual: top, or bottom (the official control: bottom-k of the language minus the others' bottom-k)",
     )
-    s.add_argument("--lang", default=None, help="monolingual only: the language whose region to extract")
-    s.add_argument("--langs", default=None, help="languages to combine (default: the paper's six: ar,es,ru,zh,ko,vi)")
+    s.add_argument("--lang", default=None, help="monolingual: the language whose region to extract; lape: one language's neurons (default: all languages')")
+    s.add_argument(
+        "--langs", default=None, help="languages to combine (core, monolingual) or to calibrate on (wanda, lape) (default: the paper's six: ar,es,ru,zh,ko,vi)"
+    )
     s.add_argument("--all-scored", action="store_true", help="core: use every language found in --scores")
-    s.add_argument("--seed", type=_args.seed, default=0, help="for --which random")
+    s.add_argument("--seed", type=_args.seed, default=0, help="for --which random; the calibration sentences' order (wanda, lape)")
     s.add_argument("--out", required=True, help="output region file (.safetensors, .pt, or a directory)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
     _dense_option(s)
+    g = s.add_argument_group("magnitude, wanda, lape, super-weight (computed from the model: --pretrained, --device, --dtype)")
+    g.add_argument("--scope", type=_args.regex, default=DEFAULT_SCOPE, help="regex on parameter names (default: transformer blocks, as the core region)")
+    g.add_argument("--samples", type=_args.positive_int, default=200, help="wanda, lape: calibration samples per language (default 200, as `lingreg score`)")
+    g.add_argument("--data", default=None, help="wanda, lape: calibration text (as `lingreg score --data`; default eld, offline)")
+    g.add_argument("--unit", choices=UNITS, default="sentences", help="wanda, lape: calibration unit (as `lingreg score --unit`)")
+    g.add_argument("--seq-len", type=_args.positive_int, default=512, help="wanda, lape: sentence truncation / document or block length (default 512)")
+    g.add_argument("--batch-size", type=_args.positive_int, default=4, help="wanda, lape: samples per forward (default 4)")
+    g.add_argument("--per-row", action="store_true", help="wanda: choose the ratio within each output row (Wanda's own) instead of per tensor")
+    g.add_argument(
+        "--neurons", default=None, help="lape: import a LAPE *.neuron.pth file (list per language of list per layer of indices) instead of computing"
+    )
+    g.add_argument("--file-langs", default=None, help="lape --neurons: the languages of the file in its order, to pick one with --lang")
+    g.add_argument("--gate-up", action="store_true", help="lape: also the neurons' gate_proj and up_proj rows (default: down_proj columns only)")
+    g.add_argument("--top-rate", type=float, default=0.01, help="lape: share of neurons kept by lowest entropy (default 0.01, as published)")
+    g.add_argument("--filter-rate", type=float, default=0.95, help="lape: quantile a neuron's probability must exceed in some language (default 0.95)")
+    g.add_argument("--bar-rate", type=float, default=0.95, help="lape: quantile that assigns a kept neuron to a language (default 0.95)")
+    g.add_argument("--save-neurons", default=None, help="lape: also write the neurons found as a LAPE *.neuron.pth file")
+    g.add_argument("--prompt", default="Apple Inc. is a worldwide tech company.", help="super-weight: the prompt whose activations are watched")
+    g.add_argument(
+        "--spike", type=_args.positive_float, default=10.0, help="super-weight: a layer's largest |down_proj output| over this many times the median is a spike"
+    )
+    g.add_argument("--top", type=_args.positive_int, default=3, help="super-weight: at most this many coordinates (strongest first)")
+    g.add_argument("--coordinates", default=None, help="super-weight: import (layer, row, col) coordinates from JSON/YAML instead of detecting")
+    _args.model_options(s)
     s.set_defaults(func=cmd_extract)
 
     mask = sub.add_parser("mask", help="inspect, compare and convert region files").add_subparsers(dest="mask_command", required=True)
@@ -265,5 +423,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("dst")
     s.add_argument("--format", choices=["safetensors", "pt", "official"], default=None, help="default: from dst's suffix (no suffix = official directory)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
+    s.add_argument(
+        "--pretrained",
+        default=None,
+        help="for a LAPE *.neuron.pth or super-weight coordinates (.json/.yaml) source: the model they address (config only; default: the bundled model)",
+    )
+    s.add_argument("--gate-up", action="store_true", help="LAPE source: also the neurons' gate_proj and up_proj rows")
     _dense_option(s)
     s.set_defaults(func=cmd_mask_convert)

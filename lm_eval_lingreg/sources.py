@@ -1,0 +1,490 @@
+"""Other published definitions of a region, each built as an ordinary `Region` over the same scope
+as the core region, so that `hf-region-ablated`, `mask compare`, freezing and every report use
+them unchanged:
+
+- `magnitude`: top or bottom |W| per tensor;
+- `wanda` (Sun et al. 2024): |W_ij| * ||X_j||_2, the weight times the L2 norm of its input feature over
+  calibration tokens; per tensor like the core region, or per output row (Wanda's own unit);
+- `lape` (Tang et al. 2024): FFN neurons chosen by language activation probability entropy; a neuron
+  is its `down_proj` column (zeroing the column is zeroing the neuron's activation), optionally with
+  its `gate_proj`/`up_proj` rows;
+- `super-weight` (Yu et al. 2024): single `down_proj` entries found from activation spikes on a
+  prompt, or imported as (layer, row, col) coordinates.
+
+Activation statistics come from one forward pass of the model body over the calibration text (no
+head, no backward); each is accumulated per layer as it passes (one vector per linear layer), never
+kept as all activations at once. LAPE neuron files (`*.neuron.pth`, a list per language of a list per
+layer of index tensors) are read with `torch.load(weights_only=True)`: no pickled code runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lm_eval_lingreg.anatomy import DEFAULT_SCOPE, base_model, compile_scope, in_scope, scope_shapes
+from lm_eval_lingreg.errors import RegionError, RegionFileError
+from lm_eval_lingreg.regions import Region
+from lm_eval_lingreg.selection import _check_ratio, select_tensor
+
+SOURCES = ("magnitude", "wanda", "lape", "super-weight")
+#: LAPE's published thresholds (RUCAIBox/Language-Specific-Neurons, identify.py).
+LAPE_TOP_RATE = 0.01
+LAPE_FILTER_RATE = 0.95
+LAPE_BAR_RATE = 0.95
+_DOWN_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.down_proj\.weight$")
+
+
+def _which(which: str) -> str:
+    if which not in ("top", "bottom"):
+        raise RegionError(f"this source selects the top or bottom entries, not {which!r}")
+    return which
+
+
+# magnitude ------------------------------------------------------------------------------------
+
+
+def select_magnitude(model: torch.nn.Module, ratio: float, which: str = "top", scope: str = DEFAULT_SCOPE, metadata: Mapping | None = None) -> Region:
+    """Per tensor, the `int(ratio * numel)` entries of largest (or smallest) |W|."""
+    ratio, which = _check_ratio(ratio), _which(which)
+    indices, shapes = {}, {}
+    for name, p in in_scope(model, scope).items():
+        shapes[name] = tuple(p.shape)
+        indices[name] = select_tensor(p.detach().abs().float().cpu(), int(ratio * p.numel()), which)
+    return Region(indices, shapes, {"kind": f"magnitude-{which}", "ratio": ratio, "scope": scope, **(metadata or {})})
+
+
+# activation statistics ------------------------------------------------------------------------
+
+
+def _body(model: torch.nn.Module) -> torch.nn.Module:
+    """The decoder without the output head (a 262K-vocabulary head is most of a forward's cost)."""
+    base = base_model(model)
+    body = getattr(base, getattr(base, "base_model_prefix", ""), None)
+    return body if isinstance(body, torch.nn.Module) and body is not base else base
+
+
+@contextmanager
+def _hooks(handles: list) -> Any:
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def activation_pass(
+    model: torch.nn.Module,
+    samples: Sequence[Sequence[int]],
+    collect: Mapping[str, Callable[[torch.Tensor, torch.Tensor], None]],
+    kind: str,
+    batch_size: int = 4,
+    pad_id: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """One forward pass of the model body over `samples` (no head, no gradient), calling
+    `collect[module](values, keep)` for each named module with its input (`kind="input"`) or output
+    (`kind="output"`) flattened to (tokens, features) and the boolean mask of real (non-padding)
+    tokens. Returns the number of real tokens."""
+    from lm_eval_lingreg.lm_loss import pad_batch
+
+    if batch_size < 1:
+        raise RegionError(f"batch size must be at least 1, got {batch_size}")
+    modules = dict(base_model(model).named_modules())
+    missing = [m for m in collect if m not in modules]
+    if missing:
+        raise RegionError(f"no module {missing[0]!r} in this model")
+    keep: dict[str, torch.Tensor] = {}
+
+    def hook_for(name: str):
+        def pre(_module, args):
+            x = args[0]
+            collect[name](x.reshape(-1, x.shape[-1]), keep["mask"])
+
+        def post(_module, _args, out):
+            y = out[0] if isinstance(out, tuple) else out
+            collect[name](y.reshape(-1, y.shape[-1]), keep["mask"])
+
+        return pre, post
+
+    handles = []
+    for name in collect:
+        pre, post = hook_for(name)
+        handles.append(modules[name].register_forward_pre_hook(pre) if kind == "input" else modules[name].register_forward_hook(post))
+    body = _body(model)
+    device = next(model.parameters()).device
+    tokens = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with _hooks(handles), torch.no_grad():
+            for start in range(0, len(samples), batch_size):
+                chunk = [list(s) for s in samples[start : start + batch_size] if len(s)]
+                if not chunk:
+                    continue
+                ids, attn = pad_batch(chunk, pad_id)
+                keep["mask"] = attn.reshape(-1).bool().to(device)
+                body(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False)
+                tokens += int(attn.sum())
+                if progress:
+                    progress(len(chunk))
+    finally:
+        model.train(was_training)
+    return tokens
+
+
+def _linear_modules(model: torch.nn.Module, scope: str) -> dict[str, str]:
+    """{module name: weight parameter name} of the linear layers whose weight is in scope."""
+    pattern = compile_scope(scope)
+    out = {}
+    for name, module in base_model(model).named_modules():
+        if isinstance(module, torch.nn.Linear) and ".lora_" not in name:
+            pname = f"{name}.weight".replace(".base_layer.", ".")
+            if pattern.search(pname):
+                out[name] = pname
+    if not out:
+        raise RegionError(f"no linear layer of this model has its weight in the scope {scope!r}")
+    return out
+
+
+def input_norms(
+    model: torch.nn.Module,
+    samples: Sequence[Sequence[int]],
+    scope: str = DEFAULT_SCOPE,
+    batch_size: int = 4,
+    pad_id: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """({weight name: ||X_j||_2 per input feature j}, tokens) over every real token of `samples`,
+    for each in-scope linear layer: Wanda's activation statistic, accumulated in float32 per layer."""
+    linear = _linear_modules(model, scope)
+    sums: dict[str, torch.Tensor] = {}
+
+    def adder(module: str):
+        def add(x: torch.Tensor, keep: torch.Tensor) -> None:
+            sq = x[keep].float().pow(2).sum(0)
+            sums[module] = sq if module not in sums else sums[module].add_(sq)
+
+        return add
+
+    tokens = activation_pass(model, samples, {m: adder(m) for m in linear}, "input", batch_size, pad_id, progress)
+    if not tokens:
+        raise RegionError("the calibration samples hold no tokens; give real text")
+    return {linear[m]: s.sqrt().cpu() for m, s in sums.items()}, tokens
+
+
+def select_wanda(
+    model: torch.nn.Module,
+    norms: Mapping[str, torch.Tensor],
+    ratio: float,
+    which: str = "top",
+    per_row: bool = False,
+    scope: str = DEFAULT_SCOPE,
+    metadata: Mapping | None = None,
+) -> Region:
+    """Top (or bottom) entries of |W_ij| * ||X_j||: `int(ratio * numel)` per tensor, or with `per_row`
+    `int(ratio * in_features)` in each output row (Wanda's comparison group). In-scope tensors that
+    are not linear weights (norm gains) have no input features and get no entry."""
+    ratio, which = _check_ratio(ratio), _which(which)
+    params = in_scope(model, scope)
+    indices, shapes = {}, {}
+    for name, p in params.items():
+        shapes[name] = tuple(p.shape)
+        if name not in norms:
+            indices[name] = torch.zeros(0, dtype=torch.long)
+            continue
+        n = norms[name].to(torch.float32)
+        if p.dim() != 2 or n.shape != (p.shape[1],):
+            raise RegionError(f"{name}: activation norms of shape {tuple(n.shape)} do not fit the weight {tuple(p.shape)}")
+        score = p.detach().float().cpu().abs() * n[None, :]
+        if per_row:
+            k = int(ratio * p.shape[1])
+            cols = torch.topk(score, k, dim=1, largest=which == "top").indices if k else torch.zeros(p.shape[0], 0, dtype=torch.long)
+            flat = (torch.arange(p.shape[0])[:, None] * p.shape[1] + cols).reshape(-1)
+            indices[name] = torch.sort(flat).values
+        else:
+            indices[name] = select_tensor(score, int(ratio * p.numel()), which)
+    meta = {"kind": f"wanda-{which}", "ratio": ratio, "per_row": bool(per_row), "scope": scope, **(metadata or {})}
+    return Region(indices, shapes, meta)
+
+
+# LAPE -----------------------------------------------------------------------------------------
+
+
+def _mlp_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """(name, mlp) of each decoder layer, in layer order, with `act_fn`, `gate_proj`, `down_proj`."""
+    out = []
+    for name, module in base_model(model).named_modules():
+        m = re.search(r"(?:^|\.)layers\.(\d+)\.mlp$", name)
+        if m and all(hasattr(module, a) for a in ("act_fn", "gate_proj", "down_proj")):
+            out.append((int(m.group(1)), name, module))
+    if not out:
+        raise RegionError("LAPE needs gated FFN blocks (layers.<n>.mlp with act_fn, gate_proj, down_proj), as in Llama, Gemma, Qwen and Mistral")
+    return [(n, mod) for _, n, mod in sorted(out, key=lambda t: t[0])]
+
+
+def activation_probabilities(
+    model: torch.nn.Module,
+    samples_by_lang: Mapping[str, Sequence[Sequence[int]]],
+    batch_size: int = 4,
+    pad_id: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, dict[str, int]]:
+    """P(act_fn(gate_proj(x))_j > 0) over the real tokens of each language: (layers, neurons, languages),
+    and the tokens per language (LAPE's activation.py, through Hugging Face modules instead of vLLM)."""
+    mlps = _mlp_modules(model)
+    langs = list(samples_by_lang)
+    probs = torch.zeros(len(mlps), mlps[0][1].down_proj.in_features, len(langs), dtype=torch.float64)
+    tokens = {}
+    for li, lang in enumerate(langs):
+        counts = torch.zeros(len(mlps), probs.shape[1], dtype=torch.float64)
+
+        def counter(i: int, counts: torch.Tensor = counts):
+            def add(y: torch.Tensor, keep: torch.Tensor) -> None:
+                counts[i] += (y[keep] > 0).sum(0).to("cpu", torch.float64)
+
+            return add
+
+        collect = {f"{name}.act_fn": counter(i) for i, (name, _) in enumerate(mlps)}
+        n = activation_pass(model, samples_by_lang[lang], collect, "output", batch_size, pad_id, progress)
+        if not n:
+            raise RegionError(f"the calibration samples of {lang} hold no tokens; give real text")
+        probs[:, :, li] = counts / n
+        tokens[lang] = n
+    return probs, tokens
+
+
+def check_lape_rates(top_rate: float, filter_rate: float, bar_rate: float) -> None:
+    for what, v in (("top_rate", top_rate), ("filter_rate", filter_rate), ("bar_rate", bar_rate)):
+        if not 0.0 < v < 1.0:
+            raise RegionError(f"LAPE {what} must be in (0, 1), got {v}")
+
+
+def lape_neurons(
+    probs: torch.Tensor, top_rate: float = LAPE_TOP_RATE, filter_rate: float = LAPE_FILTER_RATE, bar_rate: float = LAPE_BAR_RATE
+) -> list[list[torch.Tensor]]:
+    """LAPE's selection (identify.py): normalise each neuron's activation probabilities over languages,
+    take its entropy; neurons whose probability exceeds the `filter_rate` quantile in no language are
+    dismissed; the `top_rate` share of lowest-entropy neurons is kept, and each is assigned to every
+    language where its probability exceeds the `bar_rate` quantile. Returns, per language, per layer,
+    the sorted neuron indices (the layout of LAPE's `*.neuron.pth` files)."""
+    check_lape_rates(top_rate, filter_rate, bar_rate)
+    layers, neurons, nlang = probs.shape
+    if nlang < 2:
+        raise RegionError("LAPE compares languages: give at least two")
+    p = probs.to(torch.float64)
+    normed = p / p.sum(-1, keepdim=True)
+    normed = torch.nan_to_num(normed, nan=0.0)
+    logs = torch.where(normed > 0, normed.log(), torch.zeros_like(normed))
+    entropy = -(normed * logs).sum(-1)
+    flat = p.flatten()
+    filter_value = flat.kthvalue(max(1, round(flat.numel() * filter_rate))).values.item()
+    entropy[(p > filter_value).sum(-1) == 0] = math.inf
+    k = max(1, round(entropy.numel() * top_rate))
+    index = entropy.flatten().topk(k, largest=False).indices
+    index = index[torch.isfinite(entropy.flatten()[index])]
+    rows, cols = index // neurons, index % neurons
+    bar = flat.kthvalue(max(1, round(flat.numel() * bar_rate))).values.item()
+    selected = p[rows, cols] > bar  # (k, languages)
+    out = []
+    for lang in range(nlang):
+        chosen = selected[:, lang]
+        per_layer = [[] for _ in range(layers)]
+        for r, c in zip(rows[chosen].tolist(), cols[chosen].tolist(), strict=True):
+            per_layer[r].append(c)
+        out.append([torch.tensor(sorted(c), dtype=torch.long) for c in per_layer])
+    return out
+
+
+def load_lape(path: str | os.PathLike) -> list[list[torch.Tensor]]:
+    """A LAPE `*.neuron.pth` file: per language, per layer, a 1-D integer tensor of neuron indices."""
+    from lm_eval_lingreg.region_io import _torch_load
+
+    path = Path(path)
+    if not path.exists():
+        raise RegionFileError(f"{path}: no such LAPE neuron file")
+    data = _torch_load(path, RegionFileError, "LAPE files hold a list (languages) of lists (layers) of index tensors.")
+    if not isinstance(data, (list, tuple)) or not data or not all(isinstance(lang, (list, tuple)) for lang in data):
+        raise RegionFileError(f"{path}: not a LAPE neuron file: expected a list (one per language) of lists (one per layer) of index tensors")
+    layers = {len(lang) for lang in data}
+    if len(layers) != 1:
+        raise RegionFileError(f"{path}: the languages list different numbers of layers ({sorted(layers)})")
+    out = []
+    for li, lang in enumerate(data):
+        row = []
+        for layer, t in enumerate(lang):
+            if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+                raise RegionFileError(f"{path}: language {li}, layer {layer}: expected a 1-D integer tensor of neuron indices, got {type(t).__name__}")
+            t = t.to(torch.long)
+            if t.numel() and int(t.min()) < 0:
+                raise RegionFileError(f"{path}: language {li}, layer {layer}: negative neuron index {int(t.min())}")
+            row.append(t)
+        out.append(row)
+    return out
+
+
+def _down_projs(shapes: Mapping[str, tuple[int, ...]]) -> dict[int, str]:
+    out = {int(m.group(1)): n for n in shapes if (m := _DOWN_RE.search(n))}
+    if not out:
+        raise RegionError("no layers.<n>.mlp.down_proj.weight among the model's parameters (in scope): LAPE and super weights address FFN down projections")
+    return out
+
+
+def lape_region(
+    neurons: Sequence[Sequence[torch.Tensor]],
+    shapes: Mapping[str, tuple[int, ...]],
+    langs: Sequence[int] | None = None,
+    gate_up: bool = False,
+    metadata: Mapping | None = None,
+) -> Region:
+    """The region of LAPE neurons: their `down_proj` columns (and with `gate_up` their `gate_proj` and
+    `up_proj` rows), for the languages at positions `langs` of the file (default: the union of all)."""
+    downs = _down_projs(shapes)
+    chosen = list(range(len(neurons))) if langs is None else list(langs)
+    for i in chosen:
+        if not 0 <= i < len(neurons):
+            raise RegionError(f"language position {i} is not in the LAPE file (it lists {len(neurons)} languages, positions 0..{len(neurons) - 1})")
+    if neurons and len(neurons[0]) != len(downs):
+        raise RegionError(f"the LAPE file lists {len(neurons[0])} layers but the model has {len(downs)}: it was made for another model")
+    indices: dict[str, list[torch.Tensor]] = {}
+    for layer, down in sorted(downs.items()):
+        hidden, inter = shapes[down]
+        cols = torch.unique(torch.cat([neurons[i][layer] for i in chosen] or [torch.zeros(0, dtype=torch.long)]))
+        if cols.numel() and int(cols.max()) >= inter:
+            raise RegionError(f"layer {layer}: neuron {int(cols.max())} is out of range for {down} ({inter} neurons): the file was made for another model")
+        indices.setdefault(down, []).append((torch.arange(hidden)[:, None] * inter + cols[None, :]).reshape(-1))
+        if gate_up:
+            for proj in ("gate_proj", "up_proj"):
+                name = down.replace("down_proj", proj)
+                if name not in shapes:
+                    raise RegionError(f"--gate-up: the model has no {name} (in scope)")
+                width = shapes[name][1]
+                indices.setdefault(name, []).append((cols[:, None] * width + torch.arange(width)[None, :]).reshape(-1))
+    flat = {n: torch.cat(v) for n, v in indices.items()}
+    meta = {"kind": "lape", "languages_in_file": len(neurons), "language_positions": chosen, "gate_up": bool(gate_up), **(metadata or {})}
+    return Region.from_indices(flat, shapes, meta)
+
+
+# super weights --------------------------------------------------------------------------------
+
+
+def load_coordinates(path: str | os.PathLike) -> list[tuple[int, int, int]]:
+    """Super-weight coordinates from JSON or YAML: a list of [layer, row, col] or of
+    {"layer":, "row":, "col":} (optionally under a "super_weights" key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RegionFileError(f"{path}: no such coordinates file")
+    text = path.read_bytes()[:10_000_001]
+    if len(text) > 10_000_000:
+        raise RegionFileError(f"{path}: over 10 MB; a coordinates file lists a handful of entries")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - json and yaml raise their own types
+        raise RegionFileError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} ({str(e)[:120]})") from None
+    if isinstance(data, dict) and "super_weights" in data:
+        data = data["super_weights"]
+    if not isinstance(data, list) or not data:
+        raise RegionFileError(f"{path}: expected a list of [layer, row, col] coordinates")
+    out = []
+    for i, item in enumerate(data):
+        if isinstance(item, dict):
+            item = [item.get(k) for k in ("layer", "row", "col")]
+        if not isinstance(item, (list, tuple)) or len(item) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in item):
+            raise RegionFileError(f"{path}: entry {i} is not [layer, row, col] of whole numbers >= 0: {str(item)[:80]}")
+        out.append(tuple(item))
+    return out
+
+
+def coordinates_region(coords: Iterable[tuple[int, int, int]], shapes: Mapping[str, tuple[int, ...]], metadata: Mapping | None = None) -> Region:
+    """Single `down_proj` entries: (layer, row, col) is `layers.<layer>.mlp.down_proj.weight[row, col]`."""
+    downs = _down_projs(shapes)
+    coords = [tuple(int(v) for v in c) for c in coords]
+    indices: dict[str, list[int]] = {}
+    for layer, row, col in coords:
+        if layer not in downs:
+            raise RegionError(f"super weight ({layer}, {row}, {col}): the model has no layer {layer} (layers 0..{max(downs)})")
+        rows, cols = shapes[downs[layer]]
+        if row >= rows or col >= cols:
+            raise RegionError(
+                f"super weight ({layer}, {row}, {col}) is outside {downs[layer]} of shape ({rows}, {cols}): the coordinates are for another model"
+            )
+        indices.setdefault(downs[layer], []).append(row * cols + col)
+    meta = {"kind": "super-weight", "coordinates": [list(c) for c in coords], **(metadata or {})}
+    return Region.from_indices({n: torch.tensor(v, dtype=torch.long) for n, v in indices.items()}, shapes, meta)
+
+
+def detect_super_weights(model: torch.nn.Module, input_ids: Sequence[int], spike: float = 10.0, top: int = 3) -> list[dict[str, Any]]:
+    """Super-weight candidates from one prompt (Yu et al. 2024): in each layer, the largest |input| and
+    |output| of `down_proj` over the prompt's tokens, with the channels where they occur. A layer whose
+    largest |output| is more than `spike` times the median over layers is a spike; its super weight is
+    `down_proj[output channel, input channel]`. Returns at most `top` candidates, strongest first,
+    each with the layer, row, col and the two activation magnitudes."""
+    if not spike > 1.0:
+        raise RegionError(f"spike must be a factor above 1, got {spike}")
+    if not input_ids:
+        raise RegionError("the prompt holds no tokens")
+    mlps = _mlp_modules(model)
+    stats: dict[int, dict[str, Any]] = {}
+
+    def watcher(layer: int):
+        def pre(_m, args):
+            x = args[0].detach().float().abs().reshape(-1, args[0].shape[-1])
+            v, flat = x.max(0).values.max(0)
+            stats.setdefault(layer, {})["in"] = (float(v), int(flat))
+
+        def post(_m, _a, out):
+            y = out.detach().float().abs().reshape(-1, out.shape[-1])
+            v, flat = y.max(0).values.max(0)
+            stats.setdefault(layer, {})["out"] = (float(v), int(flat))
+
+        return pre, post
+
+    handles = []
+    for i, (_, mlp) in enumerate(mlps):
+        pre, post = watcher(i)
+        handles += [mlp.down_proj.register_forward_pre_hook(pre), mlp.down_proj.register_forward_hook(post)]
+    device = next(model.parameters()).device
+    with _hooks(handles), torch.no_grad():
+        _body(model)(input_ids=torch.tensor([list(input_ids)], device=device), use_cache=False)
+    outs = torch.tensor([stats[i]["out"][0] for i in range(len(mlps))])
+    median = float(outs.median())
+    found = []
+    for i in range(len(mlps)):
+        (vin, col), (vout, row) = stats[i]["in"], stats[i]["out"]
+        if vout > spike * max(median, 1e-12):
+            found.append({"layer": i, "row": row, "col": col, "max_abs_input": vin, "max_abs_output": vout, "times_median": vout / max(median, 1e-12)})
+    return sorted(found, key=lambda d: -d["max_abs_output"])[:top]
+
+
+def shapes_of(pretrained: str | None, scope: str = DEFAULT_SCOPE) -> dict[str, tuple[int, ...]]:
+    """In-scope parameter shapes of a model from its config alone (built on the meta device: no weights read)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lm_eval_lingreg.errors import ModelLoadError
+
+    if pretrained is None:
+        from lm_eval_lingreg.bundled import prepare
+
+        pretrained = str(prepare())
+    try:
+        config = AutoConfig.from_pretrained(pretrained)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for a bad folder
+        raise ModelLoadError(
+            f"cannot read the model config of {pretrained!r} ({type(e).__name__}: {str(e)[:160]}); give --pretrained a model folder or hub id"
+        ) from None
+    return scope_shapes(model, scope)
