@@ -9,6 +9,7 @@ entry bit for bit (it is also a context manager).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,11 +96,62 @@ def _dimension_targets(p: Perturbation, model: torch.nn.Module) -> list[Target]:
     return [Target(s.name, torch.unique(torch.cat([s.indices(d) for d in p.dims]))) for s in chosen]
 
 
+def decoder_layers(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
+    """{layer index: decoder layer module}: the modules whose output is the residual stream after each layer."""
+    out = {}
+    for name, module in base_model(model).named_modules():
+        m = re.search(r"(?:^|\.)layers\.(\d+)$", name)
+        if m and not isinstance(module, torch.nn.ModuleList):
+            out.setdefault(int(m.group(1)), module)
+    return out
+
+
+def _activation_layers(p: Perturbation, model: torch.nn.Module) -> dict[int, torch.nn.Module]:
+    from lm_eval_lingreg.anatomy import hidden_size
+
+    layers = decoder_layers(model)
+    if not layers:
+        raise PerturbationError("on=activation: this model has no recognisable decoder layers (layers.<n>)")
+    chosen = sorted(layers) if p.layers is None else list(p.layers)
+    bad = [la for la in chosen if la not in layers]
+    if bad:
+        raise PerturbationError(f"layer {bad[0]} out of range: this model has layers 0..{max(layers)}")
+    hidden = hidden_size(model)
+    bad_dims = [d for d in p.dims if hidden is not None and d >= hidden]
+    if bad_dims:
+        raise PerturbationError(f"dim={bad_dims[0]} out of range: the hidden size is {hidden} (dims 0..{hidden - 1})")
+    return {la: layers[la] for la in chosen}
+
+
+def _activation_hook(p: Perturbation):
+    dims = list(p.dims)
+
+    def hook(_module, _args, out):
+        h = out[0] if isinstance(out, tuple) else out
+        h = h.clone()
+        x = h[..., dims]
+        if p.op == "zero":
+            x = torch.zeros_like(x)
+        elif p.op == "set":
+            x = torch.full_like(x, p.value)
+        elif p.op == "mul":
+            x = x * p.value
+        else:
+            x = x + p.value
+        h[..., dims] = x
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    return hook
+
+
 def resolve(p: Perturbation, model: torch.nn.Module, params: Mapping[str, torch.Tensor] | None = None) -> list[Target]:
-    """Check `p` against the model and return the entries it changes; changes nothing."""
+    """Check `p` against the model and return the entries it changes (none for `on=activation`); changes nothing."""
     from lm_eval_lingreg.anatomy import gain_offset
 
     params = params if params is not None else named_parameters(model)
+    if p.on == "activation":
+        _activation_layers(p, model)
+        return []
     if p.kind == "scalar":
         targets = _scalar_targets(p, params)
     elif p.kind == "dimension":
@@ -126,6 +178,7 @@ class Applied:
     perturbations: list[Perturbation]
     saved: SavedEntries = None  # type: ignore[assignment]
     summary: list[dict[str, Any]] = field(default_factory=list)
+    hooks: list[Any] = field(default_factory=list)  # forward hooks of on=activation perturbations
 
     def __post_init__(self) -> None:
         if self.saved is None:
@@ -136,6 +189,8 @@ class Applied:
         return sum(s["entries"] for s in self.summary)
 
     def restore(self) -> None:
+        while self.hooks:
+            self.hooks.pop().remove()
         self.saved.restore()
 
     def __enter__(self) -> Applied:
@@ -171,6 +226,11 @@ def perturb(model: torch.nn.Module, perturbations: Perturbation | Sequence[Pertu
     applied = Applied(model, perts)
     try:
         for p, targets in resolved:
+            if p.on == "activation":
+                layers = _activation_layers(p, model)
+                applied.hooks += [m.register_forward_hook(_activation_hook(p)) for m in layers.values()]
+                applied.summary.append({"perturbation": str(p), "entries": 0, "activation_layers": sorted(layers)})
+                continue
             gen = torch.Generator().manual_seed(p.seed) if p.op == "noise" else None
             for t in targets:
                 orig = applied.saved.save(t.name, params[t.name], t.indices)

@@ -19,6 +19,11 @@ effective gain of a norm instead: identical for Llama-style RMSNorm (`x * w`), b
 Gemma-style norms (`x * (1 + w)`) "multiply the gain by 4" writes `4 * (1 + w) - 1`. How each
 norm uses its weight is probed on the loaded module, not guessed from its class name.
 
+`on=activation` changes no weight: with `dim=` (and `layer=`), it sets the hidden dimension's
+activation on the residual stream, the output of each chosen decoder layer, to zero, a value, a
+multiple or a shifted value at every position (the massive-activations experiment), through
+forward hooks that `restore()` removes.
+
 The compact text form, used inside lm-eval's comma-separated `--model_args` and by the CLI,
 joins `key=value` pairs with `:` and several perturbations with `;`:
 
@@ -49,7 +54,7 @@ if TYPE_CHECKING:
     from lm_eval_lingreg.regions import Region
 
 OPS = ("zero", "set", "mul", "add", "noise")
-ON = ("param", "gain")
+ON = ("param", "gain", "activation")
 SCALES = ("relative", "absolute")
 #: Module groups accepted by `modules=` besides exact module names.
 GROUPS = {
@@ -102,7 +107,16 @@ class Perturbation:
         if self.op == "noise" and self.value is not None and self.value < 0:
             raise PerturbationError(f"op=noise: value is a standard deviation and must be >= 0, got {self.value}")
         if self.on not in ON:
-            raise PerturbationError(f"on={self.on!r}: use on=param (the stored weight, default) or on=gain (a norm's effective gain)")
+            raise PerturbationError(
+                f"on={self.on!r}: use on=param (the stored weight, default), on=gain (a norm's effective gain) or on=activation (a residual-stream activation)"
+            )
+        if self.on == "activation":
+            if self.kind != "dimension":
+                raise PerturbationError(f"on=activation changes a hidden dimension's activation: give `dim=` (and `layer=`), not {self.kind} targets")
+            if self.modules != ("all",):
+                raise PerturbationError("on=activation acts on the residual stream after each chosen layer; `modules=` picks weights and does not apply")
+            if self.op == "noise":
+                raise PerturbationError("on=activation takes op=zero, set, mul or add")
         if self.scale not in SCALES:
             raise PerturbationError(f"scale={self.scale!r}: use scale=relative (default) or scale=absolute")
         if self.kind == "scalar":

@@ -223,3 +223,48 @@ def test_a_region_value_is_a_target_too(tiny_model):
     with perturb(tiny_model, p) as a:
         assert a.entries_changed == region.num_selected and set(_changed(tiny_model, before)) <= set(region.indices)
     _assert_exact(tiny_model, before)
+
+
+@pytest.mark.parametrize("op,value", [("zero", None), ("set", 2.5), ("mul", 10.0), ("add", -3.0)])
+def test_activation_interventions_set_the_residual_stream_and_are_removed_on_restore(tiny_model, op, value):
+    """on=activation: the hidden dimension's output of the chosen decoder layers, as a hand-written hook sets it."""
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    layers = tiny_model.model.layers
+    with torch.no_grad():
+        base = tiny_model(input_ids=ids).logits
+
+    def by_hand(_m, _a, out):
+        h = (out[0] if isinstance(out, tuple) else out).clone()
+        x = h[..., [3, 7]]
+        h[..., [3, 7]] = {"zero": lambda: 0 * x, "set": lambda: torch.full_like(x, 2.5), "mul": lambda: x * 10, "add": lambda: x - 3}[op]()
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    handle = layers[0].register_forward_hook(by_hand)
+    with torch.no_grad():
+        expected = tiny_model(input_ids=ids).logits
+    handle.remove()
+    spec = f"layer=0:dim=3+7:on=activation:op={op}" + (f":value={value}" if value is not None else "")
+    before = {n: p.detach().clone() for n, p in named_parameters(tiny_model).items()}
+    with perturb(tiny_model, parse_spec(spec)) as applied, torch.no_grad():
+        got = tiny_model(input_ids=ids).logits
+        assert applied.entries_changed == 0 and applied.summary[0]["activation_layers"] == [0]
+        assert all(torch.equal(p, before[n]) for n, p in named_parameters(tiny_model).items())  # no weight touched
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert not torch.allclose(got, base)
+    with torch.no_grad():
+        assert torch.equal(tiny_model(input_ids=ids).logits, base)  # hooks removed
+    assert not any(m._forward_hooks for m in tiny_model.modules())
+
+
+def test_activation_intervention_errors(tiny_model):
+    for spec, match in (
+        ("param=model.layers.0.mlp.down_proj.weight:index=0:on=activation:op=zero", "give `dim=`"),
+        ("layer=0:dim=1:modules=norms:on=activation:op=zero", "modules="),
+        ("layer=0:dim=1:on=activation:op=noise:value=1", "op=zero, set, mul or add"),
+        ("layer=9:dim=1:on=activation:op=zero", "layer 9 out of range"),
+        ("layer=0:dim=99:on=activation:op=zero", "dim=99 out of range"),
+        ("layer=0:dim=1:on=activations:op=zero", "on=activation"),
+    ):
+        with pytest.raises(PerturbationError, match=match):
+            perturb(tiny_model, parse_spec(spec))
+    assert not any(m._forward_hooks for m in tiny_model.modules())

@@ -242,3 +242,18 @@ def test_half_precision_weights_get_an_fp32_log_softmax(tiny_model_dir):
     assert lm.softmax_dtype == torch.float32 and lm._lingreg_info["dtype"] == "bfloat16"
     with pytest.raises(ModelLoadError, match="rolling_bos"):
         LingregLM(pretrained=str(tiny_model_dir), rolling_bos="maybe")
+
+
+def test_perturbed_run_with_an_activation_intervention_records_it(tiny_model_dir, base_ppl):
+    from lm_eval_lingreg.models import PerturbedLM
+
+    spec = "layer=0:dim=0-15:on=activation:op=mul:value=-20"
+    lm = PerturbedLM(pretrained=str(tiny_model_dir), perturb=spec, device="cpu", dtype="float32")
+    res = _evaluate(lm)
+    info = res["config"]["lingreg"]
+    assert info["perturbations"] == [{"layers": [0], "dims": list(range(16)), "modules": ["all"], "op": "mul", "value": -20.0, "on": "activation"}]
+    assert info["perturbation_sha256"] == spec_sha256(parse_spec(spec)) and info["entries_changed"] == 0
+    ppl = per_language(res, "token_perplexity")
+    assert all(abs(ppl[iso] / base_ppl[iso] - 1) > 1e-3 for iso in ("en", "zh")), (ppl, base_ppl)  # a tiny random model's final norm damps it
+    lm.perturbation.restore()
+    assert per_language(_evaluate(lm), "token_perplexity") == pytest.approx(base_ppl, rel=1e-6)
