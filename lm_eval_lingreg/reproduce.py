@@ -17,7 +17,7 @@ from typing import Any
 
 from lm_eval_lingreg import experiments
 from lm_eval_lingreg.errors import UsageError
-from lm_eval_lingreg.experiments import dimensions, evaluation, forgetting, protocol, regions
+from lm_eval_lingreg.experiments import dimensions, evaluation, forgetting, methods, protocol, regions
 from lm_eval_lingreg.outputs import atomic_path, check_target, write_text
 
 log = logging.getLogger(__name__)
@@ -29,15 +29,17 @@ FULL = {
     "forgetting": forgetting.Plan(),
     "evaluation": evaluation.Plan(),
     "protocol": protocol.Plan(),
+    "methods": methods.Plan(),
 }
 #: The plan field each experiment reads its harness document count from (`lingreg reproduce --limit`).
-LIMIT_FIELDS = {"regions": "limit", "protocol": "limit", "forgetting": "eval_limit", "dimensions": "harness_limit"}
+LIMIT_FIELDS = {"regions": "limit", "protocol": "limit", "methods": "limit", "forgetting": "eval_limit", "dimensions": "harness_limit"}
 #: CI-sized: every experiment end to end in a few minutes; its results carry the tests of the paper's findings.
 QUICK = {
     "regions": regions.Plan(langs=["ar", "zh", "ko", "en", "fr", "sw"], limit=2, ratios=[1], mono=["ar", "zh", "ko"]),
     "dimensions": dimensions.Plan(top=5, random=5, param_top=3, langs=["en", "zh", "ar"], docs=1, tokens=64, activations=False, harness_limit=None, prompts=[]),
     "forgetting": forgetting.Plan(conditions=["none", "core:0.05", "random:0.05"], eval_langs=["en", "ko", "zh"], eval_limit=1, steps=3, watch_blocks=2),
     "protocol": protocol.Plan(langs=["ar", "zh", "ko"], samples=16, checkpoints=[8], eval_langs=["en", "ar", "zh", "ko"], limit=1),
+    "methods": methods.Plan(langs=["ar", "zh", "ko"], samples=16, eval_langs=["en", "ar", "zh", "ko"], limit=1),
 }
 
 

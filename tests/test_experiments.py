@@ -169,3 +169,41 @@ def test_the_protocol_experiment_runs_and_reports_on_a_tiny_model(tiny_lm, tmp_p
     assert (tmp_path / "scores" / "paper" / "checkpoints" / "8" / "zh.safetensors").is_file()
     assert (tmp_path / "scores" / "default" / "regions" / "mono-bottom-ar.safetensors").is_file()
     assert sorted(p.name for p in out.iterdir()) == ["agreement.json", "experiment.json", "harness"]
+
+
+def test_the_methods_experiment_runs_and_reports_on_a_tiny_model(tiny_lm, tmp_path):
+    """Core, Wanda, magnitude and LAPE side by side: overlap, harness with same-shape controls, selectivity, super weights."""
+    import json
+
+    from lm_eval_lingreg import experiments
+    from lm_eval_lingreg.anatomy import scope_shapes
+    from lm_eval_lingreg.experiments import methods
+    from lm_eval_lingreg.region_io import save_region
+    from lm_eval_lingreg.selection import select_random
+    from lm_eval_lingreg.sources import select_magnitude
+
+    shapes = scope_shapes(tiny_lm.model)
+    core = save_region(select_random(shapes, 0.05, seed=3), tmp_path / "core.safetensors")
+    for iso in ("ar", "zh", "ko"):
+        save_region(select_random(shapes, 0.05, seed=len(iso) + ord(iso[0])), tmp_path / f"mono-{iso}.safetensors")
+    plan = methods.Plan(
+        langs=["ar", "zh", "ko"],
+        samples=8,
+        ratio=0.05,
+        core=str(core),
+        mono=str(tmp_path / "mono-{iso}.safetensors"),
+        eval_langs=["en", "ar"],
+        limit=1,
+        spike=1.5,
+    )
+    out = tmp_path / "methods"
+    seconds = methods.run(tiny_lm, plan, out)
+    record = experiments.write_record(out, "methods", __import__("dataclasses").asdict(plan), seconds, "test")
+    page = methods.section(out, record)
+    for part in ("## Overlap (Jaccard index)", "## Effect on the 30 languages", "random-neurons", "## Language-specific definitions", "## Super weights"):
+        assert part in page, part
+    info = json.loads((out / "methods.json").read_text())
+    assert info["overlap"]["core"]["core"] == 1.0 and 0 < info["overlap"]["wanda"]["magnitude"] < 1
+    assert info["entries"]["magnitude"] == select_magnitude(tiny_lm.model, 0.05).num_selected == info["entries"]["random-1pct"]
+    assert info["entries"]["random-neurons"] == info["entries"]["lape"]
+    assert sorted(p.name for p in (out / "selectivity").iterdir()) == ["base", "lape-ar", "lape-ko", "lape-zh", "mono-ar", "mono-ko", "mono-zh"]

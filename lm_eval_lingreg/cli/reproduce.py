@@ -69,7 +69,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("reproduce", help="run the paper's experiments on the bundled model and write a report (about 1 h; --quick: a few minutes)")
     s.add_argument("--quick", action="store_true", help="CI-sized: 6 languages x 1 document, 1%% regions, 8 candidate dimensions, 3 training steps")
     s.add_argument(
-        "--only", default=None, help="comma-separated experiments: regions, dimensions, forgetting (the default: all three), evaluation and protocol"
+        "--only", default=None, help="comma-separated experiments: regions, dimensions, forgetting (the default: all three), evaluation, protocol and methods"
     )
     s.add_argument("--out", default="lingreg-reproduce", help="results folder: one subfolder per experiment (default ./lingreg-reproduce)")
     s.add_argument("--doc", default=None, help="report path (default <out>/REPRODUCTION.md, or <out>/<EXPERIMENT>.md with one --only)")
@@ -83,7 +83,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--limit",
         type=_args.positive_int,
         default=None,
-        help=f"UDHR documents per language in the harness runs of regions, dimensions, forgetting and protocol (default: each experiment's own; "
+        help=f"UDHR documents per language in the harness runs of regions, dimensions, forgetting, protocol and methods (default: each experiment's own; "
         f"regions reads {DEFAULT_LIMIT}); evaluation compares its own fixed counts",
     )
     s.add_argument("--from-results", action="store_true", help="only rewrite the report from the results under --out")

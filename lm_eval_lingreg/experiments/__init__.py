@@ -4,7 +4,8 @@
 - `dimensions`: finding 2, the hidden dimensions the core region concentrates on, and perturbation scans;
 - `forgetting`: finding 4, further pre-training with the core region frozen;
 - `evaluation`: the BOS convention, intervals against the number of documents, bfloat16 against float32;
-- `protocol`: the official scoring protocol beside the default one, and how many samples are enough.
+- `protocol`: the official scoring protocol beside the default one, and how many samples are enough;
+- `methods`: other published definitions of a region (Wanda, magnitude, LAPE, super weights) beside the core region.
 
 Each experiment writes its raw results under `<out>/<name>/` with an `experiment.json` record (plan,
 timings, command), so its page can be rewritten from the results alone. `reproduce` composes them.
@@ -22,8 +23,9 @@ from lm_eval_lingreg.outputs import write_json
 #: The paper's findings, in the order `lingreg reproduce` runs them.
 PAPER = ("regions", "dimensions", "forgetting")
 #: Every experiment `--only` accepts: the paper's, `evaluation` (how far the numbers can be trusted) and `protocol`
-#: (the official scoring protocol beside the default; also `lingreg reproduce --paper-protocol`).
-NAMES = (*PAPER, "evaluation", "protocol")
+#: (the official scoring protocol beside the default; also `lingreg reproduce --paper-protocol`) and `methods` (other
+#: definitions of a region side by side).
+NAMES = (*PAPER, "evaluation", "protocol", "methods")
 RECORD = "experiment.json"
 
 
