@@ -111,7 +111,9 @@ def test_docs_pages_regenerate_from_the_saved_results(tmp_path):
 
     results = tmp_path / "results"
     shutil.copytree(REPO / "docs" / "results", results)
-    for name, page in (("dimensions", "DIMENSIONS.md"),):
+    pages = [("regions", "REGIONS.md"), ("dimensions", "DIMENSIONS.md"), ("forgetting", "FORGETTING.md"), ("evaluation", "EVALUATION.md")]
+    pages += [(name, f"{name.upper()}.md") for name in ("protocol", "methods") if (REPO / "docs" / f"{name.upper()}.md").is_file()]
+    for name, page in pages:
         doc = tmp_path / page
         assert lingreg("reproduce", "--only", name, "--out", results, "--doc", doc, "--from-results").returncode == 0
         assert doc.read_text().replace(str(results), "docs/results") == (REPO / "docs" / page).read_text()
