@@ -96,10 +96,20 @@ def _dimension_targets(p: Perturbation, model: torch.nn.Module) -> list[Target]:
     return [Target(s.name, torch.unique(torch.cat([s.indices(d) for d in p.dims]))) for s in chosen]
 
 
+def text_decoder(model: torch.nn.Module) -> torch.nn.Module:
+    """The text decoder (a multimodal model's language model, not its vision tower), else the model."""
+    base = base_model(model)
+    try:
+        decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    except (AttributeError, NotImplementedError):
+        decoder = None
+    return decoder if isinstance(decoder, torch.nn.Module) else base
+
+
 def decoder_layers(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
     """{layer index: decoder layer module}: the modules whose output is the residual stream after each layer."""
     out = {}
-    for name, module in base_model(model).named_modules():
+    for name, module in text_decoder(model).named_modules():
         m = re.search(r"(?:^|\.)layers\.(\d+)$", name)
         if m and not isinstance(module, torch.nn.ModuleList):
             out.setdefault(int(m.group(1)), module)
@@ -120,10 +130,13 @@ def _activation_layers(p: Perturbation, model: torch.nn.Module) -> dict[int, tor
     bad_dims = [d for d in p.dims if hidden is not None and d >= hidden]
     if bad_dims:
         raise PerturbationError(f"dim={bad_dims[0]} out of range: the hidden size is {hidden} (dims 0..{hidden - 1})")
+    dtype = next(model.parameters()).dtype
+    if p.op in ("set", "add", "mul") and dtype.is_floating_point and abs(p.value) > torch.finfo(dtype).max:
+        raise PerturbationError(f"{p}: value {p.value:g} overflows the model's {dtype} (largest {torch.finfo(dtype).max:.4g}); use a smaller value")
     return {la: layers[la] for la in chosen}
 
 
-def _activation_hook(p: Perturbation):
+def _activation_hook(p: Perturbation, layer: int):
     dims = list(p.dims)
 
     def hook(_module, _args, out):
@@ -138,6 +151,8 @@ def _activation_hook(p: Perturbation):
             x = x * p.value
         else:
             x = x + p.value
+        if not bool(torch.isfinite(x).all()):
+            raise PerturbationError(f"{p} overflows {h.dtype} at layer {layer} (the activation becomes inf or NaN); use a smaller value")
         h[..., dims] = x
         return (h, *out[1:]) if isinstance(out, tuple) else h
 
@@ -228,7 +243,7 @@ def perturb(model: torch.nn.Module, perturbations: Perturbation | Sequence[Pertu
         for p, targets in resolved:
             if p.on == "activation":
                 layers = _activation_layers(p, model)
-                applied.hooks += [m.register_forward_hook(_activation_hook(p)) for m in layers.values()]
+                applied.hooks += [m.register_forward_hook(_activation_hook(p, la)) for la, m in layers.items()]
                 applied.summary.append({"perturbation": str(p), "entries": 0, "activation_layers": sorted(layers)})
                 continue
             gen = torch.Generator().manual_seed(p.seed) if p.op == "noise" else None

@@ -159,11 +159,14 @@ def clean_folder(folder: str | os.PathLike) -> list[Path]:
 
 
 def check_not_input(output: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> None:
-    """Refuse an output that is one of the command's input files: writing it would destroy what is being read."""
+    """Refuse an output that is one of the command's inputs, or a folder holding one: writing it would destroy what is being read."""
     out = Path(output).resolve()
-    hit = next((p for p in inputs if Path(p).resolve() == out), None)
-    if hit is not None:
-        raise OutputError(f"{output} is one of the inputs ({hit}); writing there would destroy it: name another output")
+    for p in inputs:
+        resolved = Path(p).resolve()
+        if resolved == out:
+            raise OutputError(f"{output} is one of the inputs ({p}); writing there would destroy it: name another output")
+        if out in resolved.parents:
+            raise OutputError(f"{output} holds one of the inputs ({p}); replacing it would destroy that: name another output")
 
 
 def check_target(target: str | os.PathLike, *, directory: bool = False, overwrite: bool = False, owned_by: str | None = None) -> Path:

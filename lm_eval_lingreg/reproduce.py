@@ -75,7 +75,7 @@ def write_report(out: Path, doc: Path, names: list[str]) -> Path:
     for name, record in records.items():
         try:
             pages.append(experiments.module(name).section(out / name, record))
-        except (KeyError, TypeError, ValueError, IndexError, OSError) as e:
+        except (KeyError, TypeError, ValueError, IndexError, OSError, AttributeError, ArithmeticError, RecursionError) as e:
             raise UsageError(
                 f"the {name} results under {out / name} are incomplete or corrupt ({type(e).__name__}: {e}); rerun without --from-results"
             ) from None

@@ -212,6 +212,10 @@ def select_wanda(
             indices[name] = torch.sort(flat).values
         else:
             indices[name] = select_tensor(score, int(ratio * p.numel()), which)
+    if not any(v.numel() for v in indices.values()):
+        raise RegionError(
+            f"ratio {ratio} selects no entry ({'ratio x in_features < 1 in every row' if per_row else 'every tensor is too small'}); raise --ratio"
+        )
     meta = {"kind": f"wanda-{which}", "ratio": ratio, "per_row": bool(per_row), "scope": scope, **(metadata or {})}
     return Region(indices, shapes, meta)
 
@@ -306,11 +310,13 @@ def lape_neurons(
 
 def load_lape(path: str | os.PathLike) -> list[list[torch.Tensor]]:
     """A LAPE `*.neuron.pth` file: per language, per layer, a 1-D integer tensor of neuron indices."""
-    from lm_eval_lingreg.region_io import _torch_load
+    from lm_eval_lingreg.region_io import _check_backed, _torch_load
 
     path = Path(path)
     if not path.exists():
         raise RegionFileError(f"{path}: no such LAPE neuron file")
+    if not path.is_file():
+        raise RegionFileError(f"{path} is not a regular file (a pipe or device?); give a LAPE *.neuron.pth file")
     data = _torch_load(path, RegionFileError, "LAPE files hold a list (languages) of lists (layers) of index tensors.")
     if not isinstance(data, (list, tuple)) or not data or not all(isinstance(lang, (list, tuple)) for lang in data):
         raise RegionFileError(f"{path}: not a LAPE neuron file: expected a list (one per language) of lists (one per layer) of index tensors")
@@ -322,7 +328,9 @@ def load_lape(path: str | os.PathLike) -> list[list[torch.Tensor]]:
         row = []
         for layer, t in enumerate(lang):
             if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-                raise RegionFileError(f"{path}: language {li}, layer {layer}: expected a 1-D integer tensor of neuron indices, got {type(t).__name__}")
+                got = f"a {t.dim()}-D {t.dtype} tensor" if isinstance(t, torch.Tensor) else type(t).__name__
+                raise RegionFileError(f"{path}: language {li}, layer {layer}: expected a 1-D integer tensor of neuron indices, got {got}")
+            _check_backed(t, f"language {li}, layer {layer}", path)
             t = t.to(torch.long)
             if t.numel() and int(t.min()) < 0:
                 raise RegionFileError(f"{path}: language {li}, layer {layer}: negative neuron index {int(t.min())}")
@@ -353,7 +361,10 @@ def lape_region(
         if not 0 <= i < len(neurons):
             raise RegionError(f"language position {i} is not in the LAPE file (it lists {len(neurons)} languages, positions 0..{len(neurons) - 1})")
     if neurons and len(neurons[0]) != len(downs):
-        raise RegionError(f"the LAPE file lists {len(neurons[0])} layers but the model has {len(downs)}: it was made for another model")
+        raise RegionError(
+            f"the LAPE file lists {len(neurons[0])} layers but the model has {len(downs)} FFN down projections in scope: it was made for another "
+            "model (or --scope leaves layers out)"
+        )
     indices: dict[str, list[torch.Tensor]] = {}
     for layer, down in sorted(downs.items()):
         hidden, inter = shapes[down]
@@ -369,6 +380,8 @@ def lape_region(
                 width = shapes[name][1]
                 indices.setdefault(name, []).append((cols[:, None] * width + torch.arange(width)[None, :]).reshape(-1))
     flat = {n: torch.cat(v) for n, v in indices.items()}
+    if not any(v.numel() for v in flat.values()):
+        raise RegionError("the LAPE neurons chosen are none: this language (or file) selects no neuron; pick another --lang or lower the LAPE thresholds")
     meta = {"kind": "lape", "languages_in_file": len(neurons), "language_positions": chosen, "gate_up": bool(gate_up), **(metadata or {})}
     return Region.from_indices(flat, shapes, meta)
 
@@ -380,8 +393,10 @@ def load_coordinates(path: str | os.PathLike) -> list[tuple[int, int, int]]:
     """Super-weight coordinates from JSON or YAML: a list of [layer, row, col] or of
     {"layer":, "row":, "col":} (optionally under a "super_weights" key)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise RegionFileError(f"{path}: no such coordinates file")
+    if not path.is_file():
+        raise RegionFileError(f"{path} is not a regular file (a pipe or device?); give a JSON or YAML coordinates file")
     text = path.read_bytes()[:10_000_001]
     if len(text) > 10_000_000:
         raise RegionFileError(f"{path}: over 10 MB; a coordinates file lists a handful of entries")
@@ -403,7 +418,12 @@ def load_coordinates(path: str | os.PathLike) -> list[tuple[int, int, int]]:
         if isinstance(item, dict):
             item = [item.get(k) for k in ("layer", "row", "col")]
         if not isinstance(item, (list, tuple)) or len(item) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in item):
-            raise RegionFileError(f"{path}: entry {i} is not [layer, row, col] of whole numbers >= 0: {str(item)[:80]}")
+            shown = (
+                ", ".join(repr(v)[:20] if isinstance(v, (int, float, str, bool)) or v is None else type(v).__name__ for v in item[:4])
+                if isinstance(item, (list, tuple))
+                else type(item).__name__
+            )
+            raise RegionFileError(f"{path}: entry {i} is not [layer, row, col] of whole numbers >= 0 (got {shown[:80]})")
         out.append(tuple(item))
     return out
 
@@ -411,11 +431,14 @@ def load_coordinates(path: str | os.PathLike) -> list[tuple[int, int, int]]:
 def coordinates_region(coords: Iterable[tuple[int, int, int]], shapes: Mapping[str, tuple[int, ...]], metadata: Mapping | None = None) -> Region:
     """Single `down_proj` entries: (layer, row, col) is `layers.<layer>.mlp.down_proj.weight[row, col]`."""
     downs = _down_projs(shapes)
-    coords = [tuple(int(v) for v in c) for c in coords]
+    coords = sorted({tuple(int(v) for v in c) for c in coords})
     indices: dict[str, list[int]] = {}
     for layer, row, col in coords:
         if layer not in downs:
-            raise RegionError(f"super weight ({layer}, {row}, {col}): the model has no layer {layer} (layers 0..{max(downs)})")
+            raise RegionError(
+                f"super weight ({layer}, {row}, {col}): no layers.{layer}.mlp.down_proj.weight among the model's parameters in scope "
+                f"(layers {min(downs)}..{max(downs)}); widen --scope, or the coordinates are for another model"
+            )
         rows, cols = shapes[downs[layer]]
         if row >= rows or col >= cols:
             raise RegionError(

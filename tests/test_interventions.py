@@ -268,3 +268,30 @@ def test_activation_intervention_errors(tiny_model):
         with pytest.raises(PerturbationError, match=match):
             perturb(tiny_model, parse_spec(spec))
     assert not any(m._forward_hooks for m in tiny_model.modules())
+
+
+def test_activation_interventions_hook_the_text_decoder_of_a_multimodal_model_and_refuse_overflow():
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+
+    from lm_eval_lingreg.interventions import decoder_layers
+
+    text = make_tiny("gemma3").config.to_dict()
+    vision = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=16, patch_size=8)
+    model = Gemma3ForConditionalGeneration(Gemma3Config(text_config=text, vision_config=vision.to_dict(), mm_tokens_per_image=4)).eval()
+    layers = decoder_layers(model)
+    assert len(layers) == text["num_hidden_layers"] and all("vision" not in type(m).__name__.lower() for m in layers.values())
+    ids = torch.tensor([[2, 5, 9, 13, 17]])
+    with torch.no_grad():
+        base = model(input_ids=ids).logits
+        with perturb(model, parse_spec("layers=all:dim=0-15:on=activation:op=zero")):
+            changed = model(input_ids=ids).logits
+    assert not torch.allclose(base, changed)
+    tiny = make_tiny("llama")
+    with pytest.raises(PerturbationError, match="overflows the model's torch.float32"):
+        perturb(tiny, parse_spec("layer=0:dim=3:on=activation:op=set:value=1e39"))
+    with (
+        pytest.raises(PerturbationError, match="overflows torch.float32 at layer 0"),
+        perturb(tiny, parse_spec("layer=0:dim=3:on=activation:op=add:value=3e38;layer=0:dim=3:on=activation:op=add:value=3e38")),
+    ):
+        tiny(input_ids=ids)
+    assert not any(m._forward_hooks for m in tiny.modules())

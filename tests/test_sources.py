@@ -210,7 +210,7 @@ def test_super_weight_coordinates_and_detection(tmp_path, tiny_model):
             load_coordinates(tmp_path / "bad.json")
     with pytest.raises(RegionError, match="outside"):
         coordinates_region([(1, 32, 7)], shapes)
-    with pytest.raises(RegionError, match="no layer 5"):
+    with pytest.raises(RegionError, match="no layers.5.mlp.down_proj.weight"):
         coordinates_region([(5, 0, 0)], shapes)
     # plant a super weight: neuron 7 of layer 1 fires hard, and down_proj[3, 7] carries it to the residual stream
     mlp = tiny_model.model.layers[1].mlp
@@ -265,3 +265,89 @@ def test_extract_magnitude_and_wanda_from_the_cli(tmp_path, tiny_model_dir):
     assert r.returncode == 2 and "top or bottom" in r.stderr
     r = lingreg("extract", "core", "--out", tmp_path / "c.safetensors")
     assert r.returncode == 2 and "needs --scores" in r.stderr
+
+
+def test_outputs_never_replace_the_inputs(tmp_path, tiny_model_dir):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    weights = next(p for p in model.iterdir() if p.suffix == ".safetensors")
+    cases = [
+        ("extract", "magnitude", "--pretrained", model, "--device", "cpu", "--out", weights),
+        ("extract", "magnitude", "--pretrained", model, "--device", "cpu", "--out", model, "--overwrite"),
+        ("extract", "magnitude", "--pretrained", model, "--device", "cpu", "--out", tmp_path, "--overwrite"),
+        (
+            "extract",
+            "lape",
+            "--pretrained",
+            model,
+            "--device",
+            "cpu",
+            "--langs",
+            "en,fr",
+            "--samples",
+            "2",
+            "--save-neurons",
+            weights,
+            "--out",
+            tmp_path / "l.pt",
+        ),
+        (
+            "extract",
+            "lape",
+            "--pretrained",
+            model,
+            "--device",
+            "cpu",
+            "--langs",
+            "en,fr",
+            "--samples",
+            "2",
+            "--save-neurons",
+            tmp_path / "l.pt",
+            "--out",
+            tmp_path / "l.pt",
+        ),
+    ]
+    for args in cases:
+        r = lingreg(*args)
+        assert r.returncode == 2 and ("is one of the inputs" in r.stderr or "holds one of the inputs" in r.stderr), args
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before
+    lape = tmp_path / "x.neuron.pth"
+    torch.save([[torch.tensor([1]), torch.tensor([2])]], lape)
+    r = lingreg("mask", "convert", lape, lape, "--pretrained", model)
+    assert r.returncode == 2 and "one of the inputs" in r.stderr and isinstance(torch.load(lape, weights_only=True), list)
+
+
+def test_hostile_source_files_fail_fast_and_clearly(tmp_path):
+    import time
+
+    big = tmp_path / "big.neuron.pth"
+    torch.save([[torch.zeros(1, dtype=torch.long).expand(10**10)]], big)
+    with pytest.raises(RegionFileError, match="declares 10,000,000,000 entries"):
+        load_lape(big)
+    laughs = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        for p, c in zip("abcdefghijklmnopqrstuvwxy", "bcdefghijklmnopqrstuvwxyz", strict=True)
+    )
+    (tmp_path / "laughs.yaml").write_text(laughs + "super_weights: [*z]\n")
+    t = time.perf_counter()
+    with pytest.raises(RegionFileError, match="entry 0 is not"):
+        load_coordinates(tmp_path / "laughs.yaml")
+    assert time.perf_counter() - t < 5
+    model = make_tiny("llama")
+    with pytest.raises(RegionError, match="selects no entry"):
+        select_wanda(model, input_norms(model, SAMPLES)[0], 0.01, per_row=True)  # 0.01 x 32 inputs < 1 per row
+    with pytest.raises(RegionError, match="none"):
+        lape_region([[torch.tensor([], dtype=torch.long)] * 2], scope_shapes(model))
+
+
+def test_extract_refuses_careless_options_before_any_work(tmp_path, tiny_model_dir):
+    r = lingreg("extract", "super-weight", "--pretrained", tiny_model_dir, "--prompt", "  ", "--out", tmp_path / "s.safetensors")
+    assert r.returncode == 2 and "--prompt is empty" in r.stderr
+    r = lingreg("extract", "lape", "--pretrained", tiny_model_dir, "--langs", "en,zh", "--lang", "fr", "--out", tmp_path / "l.safetensors")
+    assert r.returncode == 2 and "not among --langs" in r.stderr
+    r = lingreg("extract", "lape", "--pretrained", tiny_model_dir, "--langs", "en,zh", "--save-neurons", "/proc/x.pth", "--out", tmp_path / "l.safetensors")
+    assert r.returncode == 2 and "cannot write /proc/x.pth" in r.stderr and not (tmp_path / "l.safetensors").exists()

@@ -67,7 +67,7 @@ def positive_float(text: str) -> float:
 def ratio(text: str) -> float:
     x = finite_float(text)
     if not 0 < x <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text} (for 1%% pass 0.01)")
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text} (for 1% pass 0.01)")
     return x
 
 

@@ -161,7 +161,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--op", choices=OPS, default="mul")
     s.add_argument("--value", type=_args.finite_float, default=4.0, help="operand of the op (default 4)")
-    s.add_argument("--on", choices=["param", "gain"], default="param", help="stored weight (default) or a norm's effective gain")
+    s.add_argument(
+        "--on",
+        choices=["param", "gain", "activation"],
+        default="param",
+        help="stored weight (default), a norm's effective gain, or the residual-stream activation after each --layer (no weight changes)",
+    )
     s.add_argument("--scale", choices=["relative", "absolute"], default="relative", help="for --op noise")
     s.add_argument("--langs", default="en,zh,ar,ru", help="probe languages (default en,zh,ar,ru)")
     s.add_argument("--docs", type=_args.positive_int, default=2, help="UDHR documents per language (default 2)")

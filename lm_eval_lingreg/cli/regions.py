@@ -94,6 +94,13 @@ def _source_region(args: argparse.Namespace, meta: dict):
         raise UsageError(f"`lingreg extract {args.kind}` selects --which top or bottom; for a random control use `lingreg extract core --which random`")
     if args.kind == "lape":
         check_lape_rates(args.top_rate, args.filter_rate, args.bar_rate)
+    if args.kind == "super-weight" and not args.coordinates and not args.prompt.strip():
+        raise UsageError("--prompt is empty; give the text whose activations to watch (default: 'Apple Inc. is a worldwide tech company.')")
+    if args.kind == "lape" and args.lang and not args.neurons:
+        args.lang = parse_languages(args.lang)[0]
+        args.langs = ",".join(parse_languages(args.langs) if args.langs else CORE_LANGUAGES)
+        if args.lang not in args.langs.split(","):
+            raise UsageError(f"--lang {args.lang!r} is not among --langs {args.langs}")
     imported = args.kind == "lape" and args.neurons or args.kind == "super-weight" and args.coordinates
     if imported:  # only the model's shapes are needed: read from its config, no weights loaded
         shapes = shapes_of(args.pretrained, args.scope)
@@ -148,11 +155,7 @@ def _source_region(args: argparse.Namespace, meta: dict):
         raise UsageError(f"--lang {args.lang!r} is not among --langs {','.join(langs)}")
     for lang, per_layer in zip(langs, neurons, strict=True):
         print(f"LAPE {lang}: {sum(t.numel() for t in per_layer)} neurons")
-    if args.save_neurons:
-        from lm_eval_lingreg.outputs import atomic_path
-
-        with atomic_path(args.save_neurons, overwrite=True) as tmp:
-            torch_save(neurons, tmp)
+    args.neurons_found = neurons  # written by cmd_extract once the region is saved
     lape_meta = {
         "top_rate": args.top_rate,
         "filter_rate": args.filter_rate,
@@ -161,6 +164,17 @@ def _source_region(args: argparse.Namespace, meta: dict):
     }
     positions = [langs.index(args.lang)] if args.lang else None
     return lape_region(neurons, scope_shapes(model, args.scope), positions, args.gate_up, meta | calib | {"tokens": tokens, "lang": args.lang, **lape_meta})
+
+
+def _model_files(pretrained: str | None) -> list[Path]:
+    """The model folder and its files, when `pretrained` is a local folder (an output must never replace them)."""
+    if pretrained is None:
+        from lm_eval_lingreg.bundled import model_dir
+
+        folder = model_dir()
+    else:
+        folder = Path(pretrained).expanduser()
+    return [folder, *folder.iterdir()] if folder.is_dir() else []
 
 
 def torch_save(obj, path) -> None:
@@ -181,8 +195,20 @@ def cmd_extract(args: argparse.Namespace) -> int:
     fmt = format_for(args.out)
     check_writable(args.out, directory=fmt == "official", overwrite=args.overwrite)
     if args.kind not in ("core", "monolingual"):
+        inputs = [*_model_files(args.pretrained), *(p for p in (args.neurons, args.coordinates) if p)]
+        check_not_input(args.out, inputs)
+        save_neurons = args.kind == "lape" and not args.neurons and args.save_neurons
+        if save_neurons:
+            check_writable(save_neurons)
+            check_not_input(save_neurons, [*inputs, args.out])
         region = _source_region(args, {"lm_eval_lingreg": __version__, "command": "lingreg " + " ".join(sys.argv[1:])})
         save_region(region, args.out, fmt, overwrite=args.overwrite, max_dense_gb=args.max_dense_gb)
+        if save_neurons:
+            from lm_eval_lingreg.outputs import atomic_path
+
+            with atomic_path(save_neurons, overwrite=True) as tmp:
+                torch_save(args.neurons_found, tmp)
+            print(f"wrote {save_neurons}: LAPE neurons (a list per language of a list per layer of indices)")
         print(f"wrote {args.out}: {region.metadata['kind']} region, {region.num_selected} entries ({region.density:.3%}) over {len(region.shapes)} tensors")
         return 0
     if not args.scores:
@@ -258,11 +284,12 @@ def _convert_source(args: argparse.Namespace):
 
 
 def cmd_mask_convert(args: argparse.Namespace) -> int:
-    from lm_eval_lingreg.outputs import check_writable
+    from lm_eval_lingreg.outputs import check_not_input, check_writable
     from lm_eval_lingreg.region_io import format_for, load_region, save_region
 
     fmt = format_for(args.dst, args.format)
     check_writable(args.dst, directory=fmt == "official", overwrite=args.overwrite)
+    check_not_input(args.dst, [args.src])
     region = _convert_source(args) or load_region(args.src)
     out = save_region(region, args.dst, fmt=fmt, overwrite=args.overwrite, max_dense_gb=args.max_dense_gb)
     print(f"wrote {out} ({region.num_selected} entries)")

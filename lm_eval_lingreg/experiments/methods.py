@@ -130,7 +130,7 @@ def run(lm: Any, plan: Plan, out: Path) -> dict[str, float]:
     t = time.perf_counter()
     evaluate_conditions(lm, conditions, plan.eval_langs, limit=plan.limit, output_dir=out / "harness")
     timing["harness"] = time.perf_counter() - t
-    per_lang = {iso: lape_region(neurons, shapes, [i]) for i, iso in enumerate(plan.langs)}
+    per_lang = {iso: lape_region(neurons, shapes, [i]) for i, iso in enumerate(plan.langs) if any(t.numel() for t in neurons[i])}
     if plan.mono:
         selective: dict[str, Any] = {f"lape-{iso}": r for iso, r in per_lang.items()}
         selective |= {f"mono-{iso}": load_region(plan.mono.format(iso=iso)) for iso in plan.langs}
@@ -231,6 +231,9 @@ def _selectivity(out: Path, plan: Plan, info: dict) -> list[str]:
     for iso in plan.langs:
         row = [f"{LANGUAGES[iso].name} ({iso})", str(info["lape_neurons"][iso])]
         for kind in ("lape", "mono"):
+            if f"{kind}-{iso}" not in res:  # a language LAPE assigns no neuron to
+                row += ["-", "-", "-"]
+                continue
             r = {x: res[f"{kind}-{iso}"][x] / res["base"][x] for x in plan.langs}
             others = statistics.fmean(r[x] for x in plan.langs if x != iso)
             row += [fmt(r[iso]), fmt(others), fmt(r[iso] / others)]
