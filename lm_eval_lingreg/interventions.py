@@ -142,15 +142,7 @@ def _activation_hook(p: Perturbation, layer: int):
     def hook(_module, _args, out):
         h = out[0] if isinstance(out, tuple) else out
         h = h.clone()
-        x = h[..., dims]
-        if p.op == "zero":
-            x = torch.zeros_like(x)
-        elif p.op == "set":
-            x = torch.full_like(x, p.value)
-        elif p.op == "mul":
-            x = x * p.value
-        else:
-            x = x + p.value
+        x = _operate(p, h[..., dims])
         if not bool(torch.isfinite(x).all()):
             raise PerturbationError(f"{p} overflows {h.dtype} at layer {layer} (the activation becomes inf or NaN); use a smaller value")
         h[..., dims] = x
@@ -270,15 +262,18 @@ def perturb(model: torch.nn.Module, perturbations: Perturbation | Sequence[Pertu
 
 def _new_values(p: Perturbation, orig: torch.Tensor, offset: float, gen: torch.Generator | None) -> torch.Tensor:
     g = orig.double().cpu() + offset  # effective gain (offset 0: the stored value); float64 so overflow shows as inf
+    return (_operate(p, g, gen) - offset).to(orig.device)
+
+
+def _operate(p: Perturbation, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    """`p`'s operation on values `x` (weights or activations)."""
     if p.op == "zero":
-        g = torch.zeros_like(g)
-    elif p.op == "set":
-        g = torch.full_like(g, p.value)
-    elif p.op == "mul":
-        g = g * p.value
-    elif p.op == "add":
-        g = g + p.value
-    else:
-        eps = torch.randn(g.shape, generator=gen).double()
-        g = g + p.value * eps * (g.abs() if p.scale == "relative" else 1.0)
-    return (g - offset).to(orig.device)
+        return torch.zeros_like(x)
+    if p.op == "set":
+        return torch.full_like(x, p.value)
+    if p.op == "mul":
+        return x * p.value
+    if p.op == "add":
+        return x + p.value
+    eps = torch.randn(x.shape, generator=gen).to(x.dtype)
+    return x + p.value * eps * (x.abs() if p.scale == "relative" else 1.0)
