@@ -178,8 +178,9 @@ def section(out: Path, record: dict[str, Any]) -> str:
     )
     _counts_part(w, dims)
     _dimension_scan_part(w, sd, timing, plan)
-    _parameter_scan_part(w, sp, timing, plan)
-    if (out / "scan-parameter-gain.json").is_file():
+    gain = (out / "scan-parameter-gain.json").is_file()
+    _parameter_scan_part(w, sp, timing, plan, gain)
+    if gain:
         _gain_part(w, sp, _load(out, "scan-parameter-gain.json"), timing, plan)
     if (out / "chosen.json").is_file():
         chosen = {k: v["spec"] for k, v in _load(out, "chosen.json").items()}
@@ -187,7 +188,7 @@ def section(out: Path, record: dict[str, Any]) -> str:
             _harness_part(w, out, chosen, timing, plan)
         if (out / "generations.json").is_file():
             _generations_part(w, _load(out, "generations.json"), chosen, plan)
-    _conclusions(w, dims, sd, sp)
+    _conclusions(w, dims, sd, sp, gain)
     return "\n".join(L) + "\n"
 
 
@@ -259,7 +260,7 @@ def _dimension_scan_part(w, sd: dict, timing: dict, plan: Plan) -> None:
     w("")
 
 
-def _parameter_scan_part(w, sp: dict, timing: dict, plan: Plan) -> None:
+def _parameter_scan_part(w, sp: dict, timing: dict, plan: Plan, gain: bool) -> None:
     from tabulate import tabulate
 
     from lm_eval_lingreg.report import fmt_short as fmt
@@ -273,7 +274,9 @@ def _parameter_scan_part(w, sp: dict, timing: dict, plan: Plan) -> None:
         f"One entry of one layer-{plan.layer} norm weight (Gemma-3 has four per layer), at the top {k} region dimensions and at {k} random "
         f"dimensions; {len(sp['rows'])} runs in {timing['scan_parameter']:.0f} s. This is the paper's experiment: one changed parameter. "
         f"Here the stored weight w is multiplied (`on=param`, the default); Gemma-3 norms compute `x * (1 + w)`, so the gain becomes "
-        f"1 + {plan.value:g}w, not {plan.value:g}(1 + w) as it would on LLaMA-2, whose norms compute `x * w`. Section 3b multiplies the gain.\n"
+        f"1 + {plan.value:g}w, not {plan.value:g}(1 + w) as it would on LLaMA-2, whose norms compute `x * w`."
+        + (" Section 3b multiplies the gain." if gain else "")
+        + "\n"
     )
     rows = []
     for norm in norms:
@@ -396,7 +399,7 @@ def _generations_part(w, gens: dict, chosen: dict[str, str], plan: Plan) -> None
     w("")
 
 
-def _conclusions(w, dims: dict, sd: dict, sp: dict) -> None:
+def _conclusions(w, dims: dict, sd: dict, sp: dict, gain: bool) -> None:
     from lm_eval_lingreg.report import fmt_short as fmt
 
     pt, pr = _split(sp)
@@ -430,6 +433,6 @@ def _conclusions(w, dims: dict, sd: dict, sp: dict) -> None:
         "in magnitude across models, only the contrast between region dimensions and random dimensions is."
     )
     w(
-        "- Gemma-3 norms compute `x * (1 + w)`. Everything above except section 3b multiplies the stored parameter `w` (the default, "
-        "`on=param`); `on=gain` multiplies the effective gain `1 + w` instead, which is what x4 means on LLaMA-2's `x * w` norms.\n"
+        f"- Gemma-3 norms compute `x * (1 + w)`. Everything above{' except section 3b' if gain else ''} multiplies the stored parameter `w` "
+        "(the default, `on=param`); `on=gain` multiplies the effective gain `1 + w` instead, which is what x4 means on LLaMA-2's `x * w` norms.\n"
     )
