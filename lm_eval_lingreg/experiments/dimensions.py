@@ -367,6 +367,9 @@ def _harness_part(w, out: Path, chosen: dict[str, str], timing: dict, plan: Plan
         f"control of the same kind, through `lingreg_ppl` ({plan.harness_limit} UDHR documents per language, token perplexity divided by the unperturbed model's). "
         f"{timing['harness'] / 60:.1f} min for the {len(harness)} conditions.\n"
     )
+    from lm_eval_lingreg import experiments
+
+    w(experiments.convention_note(out / "harness" / "base" / "results.json", "dimensions", "DIMENSIONS.md", 10))
     for k, spec in chosen.items():
         w(f"- `{k}`: `{spec}`")
     w("")

@@ -175,22 +175,6 @@ def table(summary: Mapping[str, Any]) -> str:
     )
 
 
-def _convention_line(out: Path) -> str:
-    """Which token convention the harness runs used: the current default, or lm-eval's own (older runs)."""
-    from lm_eval_lingreg.results import load_runs
-
-    convention = load_runs([out / "before" / "results.json"])[0].convention
-    if convention == "context":
-        return "Token perplexity counts the documents' own tokens, with BOS as context (`rolling_bos=context`, the default).\n"
-    return (
-        f"These runs used lm-eval's own token convention (`{convention}`: p(BOS | BOS) scored too, task version 1.0), not the current "
-        "default `rolling_bos=context`. On the unchanged model that convention raises token perplexity by x1.23 (median over 10 "
-        "languages) and moved the ratios of the shipped regions by at most 8% (docs/EVALUATION.md); every ratio below compares runs "
-        "of the same convention. `lingreg reproduce --only forgetting --out docs/results --doc docs/FORGETTING.md --overwrite` "
-        "measures it again with the current default (about 25 min on 2 cores).\n"
-    )
-
-
 def section(out: Path, record: dict[str, Any]) -> str:
     """The forgetting page (markdown) from `out/summary.json`."""
     s = json.loads((out / "summary.json").read_text())
@@ -205,7 +189,9 @@ def section(out: Path, record: dict[str, Any]) -> str:
     )
     w("Regenerate with\n")
     w(f"    {record['command']}\n")
-    w(_convention_line(out))
+    from lm_eval_lingreg import experiments
+
+    w(experiments.convention_note(out / "before" / "results.json", "forgetting", "FORGETTING.md", 25))
     w(
         f"- training: {cfg['steps']} AdamW steps, lr {cfg['lr']:g} (warmup {cfg['warmup']}, {cfg['schedule']}), weight decay {cfg['weight_decay']:g}, "
         f"{cfg['batch_size']} x {cfg['seq_len']}-token blocks per step, seed {cfg['seed']}; "
