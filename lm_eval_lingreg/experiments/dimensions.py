@@ -369,7 +369,7 @@ def _harness_part(w, out: Path, chosen: dict[str, str], timing: dict, plan: Plan
     )
     from lm_eval_lingreg import experiments
 
-    w(experiments.convention_note(out / "harness" / "base" / "results.json", "dimensions", "DIMENSIONS.md", 10))
+    w(experiments.convention_note(out / "harness" / "base" / "results.json", "dimensions", "DIMENSIONS.md", 20))
     for k, spec in chosen.items():
         w(f"- `{k}`: `{spec}`")
     w("")
