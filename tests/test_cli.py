@@ -297,11 +297,18 @@ def test_apply_writes_a_checkpoint_or_nothing(tiny_model_dir, tmp_path):
     assert proc.returncode == 2 and "--overwrite" in proc.stderr and (keep / "notes.txt").read_text() == "mine"
 
 
-def test_check_exit_codes():
-    proc = lingreg("check", REGIONS, "--rules", RULES, "--baseline", BASELINE)
+def test_check_exit_codes(tmp_path):
+    import shutil
+
+    shipped = REPO / "docs" / "results" / "regions"  # the runs the shipped baseline was made from
+    proc = lingreg("check", shipped, "--rules", RULES, "--baseline", BASELINE)
     assert proc.returncode == 0 and proc.stdout.startswith("PASS")
-    proc = lingreg("check", REGIONS, "--baseline", BASELINE, "--strict")
+    for c in ("base", "core-top-1"):
+        shutil.copytree(shipped / c, tmp_path / "part" / c)
+    proc = lingreg("check", tmp_path / "part", "--baseline", BASELINE, "--strict")
     assert proc.returncode == 1 and "missing" in proc.stdout
+    proc = lingreg("check", REGIONS, "--baseline", BASELINE)  # older runs, lm-eval's token convention
+    assert proc.returncode == 2 and "--allow-mixed-bos" in proc.stderr
     proc = lingreg("check", REGIONS)
     assert proc.returncode == 2 and "--baseline and/or --rules" in proc.stderr
 

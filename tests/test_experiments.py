@@ -117,6 +117,9 @@ def test_docs_pages_regenerate_from_the_saved_results(tmp_path):
         doc = tmp_path / page
         assert lingreg("reproduce", "--only", name, "--out", results, "--doc", doc, "--from-results").returncode == 0
         assert doc.read_text().replace(str(results), "docs/results") == (REPO / "docs" / page).read_text()
+    doc = tmp_path / "REPRODUCTION.md"  # the paper's three findings on one page
+    assert lingreg("reproduce", "--out", results, "--doc", doc, "--from-results").returncode == 0
+    assert doc.read_text().replace(str(results), "docs/results") == (REPO / "docs" / "REPRODUCTION.md").read_text()
 
 
 def test_unknown_experiment_is_one_clear_error(tmp_path):
