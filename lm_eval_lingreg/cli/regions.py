@@ -151,8 +151,6 @@ def _source_region(args: argparse.Namespace, meta: dict):
             raise UsageError("LAPE compares languages: give --langs with at least two")
         probs, tokens = activation_probabilities(model, samples, args.batch_size, pad_id, bar.update)
     neurons = lape_neurons(probs, args.top_rate, args.filter_rate, args.bar_rate)
-    if args.lang and args.lang not in langs:
-        raise UsageError(f"--lang {args.lang!r} is not among --langs {','.join(langs)}")
     for lang, per_layer in zip(langs, neurons, strict=True):
         print(f"LAPE {lang}: {sum(t.numel() for t in per_layer)} neurons")
     args.neurons_found = neurons  # written by cmd_extract once the region is saved
@@ -177,12 +175,6 @@ def _model_files(pretrained: str | None) -> list[Path]:
     return [folder, *folder.iterdir()] if folder.is_dir() else []
 
 
-def torch_save(obj, path) -> None:
-    import torch
-
-    torch.save(obj, path)
-
-
 def cmd_extract(args: argparse.Namespace) -> int:
     from lm_eval_lingreg import __version__
     from lm_eval_lingreg.errors import UsageError
@@ -204,10 +196,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
         region = _source_region(args, {"lm_eval_lingreg": __version__, "command": "lingreg " + " ".join(sys.argv[1:])})
         save_region(region, args.out, fmt, overwrite=args.overwrite, max_dense_gb=args.max_dense_gb)
         if save_neurons:
+            import torch
+
             from lm_eval_lingreg.outputs import atomic_path
 
             with atomic_path(save_neurons, overwrite=True) as tmp:
-                torch_save(args.neurons_found, tmp)
+                torch.save(args.neurons_found, tmp)
             print(f"wrote {save_neurons}: LAPE neurons (a list per language of a list per layer of indices)")
         print(f"wrote {args.out}: {region.metadata['kind']} region, {region.num_selected} entries ({region.density:.3%}) over {len(region.shapes)} tensors")
         return 0
