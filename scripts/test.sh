@@ -7,7 +7,9 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 VENV="${LINGREG_VENV:-.venv}"
 "$VENV/bin/ruff" format --check lm_eval_lingreg tests bench scripts || { echo "error: code not formatted; run: $VENV/bin/ruff format lm_eval_lingreg tests bench scripts" >&2; exit 1; }
 "$VENV/bin/ruff" check lm_eval_lingreg tests bench scripts || exit 1
-"$VENV/bin/python" -m pytest "$@"
+# Parallel workers, one per core up to 4 (each real-model worker holds the bundled model, about 1 GB); `-n 0` runs serially.
+WORKERS="$("$VENV/bin/python" -c 'import os; print(max(1, min(4, len(os.sched_getaffinity(0)))))')"
+"$VENV/bin/python" -m pytest -n "$WORKERS" --dist loadgroup "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "error: pytest collected no tests" >&2

@@ -68,40 +68,98 @@ def bundled_lm(bundled_model_dir):
     return LingregLM(pretrained=str(bundled_model_dir), device="cpu", dtype="float32", batch_size=1)
 
 
-# the plain-install environment (tests/test_wheel.py), built in the background while the other tests run ---------------
-
-_PLAIN: dict = {}
+# parallel workers (pytest-xdist): share the cores instead of each taking all of them ----------------------------------
 
 
-def plain_install_dir(config) -> Path:
-    """Where tests/plain_install.py builds the environment; started now if the collection did not start it."""
-    if "dir" not in _PLAIN:
-        _start_plain_install(config)
-    return _PLAIN["dir"]
+def _threads_per_worker() -> int | None:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1:
+        return None
+    return max(1, (os.cpu_count() or 1) // workers)
 
 
-def _start_plain_install(config) -> None:
-    import subprocess
-    import sys
+if _threads_per_worker() is not None:
+    torch.set_num_threads(_threads_per_worker())
+    os.environ["OMP_NUM_THREADS"] = str(_threads_per_worker())  # subprocesses (lm_eval, torchrun, the wheel's commands)
+
+
+# the plain-install environment (tests/plain_install.py), built in the background while the other tests run ---------------
+#
+# One build per test run, however many workers: the first process (the only one, or pytest-xdist's controller) makes the
+# folder and names it in LINGREG_TEST_PLAIN_DIR, which the workers inherit. The first worker that collects an `install`
+# test starts the build (an exclusive create of `started`); the process that made the folder kills the build and removes
+# the folder when the run ends.
+
+_PLAIN_ENV = "LINGREG_TEST_PLAIN_DIR"
+_OWNER: dict = {}
+
+
+def pytest_configure(config) -> None:
     import tempfile
 
-    root = Path(tempfile.mkdtemp(prefix="lingreg-plain-"))
-    _PLAIN["dir"] = root
-    _PLAIN["proc"] = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "plain_install.py"), str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    if _PLAIN_ENV not in os.environ:
+        root = Path(tempfile.mkdtemp(prefix="lingreg-plain-"))
+        os.environ[_PLAIN_ENV] = str(root)
+        _OWNER["dir"] = root
+
+
+def plain_install_dir(config=None) -> Path:
+    """Where tests/plain_install.py builds the environment; started now if no collection started it."""
+    root = Path(os.environ[_PLAIN_ENV])
+    _start_plain_install(root)
+    return root
+
+
+def _start_plain_install(root: Path) -> None:
+    import subprocess
+    import sys
+
+    try:
+        fd = os.open(root / "started", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:  # another worker started it
+        return
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "plain_install.py"), str(root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
+    os.write(fd, str(proc.pid).encode())
+    os.close(fd)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The longest chain first (the real-model reproduction that several tests read), the wheel tests, which wait for
+    the background install, last; collection order otherwise. Every worker sorts the same way."""
+
+    def rank(item) -> int:
+        group = item.get_closest_marker("xdist_group")
+        if group is not None and group.args == ("reproduce",):
+            return 0
+        return 2 if item.get_closest_marker("install") else 1
+
+    items.sort(key=rank)
 
 
 def pytest_collection_finish(session) -> None:
     if any(item.get_closest_marker("install") for item in session.items):
-        _start_plain_install(session.config)
+        _start_plain_install(Path(os.environ[_PLAIN_ENV]))
 
 
-def pytest_sessionfinish(session, exitstatus) -> None:
+def pytest_unconfigure(config) -> None:
     import shutil
+    import signal
 
-    proc = _PLAIN.get("proc")
-    if proc is not None and proc.poll() is None:
-        proc.kill()
-    if "dir" in _PLAIN:
-        shutil.rmtree(_PLAIN["dir"], ignore_errors=True)
+    root = _OWNER.get("dir")
+    if root is None:
+        return
+    try:
+        pid = int((root / "started").read_text() or 0)
+    except (FileNotFoundError, ValueError):
+        pid = 0
+    if pid and not (root / "done").exists():
+        try:
+            os.killpg(pid, signal.SIGKILL)  # the build and the pip / prepare it runs
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(root, ignore_errors=True)

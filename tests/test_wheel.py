@@ -126,8 +126,22 @@ def test_every_lingreg_command_runs(plain, tiny_model_dir, tmp_path):
         ),
     ]
     (tmp_path / "rules.yaml").write_text("rules:\n  - {condition: random-0.01, ratio_to: base, max: 100}\n")
-    for cmd in steps:
-        proc = _run(plain, "lingreg", *cmd, cwd=tmp_path)
-        assert proc.returncode == 0, (cmd, proc.stderr[-3000:])
+    # The console script itself for the first command; the rest through the same `main` in one interpreter of the plain
+    # environment, so that torch and transformers are imported once rather than twenty times.
+    proc = _run(plain, "lingreg", *steps[0], cwd=tmp_path)
+    assert proc.returncode == 0, (steps[0], proc.stderr[-3000:])
+    driver = (
+        "import json, sys\n"
+        "from lm_eval_lingreg.cli import main\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    rc = main(argv)\n"
+        "    print('RC', json.dumps([argv[:2], rc]), flush=True)\n"
+        "    if rc:\n"
+        "        sys.exit(rc)\n"
+    )
+    proc = _run(plain, "python", "-c", driver, json.dumps([[str(a) for a in cmd] for cmd in steps[1:]]), cwd=tmp_path)
+    done = [json.loads(line[3:]) for line in proc.stdout.splitlines() if line.startswith("RC ")]
+    assert proc.returncode == 0 and len(done) == len(steps) - 1, (done[-1:], proc.stderr[-3000:])
+    assert all(rc == 0 for _, rc in done)
     assert (tmp_path / "ablated" / "model.safetensors").is_file() and (tmp_path / "forget" / "summary.json").is_file()
     assert os.path.getsize(tmp_path / "dims.png") > 1000
