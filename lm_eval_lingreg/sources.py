@@ -449,6 +449,10 @@ def coordinates_region(coords: Iterable[tuple[int, int, int]], shapes: Mapping[s
     return Region.from_indices({n: torch.tensor(v, dtype=torch.long) for n, v in indices.items()}, shapes, meta)
 
 
+#: The longest prompt `detect_super_weights` takes: one forward pass over it, the activations of a layer at a time.
+MAX_PROMPT_TOKENS = 2048
+
+
 def detect_super_weights(model: torch.nn.Module, input_ids: Sequence[int], spike: float = 10.0, top: int = 3) -> list[dict[str, Any]]:
     """Super-weight candidates from one prompt (Yu et al. 2024): in each layer, the largest |input| and
     |output| of `down_proj` over the prompt's tokens, with the channels where they occur. A layer whose
@@ -459,6 +463,11 @@ def detect_super_weights(model: torch.nn.Module, input_ids: Sequence[int], spike
         raise RegionError(f"spike must be a factor above 1, got {spike}")
     if not input_ids:
         raise RegionError("the prompt holds no tokens")
+    if len(input_ids) > MAX_PROMPT_TOKENS:
+        raise RegionError(
+            f"the prompt holds {len(input_ids):,} tokens; super weights show on one short prompt "
+            f"(a sentence is enough): give at most {MAX_PROMPT_TOKENS:,} tokens"
+        )
     mlps = _mlp_modules(model)
     stats: dict[int, dict[str, Any]] = {}
 

@@ -225,6 +225,8 @@ def test_super_weight_coordinates_and_detection(tmp_path, tiny_model):
     assert found and (found[0]["layer"], found[0]["row"], found[0]["col"]) == (1, 3, 7)
     with pytest.raises(RegionError, match="spike"):
         detect_super_weights(tiny_model, [1, 5], spike=1.0)
+    with pytest.raises(RegionError, match="2,049 tokens.*at most 2,048"):  # refused before any forward pass
+        detect_super_weights(tiny_model, [1] * 2049)
 
 
 def test_extract_magnitude_and_wanda_from_the_cli(tmp_path, tiny_model_dir):
@@ -351,3 +353,23 @@ def test_extract_refuses_careless_options_before_any_work(tmp_path, tiny_model_d
     assert r.returncode == 2 and "not among --langs" in r.stderr
     r = lingreg("extract", "lape", "--pretrained", tiny_model_dir, "--langs", "en,zh", "--save-neurons", "/proc/x.pth", "--out", tmp_path / "l.safetensors")
     assert r.returncode == 2 and "cannot write /proc/x.pth" in r.stderr and not (tmp_path / "l.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["magnitude", "--per-row"], "--per-row"),
+        (["magnitude", "--samples", "5"], "--samples"),
+        (["wanda", "--top-rate", "0.1"], "--top-rate"),
+        (["super-weight", "--ratio", "0.05"], "--ratio"),
+        (["super-weight", "--coordinates", "sw.json", "--prompt", "x"], "--prompt"),
+        (["lape", "--neurons", "n.pth", "--samples", "9"], "--samples"),
+        (["lape", "--neurons", "n.pth", "--save-neurons", "o.pth"], "--save-neurons"),
+        (["core", "--scores", "s", "--prompt", "x"], "--prompt"),
+        (["monolingual", "--scores", "s", "--lang", "ar", "--per-row"], "--per-row"),
+    ],
+)
+def test_extract_refuses_options_its_variant_would_ignore(tmp_path, argv, flag):
+    r = lingreg("extract", *argv, "--out", tmp_path / "r.safetensors")
+    assert r.returncode == 2 and f"{flag} does not apply to `lingreg extract {argv[0]}" in r.stderr and "remove it" in r.stderr
+    assert not (tmp_path / "r.safetensors").exists()

@@ -175,6 +175,44 @@ def _model_files(pretrained: str | None) -> list[Path]:
     return [folder, *folder.iterdir()] if folder.is_dir() else []
 
 
+_SOURCES = ("magnitude", "wanda", "lape", "super-weight", "lape --neurons", "super-weight --coordinates")
+_CALIBRATED = ("wanda", "lape")
+#: The `extract` variants each option applies to (the import variants read a file, not the model's activations).
+_APPLIES = {
+    "scores": ("core", "monolingual"),
+    "all_scored": ("core",),
+    "ratio": ("core", "monolingual", "magnitude", "wanda"),
+    "which": ("core", "monolingual", "magnitude", "wanda"),
+    "lang": ("monolingual", "lape", "lape --neurons"),
+    "langs": ("core", "monolingual", *_CALIBRATED),
+    "seed": ("core", *_CALIBRATED),
+    "scope": _SOURCES,
+    "pretrained": _SOURCES,
+    **{k: _CALIBRATED for k in ("samples", "data", "unit", "seq_len", "batch_size")},
+    "per_row": ("wanda",),
+    "neurons": ("lape", "lape --neurons"),
+    "file_langs": ("lape --neurons",),
+    "gate_up": ("lape", "lape --neurons"),
+    **{k: ("lape",) for k in ("top_rate", "filter_rate", "bar_rate", "save_neurons")},
+    **{k: ("super-weight",) for k in ("prompt", "spike", "top")},
+    "coordinates": ("super-weight", "super-weight --coordinates"),
+}
+
+
+def _check_options_apply(args: argparse.Namespace) -> None:
+    """One clear error for an option given to an `extract` variant that would silently ignore it."""
+    from lm_eval_lingreg.errors import UsageError
+
+    variant = {"lape": "lape --neurons", "super-weight": "super-weight --coordinates"}.get(args.kind) if (args.neurons or args.coordinates) else None
+    variant = variant or args.kind
+    defaults = args.extract_defaults
+    for dest, kinds in _APPLIES.items():
+        if variant not in kinds and getattr(args, dest) != defaults[dest]:
+            flag = "--" + dest.replace("_", "-")
+            uses = ", ".join(f"`extract {k}`" for k in kinds)
+            raise UsageError(f"{flag} does not apply to `lingreg extract {variant}` (it is read by {uses}); remove it")
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     from lm_eval_lingreg import __version__
     from lm_eval_lingreg.errors import UsageError
@@ -184,6 +222,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from lm_eval_lingreg.scores import ScoreSet
     from lm_eval_lingreg.selection import select_core, select_monolingual
 
+    _check_options_apply(args)
     fmt = format_for(args.out)
     check_writable(args.out, directory=fmt == "official", overwrite=args.overwrite)
     if args.kind not in ("core", "monolingual"):
@@ -427,6 +466,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--coordinates", default=None, help="super-weight: import (layer, row, col) coordinates from JSON/YAML instead of detecting")
     _args.model_options(s)
     s.set_defaults(func=cmd_extract)
+    s.set_defaults(extract_defaults={a.dest: a.default for a in s._actions})
 
     mask = sub.add_parser("mask", help="inspect, compare and convert region files").add_subparsers(dest="mask_command", required=True)
     s = mask.add_parser("info", help="entries per layer and module, share of parameters")
