@@ -129,12 +129,12 @@ def _start_plain_install(root: Path) -> None:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """The longest chain first (the real-model reproduction that several tests read), the wheel tests, which wait for
-    the background install, last; collection order otherwise. Every worker sorts the same way."""
+    """The longest chains first (the real-model reproductions that several tests read), the wheel tests, which wait
+    for the background install, last; collection order otherwise. Every worker sorts the same way."""
 
     def rank(item) -> int:
         group = item.get_closest_marker("xdist_group")
-        if group is not None and group.args == ("reproduce",):
+        if group is not None and str(group.args[0]).startswith("reproduce-"):
             return 0
         return 2 if item.get_closest_marker("install") else 1
 

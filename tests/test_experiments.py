@@ -1,4 +1,4 @@
-"""The paper's findings on the real bundled model (Gemma-3-270M), from one CI-sized `lingreg reproduce --quick` run:
+"""The paper's findings on the real bundled model (Gemma-3-270M), from CI-sized `lingreg reproduce --quick` runs:
 the core region breaks every language while bottom and random controls barely matter, monolingual regions hurt their
 own language most, the core region's top dimensions are fragile, freezing keeps entries exact; and the report is
 rewritten from the saved results alone."""
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -18,12 +19,35 @@ from helpers import REPO, lingreg
 RULES = REPO / "baselines" / "rules-bundled.yaml"
 
 
-@pytest.fixture(scope="module")
-def quick(bundled_model_dir, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("reproduce")
-    proc = lingreg("reproduce", "--quick", "--out", root / "out", "--doc", root / "docs" / "REPRODUCTION.md", "--device", "cpu")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def _quick(tmp_path_factory, name: str) -> Path:
+    """`lingreg reproduce --quick --only NAME` on the bundled model, once per test run: into a folder that the
+    pytest-xdist workers share (their base folders' parent), by whichever worker asks first while the others wait."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "reproduce-quick"
+    root.mkdir(exist_ok=True)
+    with FileLock(str(root / f"{name}.lock")):
+        if not (root / "out" / name).is_dir():  # written as a whole, or absent
+            doc = root / f"docs-{name}" / f"{name.upper()}.md"
+            proc = lingreg("reproduce", "--quick", "--only", name, "--out", root / "out", "--doc", doc, "--device", "cpu")
+            assert proc.returncode == 0, proc.stderr[-3000:]
     return root
+
+
+@pytest.fixture(scope="module")
+def quick_regions(bundled_model_dir, tmp_path_factory) -> Path:
+    return _quick(tmp_path_factory, "regions")
+
+
+@pytest.fixture(scope="module")
+def quick_dimensions(bundled_model_dir, tmp_path_factory) -> Path:
+    return _quick(tmp_path_factory, "dimensions")
+
+
+@pytest.fixture(scope="module")
+def quick_forgetting(bundled_model_dir, tmp_path_factory) -> Path:
+    return _quick(tmp_path_factory, "forgetting")
 
 
 def _ratios(out: Path, metric: str = "token_perplexity") -> dict[str, dict[str, float]]:
@@ -33,12 +57,12 @@ def _ratios(out: Path, metric: str = "token_perplexity") -> dict[str, dict[str, 
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("reproduce")  # one worker runs the `quick` reproduction, once
-def test_core_region_breaks_every_language_while_bottom_barely_matters(quick):
-    ratios = _ratios(quick / "out")
+@pytest.mark.xdist_group("reproduce-regions")
+def test_core_region_breaks_every_language_while_bottom_barely_matters(quick_regions):
+    ratios = _ratios(quick_regions / "out")
     print(ratios)
     # the project's regression gate, as a user's CI would run it on these results
-    proc = lingreg("check", quick / "out" / "regions", "--rules", RULES)
+    proc = lingreg("check", quick_regions / "out" / "regions", "--rules", RULES)
     assert proc.returncode == 0 and proc.stdout.startswith("PASS"), proc.stdout
     for iso, top in ratios["core-top-1"].items():
         bottom, rnd = ratios["core-bottom-1"][iso], ratios["core-random-1"][iso]
@@ -49,9 +73,9 @@ def test_core_region_breaks_every_language_while_bottom_barely_matters(quick):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("reproduce")  # one worker runs the `quick` reproduction, once
-def test_monolingual_region_hurts_its_own_language_most(quick):
-    ratios = _ratios(quick / "out")
+@pytest.mark.xdist_group("reproduce-regions")
+def test_monolingual_region_hurts_its_own_language_most(quick_regions):
+    ratios = _ratios(quick_regions / "out")
     for mask in ("mono-ar-1", "mono-zh-1", "mono-ko-1"):
         own = mask.split("-")[1]
         others = {iso: v for iso, v in ratios[mask].items() if iso != own}
@@ -63,9 +87,9 @@ def test_monolingual_region_hurts_its_own_language_most(quick):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("reproduce")  # one worker runs the `quick` reproduction, once
-def test_intervals_separate_the_core_region_from_its_controls(quick):
-    runs = load_runs([quick / "out" / "regions"])
+@pytest.mark.xdist_group("reproduce-regions")
+def test_intervals_separate_the_core_region_from_its_controls(quick_regions):
+    runs = load_runs([quick_regions / "out" / "regions"])
     from lm_eval_lingreg.report import build_table
 
     df = build_table(runs, "token_perplexity", ratio_to="base", ci=0.95)
@@ -74,9 +98,9 @@ def test_intervals_separate_the_core_region_from_its_controls(quick):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("reproduce")  # one worker runs the `quick` reproduction, once
-def test_top_region_dimensions_break_the_model_far_more_than_random_ones(quick):
-    scan = json.loads((quick / "out" / "dimensions" / "scan-dimension.json").read_text())
+@pytest.mark.xdist_group("reproduce-dimensions")
+def test_top_region_dimensions_break_the_model_far_more_than_random_ones(quick_dimensions):
+    scan = json.loads((quick_dimensions / "out" / "dimensions" / "scan-dimension.json").read_text())
     top = sorted(r["geomean_ratio"] for r in scan["rows"] if r["label"].startswith("top"))
     rnd = sorted(r["geomean_ratio"] for r in scan["rows"] if r["label"].startswith("random"))
     print("top", top, "random", rnd)
@@ -85,30 +109,33 @@ def test_top_region_dimensions_break_the_model_far_more_than_random_ones(quick):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("reproduce")  # one worker runs the `quick` reproduction, once
-def test_forgetting_keeps_frozen_entries_exact(quick):
-    s = json.loads((quick / "out" / "forgetting" / "summary.json").read_text())
+@pytest.mark.xdist_group("reproduce-forgetting")
+def test_forgetting_keeps_frozen_entries_exact(quick_forgetting):
+    s = json.loads((quick_forgetting / "out" / "forgetting" / "summary.json").read_text())
     assert s["conditions"] == ["none", "core-0.05", "random-0.05"]
     assert s["frozen"]["none"] is None and s["frozen"]["core-0.05"]["exact"] and s["frozen"]["random-0.05"]["exact"]
     assert s["frozen"]["core-0.05"]["entries"] == s["frozen"]["random-0.05"]["entries"] > 0
     for c in s["conditions"]:
         assert set(s["after"][c]) == {"en", "ko", "zh"}
-        assert json.loads((quick / "out" / "forgetting" / c / "results.json").read_text())["config"]["lingreg"]["training"]
+        assert json.loads((quick_forgetting / "out" / "forgetting" / c / "results.json").read_text())["config"]["lingreg"]["training"]
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("reproduce")  # one worker runs the `quick` reproduction, once
-def test_the_report_is_complete_and_rewritten_from_results_alone(quick, tmp_path):
-    doc = quick / "docs" / "REPRODUCTION.md"
+def test_the_report_is_complete_and_rewritten_from_results_alone(quick_regions, quick_dimensions, quick_forgetting, tmp_path):
+    out = quick_regions / "out"
+    for name in ("regions", "dimensions", "forgetting"):  # each page as its run wrote it, and again from its results alone
+        page = quick_regions / f"docs-{name}" / f"{name.upper()}.md"
+        again = tmp_path / f"{name}.md"
+        assert lingreg("reproduce", "--quick", "--only", name, "--out", out, "--doc", again, "--from-results").returncode == 0
+        assert again.read_text() == page.read_text()
+    doc = tmp_path / "docs" / "REPRODUCTION.md"  # the three findings on one page
+    assert lingreg("reproduce", "--quick", "--out", out, "--doc", doc, "--from-results").returncode == 0
     text = doc.read_text()
     for heading in ("finding 2", "finding 4", "Monolingual regions", "Core region vs bottom and random", "Wall time"):
         assert heading in text, heading
     assert "Expectations (`baselines/rules-bundled.yaml`" in text
     for fig in ("dims-core-top-1.png", "forget-curves.png"):
         assert (doc.parent / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
-    again = tmp_path / "again.md"
-    assert lingreg("reproduce", "--quick", "--out", quick / "out", "--doc", again, "--from-results").returncode == 0
-    assert again.read_text() == text
 
 
 def test_docs_pages_regenerate_from_the_saved_results(tmp_path):
