@@ -136,7 +136,8 @@ def pytest_collection_modifyitems(config, items) -> None:
         group = item.get_closest_marker("xdist_group")
         if group is not None and str(group.args[0]).startswith("reproduce-"):
             return 0
-        return 2 if item.get_closest_marker("install") else 1
+        reads_reproductions = any(name.startswith("quick_") for name in getattr(item, "fixturenames", ()))
+        return 2 if item.get_closest_marker("install") or reads_reproductions else 1  # these wait for others: run them late
 
     items.sort(key=rank)
 

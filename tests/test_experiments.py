@@ -98,7 +98,7 @@ def test_intervals_separate_the_core_region_from_its_controls(quick_regions):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("reproduce-dimensions")
+@pytest.mark.xdist_group("reproduce-dimensions-forgetting")  # together about as long as the regions group
 def test_top_region_dimensions_break_the_model_far_more_than_random_ones(quick_dimensions):
     scan = json.loads((quick_dimensions / "out" / "dimensions" / "scan-dimension.json").read_text())
     top = sorted(r["geomean_ratio"] for r in scan["rows"] if r["label"].startswith("top"))
@@ -109,7 +109,7 @@ def test_top_region_dimensions_break_the_model_far_more_than_random_ones(quick_d
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("reproduce-forgetting")
+@pytest.mark.xdist_group("reproduce-dimensions-forgetting")
 def test_forgetting_keeps_frozen_entries_exact(quick_forgetting):
     s = json.loads((quick_forgetting / "out" / "forgetting" / "summary.json").read_text())
     assert s["conditions"] == ["none", "core-0.05", "random-0.05"]
