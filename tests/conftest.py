@@ -71,16 +71,11 @@ def bundled_lm(bundled_model_dir):
 # parallel workers (pytest-xdist): share the cores instead of each taking all of them ----------------------------------
 
 
-def _threads_per_worker() -> int | None:
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers <= 1:
-        return None
-    return max(1, (os.cpu_count() or 1) // workers)
-
-
-if _threads_per_worker() is not None:
-    torch.set_num_threads(_threads_per_worker())
-    os.environ["OMP_NUM_THREADS"] = str(_threads_per_worker())  # subprocesses (lm_eval, torchrun, the wheel's commands)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, len(os.sched_getaffinity(0)) // _WORKERS)
+    torch.set_num_threads(_THREADS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)  # subprocesses (lm_eval, torchrun, the wheel's commands)
 
 
 # the plain-install environment (tests/plain_install.py), built in the background while the other tests run ---------------
@@ -103,7 +98,7 @@ def pytest_configure(config) -> None:
         _OWNER["dir"] = root
 
 
-def plain_install_dir(config=None) -> Path:
+def plain_install_dir() -> Path:
     """Where tests/plain_install.py builds the environment; started now if no collection started it."""
     root = Path(os.environ[_PLAIN_ENV])
     _start_plain_install(root)

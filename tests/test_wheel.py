@@ -16,10 +16,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.install]
 
 
 @pytest.fixture(scope="module")
-def plain(request) -> dict:
+def plain() -> dict:
     from conftest import plain_install_dir
 
-    root = plain_install_dir(request.config)
+    root = plain_install_dir()
     deadline = time.time() + 1500
     while not (root / "done").exists():
         assert time.time() < deadline, "the plain install did not finish"
