@@ -366,6 +366,8 @@ def test_extract_refuses_careless_options_before_any_work(tmp_path, tiny_model_d
         (["lape", "--neurons", "n.pth", "--samples", "9"], "--samples"),
         (["lape", "--neurons", "n.pth", "--save-neurons", "o.pth"], "--save-neurons"),
         (["core", "--scores", "s", "--prompt", "x"], "--prompt"),
+        (["lape", "--coordinates", "sw.json"], "--coordinates"),
+        (["super-weight", "--neurons", "n.pth"], "--neurons"),
         (["monolingual", "--scores", "s", "--lang", "ar", "--per-row"], "--per-row"),
     ],
 )

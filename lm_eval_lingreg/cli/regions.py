@@ -203,8 +203,11 @@ def _check_options_apply(args: argparse.Namespace) -> None:
     """One clear error for an option given to an `extract` variant that would silently ignore it."""
     from lm_eval_lingreg.errors import UsageError
 
-    variant = {"lape": "lape --neurons", "super-weight": "super-weight --coordinates"}.get(args.kind) if (args.neurons or args.coordinates) else None
-    variant = variant or args.kind
+    variant = args.kind
+    if args.kind == "lape" and args.neurons:
+        variant = "lape --neurons"
+    elif args.kind == "super-weight" and args.coordinates:
+        variant = "super-weight --coordinates"
     defaults = args.extract_defaults
     for dest, kinds in _APPLIES.items():
         if variant not in kinds and getattr(args, dest) != defaults[dest]:
