@@ -23,6 +23,14 @@ from lm_eval_lingreg.results import DOCUMENTS, documents, task_name
 Condition = Region | Sequence[Perturbation] | None
 #: UDHR documents per language read by default (main job, regions experiment); docs/EVALUATION.md says why.
 DEFAULT_LIMIT = 8
+#: UDHR documents per language: the preamble (document 0) and the 30 articles.
+UDHR_DOCUMENTS = 31
+
+
+def documents_read(limit: int | None, first: int = 0, what: str = "UDHR documents") -> str:
+    """How many documents per language, and which when not from the preamble (for pages and notes)."""
+    n = limit or UDHR_DOCUMENTS - first
+    return f"{n} {what} per language" + (f" (articles {first}-{first + n - 1}; the preamble left out)" if first else "")
 
 
 def task_names(langs: Sequence[str]) -> list[str]:
@@ -52,7 +60,7 @@ def _apply(lm: Any, cond: Condition) -> tuple[dict[str, Any], Any]:
         saved = apply(cond, lm.model)
         return {"entries_changed": saved.num_entries, "mask_metadata": cond.metadata}, saved.restore
     if cond:
-        applied = perturb(lm.model, cond)
+        applied = perturb(lm.model, cond, tokenizer=lm.tokenizer)
         return applied.info(), applied.restore
     return {"entries_changed": 0}, None
 
@@ -63,17 +71,24 @@ def evaluate_conditions(
     langs: Sequence[str],
     limit: int | None = None,
     output_dir: str | os.PathLike | None = None,
+    first: int = 0,
 ) -> dict[str, dict]:
     """Run lm-eval on `lm` under each condition; return {condition: lm-eval results dict}.
 
     A condition is a region (its entries are zeroed), a list of perturbations, or None (the
-    unchanged model). `lm` is a lingreg HFLM wrapper (`LingregLM`). With `output_dir`, each
+    unchanged model). `lm` is a lingreg HFLM wrapper (`LingregLM`). Each language reads `limit`
+    documents (None: all) from document `first` (0: the preamble). With `output_dir`, each
     condition's results JSON is written atomically to `<output_dir>/<condition>/results.json`.
     """
     import lm_eval
     from lm_eval.utils import handle_non_serializable
 
     check_labels(list(conditions))
+    if not 0 <= first < UDHR_DOCUMENTS or (limit is not None and first + limit > UDHR_DOCUMENTS):
+        raise UsageError(
+            f"documents {first}..{first + (limit or 0) - 1} do not exist: each language has {UDHR_DOCUMENTS} UDHR documents (0-{UDHR_DOCUMENTS - 1})"
+        )
+    which = {"limit": limit} if not first else {"samples": {t: list(range(first, first + (limit or UDHR_DOCUMENTS - first))) for t in task_names(langs)}}
     if output_dir is not None:
         check_writable(output_dir, into=True)
     manager = task_manager()
@@ -83,7 +98,7 @@ def evaluate_conditions(
         try:
             with lm.recording(condition=label, **info):
                 t0 = time.perf_counter()
-                results = lm_eval.simple_evaluate(model=lm, tasks=task_names(langs), task_manager=manager, limit=limit, log_samples=True)
+                results = lm_eval.simple_evaluate(model=lm, tasks=task_names(langs), task_manager=manager, log_samples=True, **which)
                 results["config"]["lingreg"]["wall_seconds"] = round(time.perf_counter() - t0, 2)
         finally:
             if undo is not None:
@@ -108,7 +123,7 @@ def ratio_table(results: Mapping[str, Mapping[str, Any]], langs: Sequence[str], 
     rows = [[LANGUAGES[iso].name, iso, bpb[iso], ppl[base][iso], *(ppl[c][iso] / ppl[base][iso] for c in others)] for iso in langs]
     rows.append(["Geometric mean", "", None, None, *(geomean(r[4 + i] for r in rows) for i in range(len(others)))])
     headers = ["Language", "ISO", "bpb base", "tok-ppl base", *(f"x ppl {c}" for c in others)]
-    note = f"{limit or 31} UDHR documents per language; token perplexity of each ablated model divided by the base model's"
+    note = f"{documents_read(limit)}; token perplexity of each ablated model divided by the base model's"
     return note + "\n" + tabulate(rows, headers=headers, floatfmt=".3g", tablefmt="github", missingval="")
 
 

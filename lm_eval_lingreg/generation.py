@@ -65,7 +65,7 @@ def generate(
     device = next(model.parameters()).device
     out = []
     for label, perts in conditions.items():
-        with perturb(model, perts) if perts else contextlib.nullcontext():
+        with perturb(model, perts, tokenizer=tokenizer) if perts else contextlib.nullcontext():
             for prompt in prompts:
                 enc = tokenizer(prompt, return_tensors="pt").to(device)
                 ids = model.generate(**enc, generation_config=cfg)

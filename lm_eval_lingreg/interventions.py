@@ -19,6 +19,7 @@ import torch
 from lm_eval_lingreg.anatomy import base_model, editability_problems, model_slots, named_parameters
 from lm_eval_lingreg.edits import SavedEntries
 from lm_eval_lingreg.errors import PerturbationError, close_matches
+from lm_eval_lingreg.languages import CORE_LANGUAGES
 from lm_eval_lingreg.perturbation import GROUPS, Perturbation, spec_dicts, spec_sha256, spec_string
 
 
@@ -136,13 +137,39 @@ def _activation_layers(p: Perturbation, model: torch.nn.Module) -> dict[int, tor
     return {la: layers[la] for la in chosen}
 
 
-def _activation_hook(p: Perturbation, layer: int):
+#: Where `op=mean` measures a dimension's mean activation: eld sentences of the paper's six calibration languages.
+MEAN_CALIBRATION = {"langs": tuple(CORE_LANGUAGES), "samples": 8, "source": "eld"}
+
+
+def activation_means(model: torch.nn.Module, tokenizer: Any, layers: Mapping[int, torch.nn.Module], dims: Sequence[int]) -> dict[int, torch.Tensor]:
+    """{layer: signed mean of the residual stream's `dims` after that layer} over every token of the calibration
+    sentences (`MEAN_CALIBRATION`, with BOS), measured on the model as it is now (earlier perturbations included)."""
+    from lm_eval_lingreg.corpora import make_samples
+    from lm_eval_lingreg.sources import activation_pass
+
+    if tokenizer is None:
+        raise PerturbationError("op=mean measures the activation's mean on calibration text and needs the model's tokenizer (pass tokenizer= to perturb)")
+    samples = [s for lang in MEAN_CALIBRATION["langs"] for s in make_samples(tokenizer, lang, MEAN_CALIBRATION["samples"]).input_ids]
+    names = {id(m): n for n, m in base_model(model).named_modules()}
+    sums = {la: torch.zeros(len(dims), dtype=torch.float64) for la in layers}
+
+    def collect_for(la: int):
+        def collect(values: torch.Tensor, keep: torch.Tensor) -> None:
+            sums[la] += values[keep][:, list(dims)].double().sum(0).cpu()
+
+        return collect
+
+    tokens = activation_pass(model, samples, {names[id(m)]: collect_for(la) for la, m in layers.items()}, "output", pad_id=tokenizer.pad_token_id or 0)
+    return {la: s / tokens for la, s in sums.items()}
+
+
+def _activation_hook(p: Perturbation, layer: int, means: Mapping[int, torch.Tensor] | None = None):
     dims = list(p.dims)
 
     def hook(_module, _args, out):
         h = out[0] if isinstance(out, tuple) else out
         h = h.clone()
-        x = _operate(p, h[..., dims])
+        x = means[layer].to(h.dtype).to(h.device).expand_as(h[..., dims]) if means is not None else _operate(p, h[..., dims])
         if not bool(torch.isfinite(x).all()):
             raise PerturbationError(f"{p} overflows {h.dtype} at layer {layer} (the activation becomes inf or NaN); use a smaller value")
         h[..., dims] = x
@@ -225,8 +252,9 @@ def check_all(model: torch.nn.Module, perturbations: Sequence[Perturbation]) -> 
 
 
 @torch.no_grad()
-def perturb(model: torch.nn.Module, perturbations: Perturbation | Sequence[Perturbation]) -> Applied:
-    """Apply perturbations in order. Every one is validated before any weight changes."""
+def perturb(model: torch.nn.Module, perturbations: Perturbation | Sequence[Perturbation], tokenizer: Any = None) -> Applied:
+    """Apply perturbations in order. Every one is validated before any weight changes; `op=mean` (activations)
+    needs the `tokenizer` to measure the mean on calibration text."""
     perts = [perturbations] if isinstance(perturbations, Perturbation) else list(perturbations)
     params = named_parameters(model)
     resolved = [(p, resolve(p, model, params)) for p in perts]
@@ -235,8 +263,13 @@ def perturb(model: torch.nn.Module, perturbations: Perturbation | Sequence[Pertu
         for p, targets in resolved:
             if p.on == "activation":
                 layers = _activation_layers(p, model)
-                applied.hooks += [m.register_forward_hook(_activation_hook(p, la)) for la, m in layers.items()]
+                means = activation_means(model, tokenizer, layers, p.dims) if p.op == "mean" else None
+                applied.hooks += [m.register_forward_hook(_activation_hook(p, la, means)) for la, m in layers.items()]
                 applied.summary.append({"perturbation": str(p), "entries": 0, "activation_layers": sorted(layers)})
+                if means is not None:
+                    cal = MEAN_CALIBRATION
+                    applied.summary[-1]["means"] = {str(la): [float(v) for v in m] for la, m in sorted(means.items())}
+                    applied.summary[-1]["mean_text"] = f"{cal['source']} sentences, {cal['samples']} per language of {','.join(cal['langs'])}"
                 continue
             gen = torch.Generator().manual_seed(p.seed) if p.op == "noise" else None
             for t in targets:

@@ -222,6 +222,6 @@ class PerturbedLM(LingregLM):
             if p.kind == "region" and isinstance(p.mask, str):
                 load_region(p.mask)
         super().__init__(pretrained=pretrained, **kwargs)
-        self.perturbation = apply_perturbations(self._model, perturbations)
+        self.perturbation = apply_perturbations(self._model, perturbations, tokenizer=self.tokenizer)
         self._lingreg_info.update(self.perturbation.info())
         log.info("hf-perturbed: %s changed %d entries", self._lingreg_info["perturbation_spec"], self.perturbation.entries_changed)

@@ -12,7 +12,7 @@ parameter names:
 
 and five operations: `zero`, `set` (to `value`), `mul` (by `value`), `add` (`value`), and `noise`
 (Gaussian, seeded: `value` is the standard deviation, relative to each entry's magnitude with
-`scale=relative`, the default, or absolute with `scale=absolute`).
+`scale=relative`, the default, or absolute with `scale=absolute`); activations also take `mean`.
 
 `on=param` (default) applies the operation to the stored parameter. `on=gain` applies it to the
 effective gain of a norm instead: identical for Llama-style RMSNorm (`x * w`), but for
@@ -21,8 +21,9 @@ norm uses its weight is probed on the loaded module, not guessed from its class 
 
 `on=activation` changes no weight: with `dim=` (and `layer=`), it sets the hidden dimension's
 activation on the residual stream, the output of each chosen decoder layer, to zero, a value, a
-multiple or a shifted value at every position (the massive-activations experiment), through
-forward hooks that `restore()` removes.
+multiple, a shifted value or its mean (`op=mean`: the signed mean over every position of
+calibration text, measured on the model when the perturbation is applied) at every position (the
+massive-activations experiment), through forward hooks that `restore()` removes.
 
 The compact text form, used inside lm-eval's comma-separated `--model_args` and by the CLI,
 joins `key=value` pairs with `:` and several perturbations with `;`:
@@ -53,7 +54,7 @@ from lm_eval_lingreg.errors import PerturbationError
 if TYPE_CHECKING:
     from lm_eval_lingreg.regions import Region
 
-OPS = ("zero", "set", "mul", "add", "noise")
+OPS = ("zero", "set", "mul", "add", "noise", "mean")
 ON = ("param", "gain", "activation")
 SCALES = ("relative", "absolute")
 #: Module groups accepted by `modules=` besides exact module names.
@@ -97,9 +98,11 @@ class Perturbation:
             )
         if self.op not in OPS:
             raise PerturbationError(f"unknown op {self.op!r} in {self.describe()!r}; use one of {', '.join(OPS)}")
-        if self.op == "zero":
-            if self.value not in (None, 0, 0.0):
-                raise PerturbationError(f"op=zero takes no value (got value={self.value}); use op=set to write a value")
+        if self.op in ("zero", "mean"):
+            if self.value not in (None, 0, 0.0) if self.op == "zero" else self.value is not None:
+                raise PerturbationError(f"op={self.op} takes no value (got value={self.value}); use op=set to write a value")
+            if self.op == "mean" and self.on != "activation":
+                raise PerturbationError("op=mean sets an activation to its mean on calibration text: it goes with on=activation and dim=")
         elif self.value is None:
             raise PerturbationError(f"op={self.op} needs `value=` (e.g. op=mul:value=4) in {self.describe()!r}")
         elif not math.isfinite(self.value):
@@ -116,7 +119,7 @@ class Perturbation:
             if self.modules != ("all",):
                 raise PerturbationError("on=activation acts on the residual stream after each chosen layer; `modules=` picks weights and does not apply")
             if self.op == "noise":
-                raise PerturbationError("on=activation takes op=zero, set, mul or add")
+                raise PerturbationError("on=activation takes op=zero, set, mul, add or mean")
         if self.scale not in SCALES:
             raise PerturbationError(f"scale={self.scale!r}: use scale=relative (default) or scale=absolute")
         if self.kind == "scalar":
@@ -165,7 +168,7 @@ class Perturbation:
         else:
             d["mask"] = self.mask_label
         d["op"] = self.op
-        if self.op != "zero":
+        if self.op not in ("zero", "mean"):
             d["value"] = self.value
         d["on"] = self.on
         if self.op == "noise":

@@ -35,9 +35,14 @@ FULL = {
 LIMIT_FIELDS = {"regions": "limit", "protocol": "limit", "methods": "limit", "forgetting": "eval_limit", "dimensions": "harness_limit"}
 #: CI-sized: every experiment end to end in a few minutes; its results carry the tests of the paper's findings.
 QUICK = {
-    "regions": regions.Plan(langs=["ar", "zh", "ko", "en", "fr", "sw"], limit=2, ratios=[1], mono=["ar", "zh", "ko"]),
-    "dimensions": dimensions.Plan(top=5, random=5, param_top=3, langs=["en", "zh", "ar"], docs=1, tokens=64, activations=False, harness_limit=None, prompts=[]),
-    "forgetting": forgetting.Plan(conditions=["none", "core:0.05", "random:0.05"], eval_langs=["en", "ko", "zh"], eval_limit=1, steps=3, watch_blocks=2),
+    # articles 1-3, not the long preamble: a third of the tokens, and three documents for the intervals
+    "regions": regions.Plan(langs=["ar", "zh", "ko", "en", "fr", "sw"], limit=3, first_doc=1, ratios=[1], mono=["ar", "zh", "ko"]),
+    "dimensions": dimensions.Plan(
+        top=5, random=5, param_top=2, gain_scan=False, langs=["en", "zh", "ar"], docs=1, tokens=64, activations=False, harness_limit=None, prompts=[]
+    ),
+    "forgetting": forgetting.Plan(
+        conditions=["none", "core:0.05", "random:0.05"], eval_langs=["en", "ko", "zh"], eval_limit=1, eval_first=1, steps=3, watch_blocks=1
+    ),
     "protocol": protocol.Plan(langs=["ar", "zh", "ko"], samples=16, checkpoints=[8], eval_langs=["en", "ar", "zh", "ko"], limit=1),
     "methods": methods.Plan(langs=["ar", "zh", "ko"], samples=16, eval_langs=["en", "ar", "zh", "ko"], limit=1),
 }

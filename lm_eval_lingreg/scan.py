@@ -158,9 +158,13 @@ def template(candidates: Sequence[Candidate]) -> str:
 
 
 def scan(
-    model: torch.nn.Module, probe: ProbeSet, candidates: Sequence[Candidate | tuple[str, Sequence[Perturbation]]], progress: bool = True
+    model: torch.nn.Module,
+    probe: ProbeSet,
+    candidates: Sequence[Candidate | tuple[str, Sequence[Perturbation]]],
+    progress: bool = True,
+    tokenizer: Any = None,
 ) -> dict[str, Any]:
-    """Perplexity under each candidate, relative to the unperturbed model, ranked.
+    """Perplexity under each candidate, relative to the unperturbed model, ranked (`tokenizer`: for `op=mean`).
 
     Every candidate is validated before the first one runs, and the model is restored exactly
     after each (also on error or Ctrl-C).
@@ -173,7 +177,7 @@ def scan(
     base = probe_perplexity(model, probe)
     rows = []
     for c in tqdm(cands, desc="scan", unit="run", disable=not progress):
-        with perturb(model, c.perturbations) as applied:
+        with perturb(model, c.perturbations, tokenizer=tokenizer) as applied:
             ppl = probe_perplexity(model, probe)
         ratios = {iso: (ppl[iso] / base[iso]) for iso in base}
         rows.append(

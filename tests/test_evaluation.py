@@ -35,3 +35,16 @@ def test_conditions_are_recorded_and_the_model_restored(tiny_lm, tmp_path):
 def test_labels_must_be_plain_names(tiny_lm, label):
     with pytest.raises(UsageError, match="plain names"):
         evaluate_conditions(tiny_lm, {label: None}, ["en"], limit=1)
+
+
+def test_documents_can_start_after_the_preamble(tiny_lm):
+    """`first=1` reads articles 1.. (the same documents as the full run's), not the preamble."""
+    from lm_eval_lingreg.results import DOCUMENTS
+
+    full = evaluate_conditions(tiny_lm, {"base": None}, ["en"], limit=3)["base"][DOCUMENTS]["lingreg_ppl_en"]
+    later = evaluate_conditions(tiny_lm, {"base": None}, ["en"], limit=2, first=1)["base"][DOCUMENTS]["lingreg_ppl_en"]
+    assert full["doc_id"] == [0, 1, 2] and later["doc_id"] == [1, 2]
+    assert later["loglikelihood"] == pytest.approx(full["loglikelihood"][1:], rel=1e-9) and later["tokens"] == full["tokens"][1:]
+    for first, limit in ((31, 1), (30, 2), (-1, 1)):
+        with pytest.raises(UsageError, match="31 UDHR documents"):
+            evaluate_conditions(tiny_lm, {"base": None}, ["en"], limit=limit, first=first)

@@ -256,11 +256,62 @@ def test_activation_interventions_set_the_residual_stream_and_are_removed_on_res
     assert not any(m._forward_hooks for m in tiny_model.modules())
 
 
+def test_activation_set_to_its_mean_is_the_mean_over_calibration_tokens(tiny_model, tok):
+    """op=mean: each chosen layer's dimension is set to its signed mean over every token of the calibration
+    sentences, measured by hand here one sentence at a time (no padding), and the means are recorded."""
+    from lm_eval_lingreg.corpora import make_samples
+    from lm_eval_lingreg.interventions import MEAN_CALIBRATION
+
+    layers, dims = tiny_model.model.layers, [3, 7]
+    sums, n = {0: torch.zeros(2, dtype=torch.float64), 1: torch.zeros(2, dtype=torch.float64)}, 0
+
+    def hidden(out):
+        return out[0] if isinstance(out, tuple) else out
+
+    def accumulate(_m, _a, out, la):
+        sums[la] += hidden(out)[0][:, dims].double().sum(0)
+
+    handles = [layers[la].register_forward_hook(lambda m, a, o, la=la: accumulate(m, a, o, la)) for la in sums]
+    with torch.no_grad():
+        for lang in MEAN_CALIBRATION["langs"]:
+            for s in make_samples(tok, lang, MEAN_CALIBRATION["samples"]).input_ids:
+                tiny_model.model(input_ids=torch.tensor([s]))
+                n += len(s)
+    for h in handles:
+        h.remove()
+    means = {la: (v / n).float() for la, v in sums.items()}
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+
+    def by_hand(_m, _a, out, la):
+        h = hidden(out).clone()
+        h[..., dims] = means[la]
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    handles = [layers[la].register_forward_hook(lambda m, a, o, la=la: by_hand(m, a, o, la)) for la in sums]
+    with torch.no_grad():
+        expected = tiny_model(input_ids=ids).logits
+    for h in handles:
+        h.remove()
+    assert not any(m._forward_hooks for m in tiny_model.modules())
+    with perturb(tiny_model, parse_spec("layers=0+1:dim=3+7:on=activation:op=mean"), tokenizer=tok) as applied, torch.no_grad():
+        got = tiny_model(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    recorded = applied.summary[0]["means"]
+    assert set(recorded) == {"0", "1"} and torch.allclose(torch.tensor(recorded["1"]), means[1], atol=1e-6)
+    assert not torch.allclose(means[0], torch.zeros(2)) and "eld sentences, 8 per language" in applied.summary[0]["mean_text"]
+    assert not any(m._forward_hooks for m in tiny_model.modules())
+    with pytest.raises(PerturbationError, match="op=mean takes no value"):
+        parse_spec("layer=0:dim=1:on=activation:op=mean:value=2")
+    with pytest.raises(PerturbationError, match="goes with on=activation"):
+        parse_spec("layer=0:dim=1:op=mean")
+
+
 def test_activation_intervention_errors(tiny_model):
     for spec, match in (
         ("param=model.layers.0.mlp.down_proj.weight:index=0:on=activation:op=zero", "give `dim=`"),
         ("layer=0:dim=1:modules=norms:on=activation:op=zero", "modules="),
-        ("layer=0:dim=1:on=activation:op=noise:value=1", "op=zero, set, mul or add"),
+        ("layer=0:dim=1:on=activation:op=noise:value=1", "op=zero, set, mul, add or mean"),
+        ("layer=0:dim=1:on=activation:op=mean", "needs the model's tokenizer"),
         ("layer=9:dim=1:on=activation:op=zero", "layer 9 out of range"),
         ("layer=0:dim=99:on=activation:op=zero", "dim=99 out of range"),
         ("layer=0:dim=1:on=activations:op=zero", "on=activation"),

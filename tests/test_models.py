@@ -244,6 +244,17 @@ def test_half_precision_weights_get_an_fp32_log_softmax(tiny_model_dir):
         LingregLM(pretrained=str(tiny_model_dir), rolling_bos="maybe")
 
 
+def test_perturbed_model_sets_an_activation_to_its_calibration_mean(tiny_model_dir):
+    """hf-perturbed measures op=mean with its own tokenizer and records the means it set."""
+    from lm_eval_lingreg.models import PerturbedLM
+
+    lm = PerturbedLM(pretrained=str(tiny_model_dir), layer=1, dim=5, on="activation", op="mean", device="cpu", dtype="float32")
+    (summary,) = lm._lingreg_info["perturbed"]
+    assert lm._lingreg_info["perturbations"][0]["op"] == "mean" and "value" not in lm._lingreg_info["perturbations"][0]
+    assert set(summary["means"]) == {"1"} and len(summary["means"]["1"]) == 1 and summary["means"]["1"][0] != 0
+    lm.perturbation.restore()
+
+
 def test_perturbed_run_with_an_activation_intervention_records_it(tiny_model_dir, base_ppl):
     from lm_eval_lingreg.models import PerturbedLM
 

@@ -83,11 +83,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
     model, tokenizer = _args.load(args)
     hidden = hidden_size(model) or (counts.hidden if counts is not None else 0)
     dims = pick_dimensions(args.dims, counts.ranked() if counts is not None else None, hidden, args.seed)
-    op = {"op": args.op, "value": None if args.op == "zero" else args.value, "on": args.on, "scale": args.scale, "seed": args.seed}
+    op = {"op": args.op, "value": None if args.op in ("zero", "mean") else args.value, "on": args.on, "scale": args.scale, "seed": args.seed}
     cands = dimension_candidates(dims, param=args.param, layers=layers, modules=modules, **op)
     probe = ProbeSet.build(tokenizer, probe_docs, args.tokens)
     print(f"scanning {len(cands)} candidates on {len(langs)} languages x {args.docs} UDHR documents (<= {args.tokens} tokens each)", file=sys.stderr)
-    result = scan(model, probe, cands)
+    result = scan(model, probe, cands, tokenizer=tokenizer)
     if counts is not None:
         for r in result["rows"]:
             r["region_entries_on_dim"] = int(counts.total[r["dim"]])

@@ -67,7 +67,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     from lm_eval_lingreg.evaluation import DEFAULT_LIMIT
 
     s = sub.add_parser("reproduce", help="run the paper's experiments on the bundled model and write a report (about 1 h; --quick: a few minutes)")
-    s.add_argument("--quick", action="store_true", help="CI-sized: 6 languages x 1 document, 1%% regions, 8 candidate dimensions, 3 training steps")
+    s.add_argument("--quick", action="store_true", help="CI-sized: 6 languages x 3 short documents, 1%% regions, 10 candidate dimensions, 3 training steps")
     s.add_argument(
         "--only", default=None, help="comma-separated experiments: regions, dimensions, forgetting (the default: all three), evaluation, protocol and methods"
     )

@@ -31,6 +31,7 @@ class Plan:
     conditions: list[str] = field(default_factory=lambda: ["none", "core:0.05", "random:0.05"])
     eval_langs: list[str] = field(default_factory=lambda: list(LANGUAGES))
     eval_limit: int | None = 2
+    eval_first: int = 0  # the first UDHR document the harness reads (0: the preamble; 1: article 1)
     steps: int = 80
     seq_len: int = 64
     watch_langs: list[str] = field(default_factory=lambda: ["en", "zh", "ar"])
@@ -67,9 +68,17 @@ def summarize(before: Mapping[str, float], after: Mapping[str, Mapping[str, floa
 
 
 def forget(
-    lm: Any, cfg: Any, conditions: Sequence[str], eval_langs: Sequence[str], eval_limit: int | None, out_dir: str | Path, save_checkpoints: bool = False
+    lm: Any,
+    cfg: Any,
+    conditions: Sequence[str],
+    eval_langs: Sequence[str],
+    eval_limit: int | None,
+    out_dir: str | Path,
+    save_checkpoints: bool = False,
+    eval_first: int = 0,
 ) -> dict[str, Any]:
-    """Train the same starting weights under each freezing condition; harness before and after.
+    """Train the same starting weights under each freezing condition; harness before and after (`eval_limit`
+    documents per language from document `eval_first`).
 
     `lm` is a loaded lingreg HFLM wrapper. Its weights are put back to the starting point before
     each condition and at the end. Writes `summary.json` and, per condition, `results.json` and
@@ -95,7 +104,7 @@ def forget(
 
     t0 = time.perf_counter()
     log.info("harness before training: %d languages, %s documents each", len(eval_langs), eval_limit or "all")
-    before = evaluate_conditions(lm, {"before": None}, eval_langs, limit=eval_limit, output_dir=out_dir)["before"]
+    before = evaluate_conditions(lm, {"before": None}, eval_langs, limit=eval_limit, output_dir=out_dir, first=eval_first)["before"]
     records, after = {}, {}
     try:
         for label, region in regions.items():
@@ -105,7 +114,7 @@ def forget(
             rec["condition"] = label
             records[label] = rec
             with lm.recording(training={k: v for k, v in rec.items() if k != "curves"}):
-                res = evaluate_conditions(lm, {label: None}, eval_langs, limit=eval_limit, output_dir=out_dir)[label]
+                res = evaluate_conditions(lm, {label: None}, eval_langs, limit=eval_limit, output_dir=out_dir, first=eval_first)[label]
             after[label] = per_language(res, "token_perplexity")
             write_json(out_dir / label / "train.json", rec)
             if save_checkpoints:
@@ -117,6 +126,7 @@ def forget(
         "target": cfg.lang,
         "config": asdict(cfg) | {"eval_langs": list(cfg.eval_langs)},
         "eval_limit": eval_limit,
+        **({"eval_first": eval_first} if eval_first else {}),
         "conditions": list(regions),
         "before": ppl_before,
         "after": after,
@@ -135,7 +145,7 @@ def run(lm: Any, plan: Plan, out: Path) -> dict[str, float]:
     from lm_eval_lingreg.plots import plot_curves
 
     t0 = time.perf_counter()
-    summary = forget(lm, plan.train_config(), plan.conditions, plan.eval_langs, plan.eval_limit, out)
+    summary = forget(lm, plan.train_config(), plan.conditions, plan.eval_langs, plan.eval_limit, out, eval_first=plan.eval_first)
     plot_curves(summary, out / "figures" / FIGURE)
     return {"forgetting": time.perf_counter() - t0}
 
@@ -177,6 +187,8 @@ def table(summary: Mapping[str, Any]) -> str:
 
 def section(out: Path, record: dict[str, Any]) -> str:
     """The forgetting page (markdown) from `out/summary.json`."""
+    from lm_eval_lingreg.evaluation import documents_read
+
     s = json.loads((out / "summary.json").read_text())
     cfg, target = s["config"], s["target"]
     wall = record["seconds"].get("wall")
@@ -203,7 +215,7 @@ def section(out: Path, record: dict[str, Any]) -> str:
         + f"; text: eld {LANGUAGES[target].name} sentences "
         f"(90% train, 10% held out)"
     )
-    w(f"- evaluation: `lingreg_ppl`, {s['eval_limit'] or 31} UDHR documents per language, token perplexity after / before (below 1 = better)")
+    w(f"- evaluation: `lingreg_ppl`, {documents_read(s['eval_limit'], s.get('eval_first', 0))}, token perplexity after / before (below 1 = better)")
     w(
         f"- wall time: {s['seconds'] / 60:.0f} min on 2 CPU cores (training {', '.join(f'{k} {v / 60:.1f} min' for k, v in s['train_seconds'].items())})"
         + (f"; {wall / 60:.0f} min with start-up" if wall else "")
