@@ -7,6 +7,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 from lm_eval_lingreg.cli import _args
 
@@ -70,25 +71,10 @@ def _calibration(args: argparse.Namespace, tokenizer, langs: list[str]) -> dict[
 
 def _source_region(args: argparse.Namespace, meta: dict):
     """A region from a source other than importance scores (magnitude, wanda, lape, super-weight)."""
-    from tqdm.auto import tqdm
-
-    from lm_eval_lingreg.anatomy import model_fingerprint, scope_shapes
+    from lm_eval_lingreg.anatomy import model_fingerprint
     from lm_eval_lingreg.errors import UsageError
     from lm_eval_lingreg.languages import CORE_LANGUAGES, parse_languages
-    from lm_eval_lingreg.sources import (
-        activation_probabilities,
-        check_lape_rates,
-        coordinates_region,
-        detect_super_weights,
-        input_norms,
-        lape_neurons,
-        lape_region,
-        load_coordinates,
-        load_lape,
-        select_magnitude,
-        select_wanda,
-        shapes_of,
-    )
+    from lm_eval_lingreg.sources import check_lape_rates, select_magnitude
 
     if args.which == "random":
         raise UsageError(f"`lingreg extract {args.kind}` selects --which top or bottom; for a random control use `lingreg extract core --which random`")
@@ -101,45 +87,70 @@ def _source_region(args: argparse.Namespace, meta: dict):
         args.langs = ",".join(parse_languages(args.langs) if args.langs else CORE_LANGUAGES)
         if args.lang not in args.langs.split(","):
             raise UsageError(f"--lang {args.lang!r} is not among --langs {args.langs}")
-    imported = args.kind == "lape" and args.neurons or args.kind == "super-weight" and args.coordinates
-    if imported:  # only the model's shapes are needed: read from its config, no weights loaded
-        shapes = shapes_of(args.pretrained, args.scope)
-        meta |= {"model": args.pretrained or "gemma-3-270m"}
-        if args.kind == "lape":
-            neurons = load_lape(args.neurons)
-            positions = None
-            if args.lang:
-                if not args.file_langs:
-                    raise UsageError("--lang with --neurons needs --file-langs: the languages of the file in its order (e.g. en,zh,fr,es,vi,id,ja)")
-                order = [s.strip() for s in args.file_langs.split(",")]
-                if len(order) != len(neurons):
-                    raise UsageError(f"--file-langs names {len(order)} languages but {args.neurons} holds {len(neurons)}")
-                if args.lang not in order:
-                    raise UsageError(f"--lang {args.lang!r} is not among --file-langs {','.join(order)}")
-                positions = [order.index(args.lang)]
-            return lape_region(neurons, shapes, positions, gate_up=args.gate_up, metadata=meta | {"source": str(args.neurons), "lang": args.lang})
-        return coordinates_region(load_coordinates(args.coordinates), shapes, meta | {"source": str(args.coordinates)})
+    if args.kind == "lape" and args.neurons or args.kind == "super-weight" and args.coordinates:
+        return _imported_region(args, meta)
     model, tokenizer = _args.load(args)
     meta |= {"model": args.pretrained or "gemma-3-270m", "model_fingerprint": model_fingerprint(model)}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if args.kind == "magnitude":
         return select_magnitude(model, args.ratio, args.which, args.scope, meta)
     if args.kind == "super-weight":
-        ids = tokenizer(args.prompt)["input_ids"]
-        found = detect_super_weights(model, ids, spike=args.spike, top=args.top)
-        if not found:
-            raise UsageError(
-                f"no down_proj output in any layer exceeds {args.spike:g}x the median over layers on this prompt; lower --spike or try another --prompt"
-            )
-        for f in found:
-            print(
-                f"super weight: layer {f['layer']}, row {f['row']}, col {f['col']} (|input| {f['max_abs_input']:.4g}, |output| {f['max_abs_output']:.4g}, {f['times_median']:.1f}x the median)"
-            )
-        return coordinates_region(
-            [(f["layer"], f["row"], f["col"]) for f in found],
-            scope_shapes(model, args.scope),
-            meta | {"prompt": args.prompt, "spike": args.spike, "found": found},
+        return _super_weight_region(args, model, tokenizer, meta)
+    return _activation_region(args, model, tokenizer, meta)
+
+
+def _imported_region(args: argparse.Namespace, meta: dict):
+    """A LAPE neuron file or super-weight coordinates as a region: only the model's shapes are needed, read from
+    its config (no weights loaded)."""
+    from lm_eval_lingreg.errors import UsageError
+    from lm_eval_lingreg.sources import coordinates_region, lape_region, load_coordinates, load_lape, shapes_of
+
+    shapes = shapes_of(args.pretrained, args.scope)
+    meta |= {"model": args.pretrained or "gemma-3-270m"}
+    if args.kind != "lape":
+        return coordinates_region(load_coordinates(args.coordinates), shapes, meta | {"source": str(args.coordinates)})
+    neurons = load_lape(args.neurons)
+    positions = None
+    if args.lang:
+        if not args.file_langs:
+            raise UsageError("--lang with --neurons needs --file-langs: the languages of the file in its order (e.g. en,zh,fr,es,vi,id,ja)")
+        order = [s.strip() for s in args.file_langs.split(",")]
+        if len(order) != len(neurons):
+            raise UsageError(f"--file-langs names {len(order)} languages but {args.neurons} holds {len(neurons)}")
+        if args.lang not in order:
+            raise UsageError(f"--lang {args.lang!r} is not among --file-langs {','.join(order)}")
+        positions = [order.index(args.lang)]
+    return lape_region(neurons, shapes, positions, gate_up=args.gate_up, metadata=meta | {"source": str(args.neurons), "lang": args.lang})
+
+
+def _super_weight_region(args: argparse.Namespace, model: Any, tokenizer: Any, meta: dict):
+    """Super weights detected from down_proj spikes on `--prompt`, printed, as single-entry regions."""
+    from lm_eval_lingreg.anatomy import scope_shapes
+    from lm_eval_lingreg.errors import UsageError
+    from lm_eval_lingreg.sources import coordinates_region, detect_super_weights
+
+    found = detect_super_weights(model, tokenizer(args.prompt)["input_ids"], spike=args.spike, top=args.top)
+    if not found:
+        raise UsageError(
+            f"no down_proj output in any layer exceeds {args.spike:g}x the median over layers on this prompt; lower --spike or try another --prompt"
         )
+    for f in found:
+        print(
+            f"super weight: layer {f['layer']}, row {f['row']}, col {f['col']} (|input| {f['max_abs_input']:.4g}, |output| {f['max_abs_output']:.4g}, {f['times_median']:.1f}x the median)"
+        )
+    meta |= {"prompt": args.prompt, "spike": args.spike, "found": found}
+    return coordinates_region([(f["layer"], f["row"], f["col"]) for f in found], scope_shapes(model, args.scope), meta)
+
+
+def _activation_region(args: argparse.Namespace, model: Any, tokenizer: Any, meta: dict):
+    """Wanda or LAPE: one body forward over the calibration samples, then the selection."""
+    from tqdm.auto import tqdm
+
+    from lm_eval_lingreg.anatomy import scope_shapes
+    from lm_eval_lingreg.errors import UsageError
+    from lm_eval_lingreg.languages import CORE_LANGUAGES, parse_languages
+    from lm_eval_lingreg.sources import activation_probabilities, input_norms, lape_neurons, lape_region, select_wanda
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     langs = parse_languages(args.langs) if args.langs else list(CORE_LANGUAGES)
     samples = _calibration(args, tokenizer, langs)
     calib = {"languages": langs, "samples": {k: len(v) for k, v in samples.items()}, "unit": args.unit, "seed": args.seed, "calibration": args.data or "eld"}
