@@ -60,6 +60,7 @@ def main() -> None:
         "samples": args.samples,
         "tokens": tokens,
         "seconds": med,
+        "seconds_each_repeat": {m: [round(t, 2) for t in v] for m, v in times.items()},
         "ratio_to_scoring": {m: med[m] / med["scoring"] for m in med},
         "tokens_per_s": {m: tokens / med[m] for m in med if m != "magnitude"},
         "statistics_bytes": {"wanda": sum(v.numel() * 4 for v in norms.values()), "lape": probs.numel() * 8},

@@ -106,19 +106,27 @@ def editability_problems(params: Mapping[str, torch.Tensor]) -> list[str]:
     return problems
 
 
-def model_fingerprint(model: torch.nn.Module, per_tensor: int = 4096) -> str:
-    """A cheap identity of the weights: names, shapes, dtypes and up to `per_tensor` evenly spaced
-    entries of every parameter. Another model, or the same one further trained, differs."""
-    h = hashlib.sha256()
+#: Config fields that name where or how a model was loaded, not what it computes.
+_CONFIG_NOT_IDENTITY = frozenset({"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache", "_attn_implementation", "_commit_hash"})
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """The identity of a model's weights and architecture: every parameter's name, shape, dtype and bytes, and
+    its config (less where and how it was loaded). Another model, the same one trained further or edited in a
+    single entry, or a changed config (a norm epsilon, rope theta) differ; the same model at another path does not."""
+    import json
+
+    h = hashlib.blake2b(digest_size=16)
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_dict"):
+        fields = {k: v for k, v in config.to_dict().items() if k not in _CONFIG_NOT_IDENTITY}
+        h.update(json.dumps(fields, sort_keys=True, default=str).encode())
     for name, p in sorted(named_parameters(model).items()):
         h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
         if p.device.type == "meta" or not p.numel():
             continue
-        flat = p.detach().reshape(-1)
-        step = max(1, flat.numel() // per_tensor)
-        sample = flat[::step][:per_tensor].to("cpu", torch.float32)
-        h.update(sample.numpy().tobytes())
-    return h.hexdigest()[:32]
+        h.update(p.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().data)
+    return h.hexdigest()
 
 
 # the residual stream ------------------------------------------------------------------------

@@ -5,10 +5,11 @@
 - An existing non-empty folder is never replaced unless the caller passes `overwrite=True`;
   a folder holding the current directory, and a file where a folder is expected (or the
   reverse), are never replaced at all.
-- One lingreg process at a time writes a given target: a lock beside it (`.<name>.lock`,
+- One lingreg process at a time writes a given target: a lock beside it (`.<name>.lingreg-lock`,
   removed afterwards) refuses a second one with a clear error.
-- Temporaries left by a killed run (`.<name>.tmp-*`, `.<name>.old-*`) are removed by the next
-  run on the same target, which holds the lock and so knows nobody else is writing them.
+- Temporaries left by a killed run (`.<name>.lingreg-tmp-<pid>-*`, `.<name>.lingreg-old-<pid>-*`)
+  are removed by the next run on the same target, which holds the lock and so knows nobody else
+  is writing them. Only names of this exact form are ever removed: a user's own dot-files stay.
 - `check_writable(target)` runs before any long work: a run that cannot save its result stops
   at once instead of after an hour.
 """
@@ -20,6 +21,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -28,10 +30,13 @@ from pathlib import Path
 from lm_eval_lingreg.errors import OutputError
 
 _HELD: dict[str, int] = {}  # lock files this process holds, with their nesting depth
+LOCK_SUFFIX = ".lingreg-lock"
+#: A temporary or a replaced output of ours: `.<target>.lingreg-tmp-<pid>-<random>` or `.lingreg-old-`.
+_TEMPORARY = re.compile(r"^\.(?P<target>.+)\.lingreg-(?:tmp|old)-\d+-[^/]+$")
 
 
 def _lock_file(target: Path) -> Path:
-    return target.parent / f".{target.name}.lock"
+    return target.parent / f".{target.name}{LOCK_SUFFIX}"
 
 
 def _holder(lock: Path) -> str:
@@ -88,7 +93,7 @@ def output_lock(target: str | os.PathLike, wait: bool = False) -> Iterator[None]
 def _stale(target: Path) -> list[Path]:
     if not target.parent.is_dir():
         return []
-    return [p for p in target.parent.iterdir() if p.name.startswith((f".{target.name}.tmp-", f".{target.name}.old-"))]
+    return [p for p in target.parent.iterdir() if (m := _TEMPORARY.match(p.name)) and m["target"] == target.name]
 
 
 def clean_stale(target: str | os.PathLike) -> list[Path]:
@@ -140,21 +145,16 @@ def clean_folder(folder: str | os.PathLike) -> list[Path]:
         return []
     removed = []
     for p in folder.iterdir():
-        name = p.name
-        for marker in (".tmp-", ".old-"):
-            if name.startswith(".") and marker in name:
-                target = name[1 : name.index(marker)]
-                if not _held(folder / f".{target}.lock"):
-                    if p.is_dir() and not p.is_symlink():
-                        shutil.rmtree(p, ignore_errors=True)
-                    else:
-                        p.unlink(missing_ok=True)
-                    removed.append(p)
-                break
-        else:
-            if name.startswith(".") and name.endswith(".lock") and p.is_file() and not _held(p):
+        m = _TEMPORARY.match(p.name)
+        if m and not _held(folder / f".{m['target']}{LOCK_SUFFIX}"):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
                 p.unlink(missing_ok=True)
-                removed.append(p)
+            removed.append(p)
+        elif not m and p.name.startswith(".") and p.name.endswith(LOCK_SUFFIX) and p.is_file() and not p.is_symlink() and not _held(p):
+            p.unlink(missing_ok=True)
+            removed.append(p)
     return removed
 
 
@@ -268,7 +268,7 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False, overwrite
 def _swap(target: Path, directory: bool, owned_by: str | None) -> Iterator[Path]:
     """Create the temporary, hand it out, then rename it over `target` (the caller holds the lock)."""
     clean_stale(target)
-    prefix = f".{target.name}.tmp-{os.getpid()}-"
+    prefix = f".{target.name}.lingreg-tmp-{os.getpid()}-"
     umask = os.umask(0)
     os.umask(umask)
     try:
@@ -287,7 +287,7 @@ def _swap(target: Path, directory: bool, owned_by: str | None) -> Iterator[Path]
         # mkstemp/mkdtemp (and some writers) make 0600/0700; the result is meant to be shared
         os.chmod(tmp, (0o777 if directory else 0o666) & ~umask)
         if directory and target.is_dir():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.lingreg-old-{os.getpid()}-", dir=target.parent))
             os.replace(target, old / "x")
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)

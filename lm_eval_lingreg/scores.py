@@ -125,7 +125,7 @@ class ScoreSet:
             if set(names[lang]) != set(names[first]):
                 raise ScoreFileError(f"{self.directory}: {lang} and {first} cover different tensors; were they scored on the same model and scope?")
             a, b = self.headers[lang]["config"], self.headers[first]["config"]
-            for key in ("model", "model_fingerprint"):
+            for key in ("model_fingerprint",):
                 if a.get(key) != b.get(key):
                     raise ScoreFileError(f"{self.directory}: {lang} was scored on {key} {a.get(key)!r} but {first} on {b.get(key)!r}")
         self.names = names[first]
@@ -168,6 +168,15 @@ class ScoreSet:
         }
 
 
+#: Configuration fields that only label the model and the text (a path can move): resume compares their hashes
+#: (`model_fingerprint`, `corpus_sha256`) instead.
+LABELS = ("model", "data")
+
+
+def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in LABELS}
+
+
 def _resume(path: Path, config: Mapping[str, Any], overwrite: bool) -> bool:
     """True when `path` holds this very configuration's scores; raise when it holds another's."""
     if not path.is_file():
@@ -178,12 +187,14 @@ def _resume(path: Path, config: Mapping[str, Any], overwrite: bool) -> bool:
         if overwrite:
             return False
         raise ScoreFileError(f"{path} is not a readable score file; pass --overwrite to rescore it, or choose another --out") from None
-    if config_sha(old) == config_sha(config):
+    if config_sha(_identity(old)) == config_sha(_identity(config)):
         return True
     if overwrite:
-        log.info("%s: scored with another configuration, rescoring (--overwrite): %s", path.name, "; ".join(differences(old, config)))
+        log.info("%s: scored with another configuration, rescoring (--overwrite): %s", path.name, "; ".join(differences(_identity(old), _identity(config))))
         return False
-    raise ScoreFileError(f"{path} holds scores made differently ({'; '.join(differences(old, config))}); pass --overwrite to rescore, or choose another --out")
+    raise ScoreFileError(
+        f"{path} holds scores made differently ({'; '.join(differences(_identity(old), _identity(config)))}); pass --overwrite to rescore, or choose another --out"
+    )
 
 
 @dataclass(frozen=True)

@@ -75,3 +75,19 @@ def test_fingerprint_tells_models_apart_and_is_stable():
     with torch.no_grad():
         named_parameters(a)["model.layers.0.mlp.up_proj.weight"].add_(1e-3)
     assert model_fingerprint(a) != model_fingerprint(make_tiny("llama", seed=0))
+
+
+
+def test_fingerprint_sees_every_entry_and_the_config_but_not_the_path():
+    base = model_fingerprint(make_tiny("llama", seed=0))
+    for index in (1, 1025, 2047):  # entries an evenly spaced sample would skip
+        m = make_tiny("llama", seed=0)
+        with torch.no_grad():
+            named_parameters(m)["model.layers.0.mlp.down_proj.weight"].view(-1)[index] += 1e-6
+        assert model_fingerprint(m) != base, index
+    m = make_tiny("llama", seed=0)
+    m.config.rms_norm_eps = 0.5
+    assert model_fingerprint(m) != base
+    m = make_tiny("llama", seed=0)
+    m.config._name_or_path = "/somewhere/else"
+    assert model_fingerprint(m) == base

@@ -19,7 +19,7 @@ def test_interrupted_conversion_leaves_nothing_that_looks_complete(tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         bundled.prepare()
     assert not bundled.model_dir().exists() and not bundled.is_prepared()
-    assert [p.name for p in (tmp_path / "models").iterdir() if not p.name.endswith(".lock")] == []
+    assert [p.name for p in (tmp_path / "models").iterdir() if not p.name.endswith(".lingreg-lock")] == []
 
 
 def test_prepare_converts_once_then_reuses(tmp_path, monkeypatch):

@@ -593,7 +593,7 @@ def _kill_when(cmd: list[str], ready, timeout: float = 120.0) -> None:
 
 
 def _leftovers(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name or p.name.endswith(".lock"))
+    return sorted(str(p.relative_to(root)) for p in root.rglob(".*") if ".lingreg-tmp-" in p.name or ".lingreg-old-" in p.name or p.name.endswith(".lingreg-lock"))
 
 
 @pytest.mark.parametrize("moment", ["mid-language", "while-writing"])
@@ -603,7 +603,7 @@ def test_score_killed_then_rerun_resumes_and_leaves_nothing(tiny_model_dir, tmp_
     if moment == "mid-language":
         _kill_when(cmd, lambda: (out / "ar.safetensors").exists())
     else:
-        _kill_when(cmd, lambda: any(p.name.startswith(".zh.safetensors.tmp-") for p in out.glob(".*")) if out.exists() else False)
+        _kill_when(cmd, lambda: any(p.name.startswith(".zh.safetensors.lingreg-tmp-") for p in out.glob(".*")) if out.exists() else False)
     done_before = sorted(p.name for p in out.glob("*.safetensors")) if out.exists() else []
     proc = lingreg(*cmd)
     assert proc.returncode == 0
@@ -638,7 +638,7 @@ def test_apply_and_train_killed_then_rerun_complete_and_leave_nothing(tiny_model
             "--device",
             "cpu",
         ]
-    _kill_when(cmd, lambda: any(".ckpt.tmp-" in p.name for p in tmp_path.iterdir()))
+    _kill_when(cmd, lambda: any(".ckpt.lingreg-tmp-" in p.name for p in tmp_path.iterdir()))
     assert not out.exists() or (out / "model.safetensors").is_file()  # never a half-written checkpoint under the final name
     proc = lingreg(*cmd, "--overwrite")
     assert proc.returncode == 0 and (out / "model.safetensors").is_file() and _leftovers(tmp_path) == []
@@ -654,7 +654,7 @@ def test_sigterm_mid_write_leaves_nothing(tiny_model_dir, tmp_path):
     cmd = ["apply", "--pretrained", tiny_model_dir, "--mask", _tiny_mask(tmp_path, str(tiny_model_dir)), "--out", tmp_path / "abl", "--device", "cpu"]
     proc = subprocess.Popen([sys.executable, "-m", "lm_eval_lingreg.cli", *map(str, cmd)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while proc.poll() is None and time.time() < deadline and not (tmp_path / ".abl.lock").exists():
+    while proc.poll() is None and time.time() < deadline and not (tmp_path / ".abl.lingreg-lock").exists():
         time.sleep(0.005)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate()
@@ -665,7 +665,7 @@ def test_sigterm_mid_write_leaves_nothing(tiny_model_dir, tmp_path):
 def test_a_failing_rerun_still_cleans_what_a_killed_run_left(tiny_model_dir, tmp_path):
     out = tmp_path / "scores"
     cmd = ["score", "--pretrained", tiny_model_dir, "--langs", "ar,zh", "--samples", "40", "--batch-size", "1", "--out", out, "--device", "cpu"]
-    _kill_when(cmd, lambda: out.exists() and any(p.name.startswith(".zh.safetensors.tmp-") for p in out.glob(".*")))
+    _kill_when(cmd, lambda: out.exists() and any(p.name.startswith(".zh.safetensors.lingreg-tmp-") for p in out.glob(".*")))
     proc = lingreg(*[c if c != "40" else "30" for c in map(str, cmd)])  # another sample count: refused for ar, or scored
     assert proc.returncode in (0, 2)
     assert _leftovers(tmp_path) == []

@@ -22,13 +22,27 @@ def test_a_failed_write_leaves_the_target_untouched(tmp_path):
 
 
 def test_temporaries_of_a_killed_run_are_removed_by_the_next_run(tmp_path):
-    (tmp_path / ".ckpt.tmp-999999-abc").mkdir()
-    (tmp_path / ".ckpt.tmp-999999-abc" / "model.safetensors").write_bytes(b"x" * 100)
-    (tmp_path / ".ckpt.old-999999-def").mkdir()
-    (tmp_path / ".other.tmp-1-x").write_text("not ours")
+    (tmp_path / ".ckpt.lingreg-tmp-999999-abc").mkdir()
+    (tmp_path / ".ckpt.lingreg-tmp-999999-abc" / "model.safetensors").write_bytes(b"x" * 100)
+    (tmp_path / ".ckpt.lingreg-old-999999-def").mkdir()
+    (tmp_path / ".other.lingreg-tmp-1-x").write_text("another target's")
     with atomic_path(tmp_path / "ckpt", directory=True) as tmp:
         (tmp / "f").write_text("done")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-1-x", "ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.lingreg-tmp-1-x", "ckpt"]
+
+
+def test_cleaning_a_folder_removes_only_our_own_leftovers(tmp_path):
+    """A user's dot-files that merely look like temporaries or locks survive; ours from a killed run go."""
+    from lm_eval_lingreg.outputs import clean_folder
+
+    mine = [".zh.safetensors.lingreg-tmp-123-abc", ".ar.safetensors.lingreg-old-9-x", ".zh.safetensors.lingreg-lock"]
+    theirs = [".thesis.old-2023", ".db.tmp-keep", ".mail.lock", ".notes.lingreg-tmp-", ".x.lingreg-tmp-abc-1", "plain.lingreg-lock"]
+    (tmp_path / ".thesis.old-2023").mkdir()
+    (tmp_path / ".thesis.old-2023" / "ch1.tex").write_text("p")
+    for name in mine + theirs[1:]:
+        (tmp_path / name).write_text("x")
+    assert sorted(p.name for p in clean_folder(tmp_path)) == sorted(mine)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs) and (tmp_path / ".thesis.old-2023" / "ch1.tex").read_text() == "p"
 
 
 @pytest.mark.parametrize("name", [".", ".."])
@@ -61,9 +75,9 @@ def test_the_lock_refuses_a_second_writer_and_disappears_afterwards(tmp_path):
     target = tmp_path / "scores"
     with output_lock(target):
         with output_lock(target):  # re-entrant in this process
-            assert (tmp_path / ".scores.lock").read_text() == str(os.getpid())
-    assert not (tmp_path / ".scores.lock").exists()
-    with open(tmp_path / ".scores.lock", "w") as fh:
+            assert (tmp_path / ".scores.lingreg-lock").read_text() == str(os.getpid())
+    assert not (tmp_path / ".scores.lingreg-lock").exists()
+    with open(tmp_path / ".scores.lingreg-lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         with pytest.raises(OutputError, match="another lingreg process"):
             write_json(target, {})

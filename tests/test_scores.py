@@ -75,6 +75,20 @@ def test_another_model_under_the_same_name_is_not_silently_reused(tok, tmp_path)
         _score(make_tiny("llama", seed=1), tok, tmp_path, langs=("ar",))
 
 
+def test_the_same_model_and_text_under_other_names_are_reused(tok, tmp_path, monkeypatch):
+    """Resume compares hashes, not paths: the model moved (another label) and the corpus folder renamed are the same."""
+    from lm_eval_lingreg import importance
+
+    data = tmp_path / "text"
+    data.mkdir()
+    (data / "sw.txt").write_text("\n".join(f"Habari ya asubuhi rafiki namba {i}." for i in range(20)), encoding="utf-8")
+    opts = {"samples": 6, "seed": 0, "batch_size": 3, "progress": False}
+    score_languages(make_tiny("llama"), tok, ["sw"], tmp_path / "s", data=str(data), model_label="/models/a", **opts)
+    moved = data.rename(tmp_path / "moved")
+    monkeypatch.setattr(importance, "sum_gradients", lambda *a, **k: pytest.fail("rescored"))
+    score_languages(make_tiny("llama"), tok, ["sw"], tmp_path / "s", data=str(moved), model_label="/elsewhere/a", **opts)
+
+
 def test_score_set_rejects_mixed_models(tok, tmp_path):
     _score(make_tiny("llama"), tok, tmp_path, langs=("ar",))
     score_languages(make_tiny("gemma3"), tok, ["zh"], tmp_path, samples=6, model_label="other", progress=False)
@@ -97,7 +111,7 @@ def test_an_unwritable_output_stops_before_any_work(tok, monkeypatch):
 
 
 def test_a_second_concurrent_run_on_the_same_output_is_refused(tok, tmp_path):
-    lock = tmp_path / ".scores.lock"
+    lock = tmp_path / ".scores.lingreg-lock"
     with open(lock, "w") as fh:  # another process holds the lock
         fcntl.flock(fh, fcntl.LOCK_EX)
         with pytest.raises(OutputError, match="being written by another lingreg process"):
