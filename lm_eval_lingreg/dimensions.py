@@ -21,6 +21,8 @@ from lm_eval_lingreg.regions import Region
 ROLES = ("norm", "read", "write")
 #: Most cells of the (role, layer, dimension) count table: 1 GB of int64, far above any real model (e.g. 3 x 126 x 16384).
 MAX_COUNTS = 2**27
+#: The largest hidden size a mask may imply (real models stay far below: 16,384 for Llama-3.1-405B).
+MAX_HIDDEN = 2**18
 
 
 @dataclass
@@ -83,6 +85,11 @@ def dimension_counts(region: Region, hidden: int | None = None) -> DimensionCoun
     if not slots:
         raise RegionError("the region covers no per-layer norm or projection tensors, so it has no hidden dimensions to count")
     n_layers = max(s.layer for s in slots.values()) + 1
+    if hidden > MAX_HIDDEN:
+        raise RegionError(
+            f"the region's shapes imply a hidden size of {hidden:,}, more than any real model's (at most {MAX_HIDDEN:,} here); "
+            "the mask is corrupt or not a language model's: check it with `lingreg mask info`"
+        )
     if 3 * n_layers * hidden > MAX_COUNTS:
         raise RegionError(
             f"the region's names and shapes describe {n_layers:,} layers of hidden size {hidden:,}, more than any real model; "

@@ -209,6 +209,7 @@ class PerturbedLM(LingregLM):
         from lm_eval_lingreg.perturbation import parse_spec
         from lm_eval_lingreg.region_io import load_region
 
+        self._check_args(kwargs)  # a misspelt key (opp=, valeu=) is named before the spec is judged without it
         direct = {k: kwargs.pop(k) for k in list(kwargs) if k in PERTURBATION_KEYS}
         perturbations = parse_spec(str(perturb)) if perturb not in (None, "") else []
         if direct:

@@ -240,8 +240,10 @@ def compare(
                 f"the baseline for {b['condition']} {b['language']} was measured with rolling_bos={b['convention']} but {run.label} with "
                 f"rolling_bos={run.convention}; compare like with like, or pass --allow-mixed-bos"
             )
-        if run is None or math.isnan(got):
+        if run is None or b["language"] not in run.values or metric not in run.values[b["language"]]:
             status = "missing"
+        elif math.isnan(got):
+            status = "nan"  # the run has the value, and it is NaN: the model broke, a failure
         elif math.isinf(want) or math.isinf(got):
             status = "ok" if got == want else ("worse" if got > want else "better")
         else:

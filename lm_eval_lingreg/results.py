@@ -200,10 +200,11 @@ def read_run(path: str | os.PathLike) -> Run:
             values[iso] = {m: number(row.get(f"{m},none")) for m in METRICS if f"{m},none" in row}
         except (ValueError, OverflowError) as e:
             raise ReportError(f"{path}: {task}: a metric value {e}; the file is corrupt") from None
-        negative = [m for m, v in values[iso].items() if v < 0]
-        if negative:
+        impossible = [m for m, v in values[iso].items() if v < (0 if m == "bits_per_byte" else 1 - 1e-9)]
+        if impossible:
+            m = impossible[0]
             raise ReportError(
-                f"{path}: {task} has a negative {negative[0]} ({values[iso][negative[0]]:g}); perplexities are >= 1 and bits per byte >= 0, so the file is corrupt"
+                f"{path}: {task} has {m} {values[iso][m]:g}; perplexities are >= 1 and bits per byte >= 0, so the file is corrupt; rerun the evaluation"
             )
     if not values:
         raise ReportError(f"{path}: no lingreg_ppl_<iso> results in it (was it run with --tasks lingreg_ppl?)")

@@ -283,6 +283,12 @@ def score_languages(
     out_dir = Path(out_dir)
     if rank == 0:
         check_writable(out_dir, directory=True, into=True)
+        for lang in langs:  # the files this run will write, before any work
+            for path in [score_path(out_dir, lang), *(checkpoint_path(out_dir, n, lang) for n in scoring.checkpoints)]:
+                if path.is_symlink() or (path.exists() and not path.is_file()):
+                    raise OutputError(
+                        f"{path} is {'a link' if path.is_symlink() else 'a folder'}, where the scores of {lang} go; move it away, or choose another --out"
+                    )
     identity = (model_label or model_name(model), model_fingerprint(model))
     summary = {}
     with output_lock(out_dir) if rank == 0 else contextlib.nullcontext():

@@ -77,7 +77,6 @@ def test_fingerprint_tells_models_apart_and_is_stable():
     assert model_fingerprint(a) != model_fingerprint(make_tiny("llama", seed=0))
 
 
-
 def test_fingerprint_sees_every_entry_and_the_config_but_not_the_path():
     base = model_fingerprint(make_tiny("llama", seed=0))
     for index in (1, 1025, 2047):  # entries an evenly spaced sample would skip

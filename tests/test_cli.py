@@ -325,6 +325,20 @@ def test_check_fails_a_broken_run(tmp_path):
     assert proc.returncode == 1 and "FAIL: 30 of" in proc.stdout and "core-top-1 ar = 1 (below min 100)" in proc.stdout
 
 
+def test_check_fails_a_nan_result_even_without_strict(tmp_path):
+    """A NaN perplexity the run holds is a broken model, not a missing value to skip."""
+    import shutil
+
+    shipped = REPO / "docs" / "results" / "regions"
+    shutil.copytree(shipped / "base", tmp_path / "runs" / "base")
+    path = tmp_path / "runs" / "base" / "results.json"
+    data = json.loads(path.read_text())
+    data["results"]["lingreg_ppl_en"]["token_perplexity,none"] = "nan"
+    path.write_text(json.dumps(data))
+    proc = lingreg("check", tmp_path / "runs", "--baseline", BASELINE)
+    assert proc.returncode == 1 and "base en token_perplexity: NaN vs baseline" in proc.stdout, proc.stdout
+
+
 def test_table_plot_baseline_compare(tmp_path):
     proc = lingreg("table", REGIONS, "--metric", "token_perplexity", "--ratio-to", "base", "--format", "latex", "-o", tmp_path / "t.tex")
     assert proc.returncode == 0 and "\\toprule" in (tmp_path / "t.tex").read_text()

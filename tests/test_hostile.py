@@ -154,6 +154,7 @@ SPECS = [
     ("negative-new-tokens", lambda t, m: ["generate", "--pretrained", m, "--prompt", "x", "--max-new-tokens", "-1"], "must be at least 1"),
     ("zero-docs", lambda t, m: ["scan", "--pretrained", m, "--docs", "0"], "must be at least 1"),
     ("bad-filter", lambda t, m: ["params", "--pretrained", m, "--filter", "("], "not a valid regular expression"),
+    ("filter-matching-nothing", lambda t, m: ["params", "--pretrained", m, "--filter", "zzz"], "matches no parameter"),
 ]
 
 SCORING = [
@@ -242,7 +243,17 @@ REPORTS = [
     (
         "negative-perplexity",
         lambda t, m: ["table", _results(t / "r2", lambda d: d["results"]["lingreg_ppl_en"].__setitem__("token_perplexity,none", -2.0))],
-        "negative",
+        "perplexities are >= 1",
+    ),
+    (
+        "zero-perplexity",
+        lambda t, m: [
+            "check",
+            _results(t / "r2z", lambda d: d["results"]["lingreg_ppl_en"].__setitem__("token_perplexity,none", 0)),
+            "--baseline",
+            _baseline(t / "b.json", 5.0),
+        ],
+        "token_perplexity 0; perplexities are >= 1",
     ),
     ("rule-min-abc", lambda t, m: ["check", RESULTS, "--rules", _text(t / "r.yaml", "rules:\n  - {condition: base, min: abc}\n")], "is not a number"),
     (
@@ -271,6 +282,12 @@ REPORTS = [
 OUTPUTS = [
     ("train-onto-folder", lambda t, m: ["train", "--pretrained", m, "--lang", "en", "--steps", "1", "--out", _victim(t / "ckpt")], "--overwrite"),
     ("apply-onto-dot", lambda t, m: ["apply", "--pretrained", m, "--mask", _tiny_mask(t, m), "--out", "."], "not a valid output name"),
+    (
+        "apply-onto-its-model",
+        lambda t, m: ["apply", "--pretrained", m, "--mask", _tiny_mask(t, m), "--out", m, "--overwrite"],
+        "is one of the inputs",
+    ),
+    ("train-onto-its-model", lambda t, m: ["train", "--pretrained", m, "--lang", "en", "--steps", "1", "--out", m, "--overwrite"], "is one of the inputs"),
     ("table-unwritable", lambda t, m: ["table", RESULTS, "-o", "/sys/lingreg-table.md"], "not writable"),
     ("dims-json-is-folder", lambda t, m: ["dims", "mono-ar-1", "--json", _victim(t / "jsondir")], "is a folder"),
     ("demo-output-is-file", lambda t, m: ["demo", "--pretrained", m, "--langs", "en", "--output-path", _bytes(t / "demo.txt", b"x")], "not a folder"),
@@ -593,7 +610,9 @@ def _kill_when(cmd: list[str], ready, timeout: float = 120.0) -> None:
 
 
 def _leftovers(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob(".*") if ".lingreg-tmp-" in p.name or ".lingreg-old-" in p.name or p.name.endswith(".lingreg-lock"))
+    return sorted(
+        str(p.relative_to(root)) for p in root.rglob(".*") if ".lingreg-tmp-" in p.name or ".lingreg-old-" in p.name or p.name.endswith(".lingreg-lock")
+    )
 
 
 @pytest.mark.parametrize("moment", ["mid-language", "while-writing"])

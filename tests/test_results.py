@@ -67,7 +67,8 @@ def test_geomean_is_one_rule_everywhere():
     [
         (lambda d: d.__setitem__("config", [1, 2]), "'config' must be a JSON object"),
         (lambda d: d["config"].__setitem__("lingreg", "x"), "'config.lingreg' must be a JSON object"),
-        (lambda d: d["results"]["lingreg_ppl_en"].__setitem__("token_perplexity,none", -3.0), "negative token_perplexity"),
+        (lambda d: d["results"]["lingreg_ppl_en"].__setitem__("token_perplexity,none", -3.0), "token_perplexity -3; perplexities are >= 1"),
+        (lambda d: d["results"]["lingreg_ppl_en"].__setitem__("bits_per_byte,none", -0.5), "bits_per_byte -0.5; perplexities are >= 1 and bits per byte >= 0"),
     ],
 )
 def test_malformed_results_name_the_file(tmp_path, mutate, message):

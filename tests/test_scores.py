@@ -263,3 +263,13 @@ def test_official_dumps_with_pickled_code_or_non_finite_scores_are_refused(tok, 
     with pytest.raises(ScoreFileError, match="refused to load"):
         import_official(dump, "ar", tmp_path / "out")
     assert not (tmp_path / "out" / "ar.safetensors").exists()
+
+
+def test_a_folder_where_a_score_file_goes_is_refused_before_any_work(tok, tmp_path, monkeypatch):
+    from lm_eval_lingreg import importance
+    from lm_eval_lingreg.errors import OutputError
+
+    (tmp_path / "s" / "zh.safetensors").mkdir(parents=True)
+    monkeypatch.setattr(importance, "sum_gradients", lambda *a, **k: pytest.fail("scored before checking the outputs"))
+    with pytest.raises(OutputError, match=r"zh.safetensors is a folder, where the scores of zh go"):
+        _score(make_tiny("llama"), tok, tmp_path / "s", langs=("ar", "zh"))

@@ -6,6 +6,7 @@ import argparse
 import math
 import re
 import sys
+from pathlib import Path
 
 from lm_eval_lingreg.errors import UsageError
 
@@ -130,6 +131,16 @@ def labels(items: list[str] | None) -> dict[str, str]:
             raise UsageError(f"--label {item!r}: expected PATH=LABEL (e.g. --label out/run1=mul4:L1-N2100)")
         out[where] = label
     return out
+
+
+def check_output(args: argparse.Namespace, out: str, *more_inputs: str, **target: object):
+    """`check_writable(out, **target)`, then refuse an output that is the model folder being read (or holds it),
+    or one of `more_inputs`, whatever `--overwrite` says."""
+    from lm_eval_lingreg.outputs import check_not_input, check_writable
+
+    checked = check_writable(out, **target)
+    check_not_input(out, [p for p in (args.pretrained, *more_inputs) if p and Path(p).exists()])
+    return checked
 
 
 def load(args: argparse.Namespace):

@@ -24,15 +24,18 @@ def cmd_dims(args: argparse.Namespace) -> int:
         check_writable(args.json)
     if args.plot:
         check_writable(args.plot, figure=True)
-    dc = dimension_counts(load_region(args.mask))
+    region = load_region(args.mask)
     acts = None
     if args.activations:
         from lm_eval_lingreg.corpora import read_texts
         from lm_eval_lingreg.languages import parse_languages
+        from lm_eval_lingreg.regions import validate
 
         texts = [t for iso in parse_languages(args.langs) for t in read_texts(iso, args.data)[0][: args.samples]]
         model, tokenizer = _args.load(args)
+        validate(region, model)
         acts = mean_abs_activations(model, tokenizer, texts)
+    dc = dimension_counts(region)
     data = dc.to_json(args.top, acts)
     headers = ["rank", "dim", "entries", "share of its entries", "norm", "columns read", "rows written", "top layers (entries)"]
     rows = [
@@ -78,9 +81,14 @@ def cmd_scan(args: argparse.Namespace) -> int:
     layers = Perturbation.from_dict({"layers": args.layer, "dim": 0, "op": "zero"}).layers
     modules = tuple(m for m in args.modules.replace(",", "+").split("+") if m)
     mask = args.mask if args.mask is not None else ("core" if args.pretrained in (None, "", "gemma-3-270m") else None)
-    counts = dimension_counts(load_region(mask)) if mask else None
+    region = load_region(mask) if mask else None
     probe_docs = probe_texts(langs, args.docs)
     model, tokenizer = _args.load(args)
+    if region is not None:
+        from lm_eval_lingreg.regions import validate
+
+        validate(region, model)  # the mask's declared shapes are the model's before anything is sized from them
+    counts = dimension_counts(region, hidden_size(model)) if region is not None else None
     hidden = hidden_size(model) or (counts.hidden if counts is not None else 0)
     dims = pick_dimensions(args.dims, counts.ranked() if counts is not None else None, hidden, args.seed)
     op = {"op": args.op, "value": None if args.op in ("zero", "mean") else args.value, "on": args.on, "scale": args.scale, "seed": args.seed}

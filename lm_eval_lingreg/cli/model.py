@@ -16,13 +16,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from lm_eval_lingreg import __version__
-    from lm_eval_lingreg.outputs import check_writable, save_model
+    from lm_eval_lingreg.outputs import save_model
     from lm_eval_lingreg.region_io import file_sha256, load_region, resolve
     from lm_eval_lingreg.regions import apply
 
     path = resolve(args.mask)
     region = load_region(path)
-    out = check_writable(args.out, directory=True, overwrite=args.overwrite)
+    out = _args.check_output(args, args.out, path, directory=True, overwrite=args.overwrite)
     model, tokenizer = _args.load(args)
     saved = apply(region, model, args.mask_value)
     info = {
@@ -56,6 +56,10 @@ def cmd_params(args: argparse.Namespace) -> int:
         for n, p in named_parameters(model).items()
         if pattern is None or pattern.search(n)
     ]
+    if not rows:
+        from lm_eval_lingreg.errors import UsageError
+
+        raise UsageError(f"--filter {args.filter!r} matches no parameter of this model; names look like {next(iter(named_parameters(model)), '?')!r}")
     print(tabulate(rows, headers=["parameter", "shape", f"hidden dim d (hidden size {hidden})"], tablefmt="github"))
     return 0
 
@@ -63,12 +67,12 @@ def cmd_params(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from lm_eval_lingreg.evaluation import demo
     from lm_eval_lingreg.languages import parse_languages
-    from lm_eval_lingreg.outputs import atomic_path, check_writable
+    from lm_eval_lingreg.outputs import atomic_path
 
     langs = parse_languages(args.langs)
     bundled = args.pretrained in (None, "", "gemma-3-270m")
     masks = [m for m in (args.masks if args.masks is not None else ("core" if bundled else "")).split(",") if m]
-    check_writable(args.output_path, directory=True, overwrite=args.overwrite, owned_by="lingreg demo")
+    _args.check_output(args, args.output_path, *masks, directory=True, overwrite=args.overwrite, owned_by="lingreg demo")
     with atomic_path(args.output_path, directory=True, overwrite=args.overwrite, owned_by="lingreg demo") as tmp:
         table = demo(lambda: _args.wrapper(args, args.batch_size), masks, langs, args.ratio, args.seed, args.limit, tmp)
     print(table)

@@ -122,9 +122,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             skipped += 1
             continue
         checked += 1
-        if r["status"] in ("worse", "missing") or (args.both_ways and r["status"] == "better"):
+        if r["status"] in ("worse", "missing", "nan") or (args.both_ways and r["status"] == "better"):
             failures.append(
-                f"{r['condition']} {r['language']} {r['metric']}: {fmt_value(r['got'])} vs baseline {fmt_value(r['value'])} ({r['status']}"
+                f"{r['condition']} {r['language']} {r['metric']}: {'NaN' if r['status'] == 'nan' else fmt_value(r['got'])} vs baseline {fmt_value(r['value'])} ({r['status']}"
                 + (f", {r['rel']:+.1%}" if r["rel"] == r["rel"] else "")
                 + ")"
             )

@@ -33,13 +33,12 @@ def _train_config(args: argparse.Namespace, lang: str):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from lm_eval_lingreg.languages import parse_languages
-    from lm_eval_lingreg.outputs import check_writable
     from lm_eval_lingreg.training import further_pretrain, parse_lora, resolve_freeze, save_checkpoint
 
     lang = parse_languages(args.lang)[0]
     cfg = _train_config(args, lang)
     lora = parse_lora(args.lora) if args.lora else None
-    out = check_writable(args.out, directory=True, overwrite=args.overwrite)
+    out = _args.check_output(args, args.out, directory=True, overwrite=args.overwrite)
     model, tokenizer = _args.load(args)
     region = resolve_freeze(args.freeze, model, cfg.seed)
     model, record = further_pretrain(model, tokenizer, cfg, freeze=region, lora=lora)
@@ -56,7 +55,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     from lm_eval_lingreg.errors import UsageError
     from lm_eval_lingreg.experiments.forgetting import forget, table
     from lm_eval_lingreg.languages import LANGUAGES, parse_languages
-    from lm_eval_lingreg.outputs import atomic_path, check_writable
+    from lm_eval_lingreg.outputs import atomic_path
     from lm_eval_lingreg.plots import plot_curves
     from lm_eval_lingreg.training import condition_label, resolve_freeze
 
@@ -67,7 +66,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     if not conditions or len(set(labels)) != len(labels):
         raise UsageError(f"--conditions {args.conditions!r}: give distinct conditions, e.g. none,core:0.05,random:0.05")
     eval_langs = parse_languages(args.eval_langs)
-    out = check_writable(args.output, directory=True, overwrite=args.overwrite, owned_by="lingreg forget")
+    out = _args.check_output(args, args.output, directory=True, overwrite=args.overwrite, owned_by="lingreg forget")
     lm = _args.wrapper(args)
     for c in conditions:  # every condition checked before any training
         resolve_freeze(c, lm.model, cfg.seed)
