@@ -19,6 +19,7 @@ import json
 import os
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -378,18 +379,28 @@ def resolve(spec: str | os.PathLike) -> Path:
 def load_region(spec: str | os.PathLike) -> Region:
     """Load a region from any supported format, or by shipped-mask name."""
     path = resolve(spec)
-    if path.is_dir():
-        return load_official_dir(path)
-    if path.suffix == ".safetensors":
-        return load_safetensors(path)
-    if path.suffix in TORCH_SUFFIXES:
-        return load_torch(path)
-    raise RegionFileError(f"{path}: unknown region format {path.suffix!r}; use .safetensors, .pt/.pth/.bin, or a directory of <name>.pt files")
+    if not (path.is_dir() or path.suffix == ".safetensors" or path.suffix in TORCH_SUFFIXES):
+        raise RegionFileError(f"{path}: unknown region format {path.suffix!r}; use .safetensors, .pt/.pth/.bin, or a directory of <name>.pt files")
+    try:
+        with warnings.catch_warnings():  # torch's notes on refused pickles: the error below says it in one line
+            warnings.simplefilter("ignore")
+            region = load_official_dir(path) if path.is_dir() else load_safetensors(path) if path.suffix == ".safetensors" else load_torch(path)
+    except RegionError as e:
+        if str(path) in str(e):
+            raise
+        raise type(e)(f"{path}: {e}") from None  # every error names the file it is about
+    region.source = str(spec)  # not metadata: names the file in later errors (a region that does not fit a model)
+    return region
 
 
 def format_for(path: str | os.PathLike, fmt: str | None = None) -> str:
     """The format named by `fmt`, or by the suffix (no known suffix = official directory)."""
     path = Path(path)
+    if fmt is None and path.suffix[1:].isalpha() and path.suffix != ".safetensors" and path.suffix not in TORCH_SUFFIXES:
+        raise RegionError(
+            f"{path}: the suffix {path.suffix!r} names no region format; end the name in .safetensors or .pt, "
+            "or give a folder name without a suffix (the official format; --format official forces it)"
+        )
     fmt = fmt or ("safetensors" if path.suffix == ".safetensors" else "pt" if path.suffix in TORCH_SUFFIXES else "official")
     if fmt not in FORMATS:
         raise RegionError(f"unknown region format {fmt!r}; expected safetensors, pt or official")

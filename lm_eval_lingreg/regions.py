@@ -165,7 +165,11 @@ class Region:
     def _check_shapes(self, other: Region, op: str) -> None:
         conflicts = [n for n in set(self.shapes) & set(other.shapes) if self.shapes[n] != other.shapes[n]]
         if conflicts:
-            raise RegionMismatchError(f"cannot {op} regions whose tensors differ in shape: {first(sorted(conflicts))}; were they made for different models?")
+            names = " and ".join(str(getattr(r, "source", None) or "a region") for r in (self, other))
+            verb = op if op == "compare" else f"take the {op} of"
+            raise RegionMismatchError(
+                f"cannot {verb} {names}: their tensors differ in shape ({first(sorted(conflicts))}); were they made for different models?"
+            )
 
     def _combine(self, other: Region, op: str) -> Region:
         self._check_shapes(other, op)
@@ -233,7 +237,7 @@ def validate(region: Region, model: torch.nn.Module) -> dict[str, torch.nn.Param
     if problems:
         made_for = region.metadata.get("model")
         raise RegionMismatchError(
-            f"region does not fit model {model_name(model)!r}"
+            f"region{' ' + str(region.source) if getattr(region, 'source', None) else ''} does not fit model {model_name(model)!r}"
             + (f" (the region was made for {made_for!r})" if made_for else "")
             + ": "
             + "; ".join(problems)

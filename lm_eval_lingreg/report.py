@@ -181,6 +181,15 @@ def load_baseline(path: str | os.PathLike) -> list[dict[str, Any]]:
         if row["language"] not in LANGUAGES:
             raise ReportError(f"{where}: unknown language code {row['language']!r}; codes are {','.join(LANGUAGES)}")
         out.append({k: row.get(k) for k in BASELINE_FIELDS} | {"value": _baseline_value(row["value"], where)})
+    seen: dict[tuple, tuple[int, float]] = {}
+    for i, row in enumerate(out):
+        key = tuple(str(row[k]) for k in ("source", "model", "condition", "language", "metric"))
+        if key in seen and seen[key][1] != row["value"]:
+            raise ReportError(
+                f"{path}: entries {seen[key][0]} and {i} give {key[2]} {key[3]} {key[4]} from the same source two values "
+                f"({seen[key][1]:g} and {row['value']:g}); keep one"
+            )
+        seen.setdefault(key, (i, row["value"]))
     return out
 
 
@@ -208,6 +217,8 @@ def baseline_from_runs(runs: Sequence[Run], source: str, model: str, metric: str
                         "convention": r.convention,
                     }
                 )
+    if not values:
+        raise ReportError(f"no {metric} value in these runs is a number (all missing or NaN): nothing to record as a baseline")
     return {"schema": BASELINE_SCHEMA, "values": values}
 
 

@@ -26,8 +26,10 @@ from lm_eval_lingreg.results import geomean, safe_exp
 
 def probe_texts(langs: Sequence[str], docs: int = 2) -> dict[str, list[str]]:
     """The first `docs` UDHR sections of each language (the evaluation text of `lingreg_ppl`)."""
-    if docs < 1:
-        raise UsageError(f"docs must be at least 1, got {docs}")
+    from lm_eval_lingreg.evaluation import UDHR_DOCUMENTS
+
+    if not 1 <= docs <= UDHR_DOCUMENTS:
+        raise UsageError(f"--docs must be between 1 and {UDHR_DOCUMENTS} (the UDHR documents of each language), got {docs}")
     out = {}
     for iso in langs:
         path = tasks_dir() / "data" / "udhr" / f"{iso}.jsonl"
@@ -94,7 +96,11 @@ def random_dims(hidden: int, k: int, exclude: Sequence[int], seed: int = 0) -> l
     """`k` dimensions drawn uniformly (seeded) from those not in `exclude`."""
     pool = sorted(set(range(hidden)) - set(exclude))
     if k > len(pool):
-        raise UsageError(f"cannot draw {k} random dimensions from the {len(pool)} left")
+        if not hidden:
+            raise UsageError("cannot draw random dimensions: the model's hidden size is unknown (give the dimensions with --dims N,M)")
+        raise UsageError(
+            f"cannot draw {k} random dimensions: the hidden size is {hidden}, and {hidden - len(pool)} of them are excluded; ask for at most {len(pool)}"
+        )
     return sorted(random.Random(seed).sample(pool, k))
 
 

@@ -42,9 +42,10 @@ class Interval:
 
 def check_level(level: float) -> float:
     """A confidence level given as 0.95 or 95."""
+    given = level
     level = level / 100 if level > 1 else level
     if not (0 < level < 1 and math.isfinite(level)):
-        raise ReportError(f"confidence level must be between 0 and 100 (e.g. 95), got {level}")
+        raise ReportError(f"confidence level must be between 0 and 100, both excluded (e.g. 95 or 0.95), got {given:g}")
     return level
 
 

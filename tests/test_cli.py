@@ -376,11 +376,10 @@ def test_unexpected_errors_are_one_line_unless_debugging(monkeypatch):
     monkeypatch.setattr(region_io, "load_region", bug)
     proc = lingreg("mask", "info", "core")
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: unexpected ZeroDivisionError: boom") and "LINGREG_DEBUG" in proc.stderr
-    monkeypatch.setenv("LINGREG_DEBUG", "1")
-    with pytest.raises(ZeroDivisionError):
-        from lm_eval_lingreg.cli import main
-
-        main(["mask", "info", "core"])
+    monkeypatch.setenv("LINGREG_DEBUG", "1")  # the traceback as well, and still the same exit status
+    proc = lingreg("mask", "info", "core")
+    assert proc.returncode == 2 and "Traceback (most recent call last)" in proc.stderr and 'raise ZeroDivisionError("boom")' in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: unexpected ZeroDivisionError: boom")
 
 
 @pytest.mark.parametrize(

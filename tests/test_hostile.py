@@ -62,6 +62,9 @@ def _baseline(path: Path, value) -> Path:
     return path
 
 
+_ENTRY = {"source": "s", "model": "m", "condition": "base", "language": "en", "metric": "token_perplexity", "value": 5.0}
+
+
 def _victim(path: Path) -> Path:
     path.mkdir()
     (path / "notes.txt").write_text("mine")
@@ -110,7 +113,7 @@ MASKS = [
     ("shape-bomb", lambda t, m: ["mask", "info", _st(t / "h.safetensors", {NAME: [10**12]}, {NAME: 1})], "more than any real parameter"),
     ("shapes-not-json", lambda t, m: ["mask", "info", _st(t / "j.safetensors", "{oops", {NAME: 1})], "not valid JSON"),
     ("shapes-not-object", lambda t, m: ["mask", "info", _st(t / "k.safetensors", "[1]", {NAME: 1})], "must be a JSON object"),
-    ("truncated-varint", lambda t, m: ["mask", "info", _st(t / "v.safetensors", {NAME: [4, 4]}, {NAME: 1}, data=b"\x80")], "truncated"),
+    ("truncated-varint", lambda t, m: ["mask", "info", _st(t / "v.safetensors", {NAME: [4, 4]}, {NAME: 1}, data=b"\x80")], "v.safetensors: truncated"),
     ("index-out-of-range", lambda t, m: ["mask", "info", _pt(t / "r.pt", {NAME: torch.tensor([16]), "__shapes__": {NAME: [4, 4]}})], "out of range"),
     ("unknown-suffix", lambda t, m: ["mask", "info", _bytes(t / "m.npz", b"x")], "unknown region format"),
     ("missing-mask", lambda t, m: ["mask", "info", t / "nope.safetensors"], "not found"),
@@ -271,6 +274,30 @@ REPORTS = [
     ("baseline-list-value", lambda t, m: ["check", RESULTS, "--baseline", _baseline(t / "b.json", [1])], "not a number"),
     ("baseline-nan-value", lambda t, m: ["check", RESULTS, "--baseline", _baseline(t / "b.json", "nan")], "NaN"),
     ("baseline-no-schema", lambda t, m: ["check", RESULTS, "--baseline", _text(t / "b.json", '{"values": []}')], "schema"),
+    (
+        "baseline-conflicting-duplicates",
+        lambda t, m: [
+            "check",
+            RESULTS,
+            "--baseline",
+            _text(t / "b.json", json.dumps({"schema": "lm-eval-lingreg/baselines/v1", "values": [_ENTRY, {**_ENTRY, "value": 7.0}]})),
+        ],
+        "from the same source two values",
+    ),
+    (
+        "baseline-of-nan-runs",
+        lambda t, m: [
+            "baseline",
+            _results(t / "rn", lambda d: [r.__setitem__("token_perplexity,none", "nan") for r in d["results"].values()]),
+            "-o",
+            t / "b.json",
+            "--source",
+            "x",
+        ],
+        "nothing to record",
+    ),
+    ("ci-level-100", lambda t, m: ["check", RESULTS, "--rules", REPO / "baselines" / "rules-bundled.yaml", "--ci", "100"], "got 100"),
+    ("region-unknown-suffix", lambda t, m: ["mask", "convert", "core", t / "m.txt"], "names no region format"),
     ("rtol-nan", lambda t, m: ["check", RESULTS, "--rules", REPO / "baselines" / "rules-bundled.yaml", "--rtol", "nan"], "finite number >= 0"),
     ("rtol-negative", lambda t, m: ["check", RESULTS, "--rules", REPO / "baselines" / "rules-bundled.yaml", "--rtol", "-1"], "finite number >= 0"),
     ("nothing-checked", lambda t, m: ["check", RESULTS, "--baseline", _baseline_other(t / "b.json")], "nothing was checked"),

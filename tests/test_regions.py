@@ -8,7 +8,7 @@ import torch
 
 from lm_eval_lingreg.anatomy import named_parameters, scope_shapes
 from lm_eval_lingreg.errors import RegionError, RegionMismatchError
-from lm_eval_lingreg.regions import Region, apply, check_value, jaccard, restore, summarize, totals_by
+from lm_eval_lingreg.regions import Region, apply, check_value, jaccard, restore, summarize, totals_by, validate
 from lm_eval_lingreg.selection import select_random
 
 from helpers import make_tiny
@@ -190,3 +190,17 @@ def test_summaries_per_layer_and_module(tiny_model):
     assert {r["layer"] for r in rows} == {0, 1} and any(r["module"] == "mlp.down_proj" for r in rows)
     by_layer = totals_by(rows, "layer")
     assert list(by_layer) == [0, 1] and sum(s for s, _ in by_layer.values()) == region.num_selected
+
+
+def test_errors_about_a_loaded_region_name_its_file(tmp_path):
+    """A region read from a file carries its name into later errors: a model it does not fit, a region it cannot be compared with."""
+    from lm_eval_lingreg.region_io import load_region, save_region
+
+    small, big = make_tiny("llama"), make_tiny("gemma3")
+    a = save_region(select_random(scope_shapes(big), 0.1, seed=0), tmp_path / "a.safetensors")
+    name = next(iter(scope_shapes(small)))
+    b = save_region(Region({name: torch.tensor([0])}, {name: (3, 3)}), tmp_path / "b.pt")
+    with pytest.raises(RegionMismatchError, match=r"region .*a\.safetensors does not fit model"):
+        validate(load_region(a), small)  # gemma's extra norms are not in llama
+    with pytest.raises(RegionMismatchError, match=r"cannot take the intersection of .*a\.safetensors and .*b\.pt"):
+        load_region(a).intersection(load_region(b))

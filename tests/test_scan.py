@@ -71,7 +71,7 @@ def test_random_dims_excludes_and_is_seeded():
 
 
 def test_probe_arguments_are_checked(tok):
-    with pytest.raises(UsageError, match="at least 1"):
+    with pytest.raises(UsageError, match="between 1 and 31"):
         probe_texts(["en"], docs=0)
     with pytest.raises(UsageError, match="at least 2"):
         ProbeSet.build(tok, {"en": ["x"]}, max_tokens=1)

@@ -30,6 +30,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 
 from lm_eval_lingreg import __version__
 from lm_eval_lingreg.cli import dims, model, regions, report, reproduce, train
@@ -87,6 +88,17 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, handler)
 
 
+def _os_error(e: BaseException) -> str:
+    """An operating-system error in one line: the file, what went wrong, and for a full disk what to do."""
+    import errno
+
+    if not isinstance(e, OSError) or not e.strerror:
+        return f"{type(e).__name__}: {_one_line(e)}"
+    where = f"{e.filename}: " if e.filename else ""
+    fix = "; free some space, or write elsewhere" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return f"{where}{e.strerror}{fix}"
+
+
 def _run(args: argparse.Namespace) -> int:
     from lm_eval_lingreg.errors import LingregError
 
@@ -104,22 +116,22 @@ def _run(args: argparse.Namespace) -> int:
         return 128 + (e.args[0] if isinstance(e, Terminated) else 2)
     except LingregError as e:
         if debug:
-            raise
+            traceback.print_exc()
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except MemoryError:
         if debug:
-            raise
+            traceback.print_exc()
         print("error: out of memory; use fewer samples, documents or a smaller batch, or a machine with more memory", file=sys.stderr)
         return 2
     except (OSError, RecursionError) as e:
         if debug:
-            raise
-        print(f"error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
+            traceback.print_exc()
+        print(f"error: {_os_error(e)}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - a bug, reported in one line unless debugging
         if debug:
-            raise
+            traceback.print_exc()
         print(
             f"error: unexpected {type(e).__name__}: {_one_line(e)[:500]} (this is a bug in lm-eval-lingreg; LINGREG_DEBUG=1 shows the traceback)",
             file=sys.stderr,

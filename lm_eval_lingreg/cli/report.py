@@ -113,11 +113,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not args.baseline and not args.rules:
         raise UsageError("give --baseline and/or --rules to check against")
     check_tolerance(args.rtol, args.atol)
+    level = _level(args.ci)
     baseline = load_baseline(args.baseline) if args.baseline else None
     rules = load_rules(args.rules) if args.rules else None
     runs = _runs(args)
     failures, checked, skipped = [], 0, 0
-    for r in compare(runs, baseline, rtol=args.rtol, atol=args.atol, ci=_level(args.ci), allow_mixed=args.allow_mixed_bos) if baseline else []:
+    for r in compare(runs, baseline, rtol=args.rtol, atol=args.atol, ci=level, allow_mixed=args.allow_mixed_bos) if baseline else []:
         if r["status"] == "missing" and not args.strict:
             skipped += 1
             continue
