@@ -30,7 +30,8 @@ UDHR_DOCUMENTS = 31
 def documents_read(limit: int | None, first: int = 0, what: str = "UDHR documents") -> str:
     """How many documents per language, and which when not from the preamble (for pages and notes)."""
     n = limit or UDHR_DOCUMENTS - first
-    return f"{n} {what} per language" + (f" (articles {first}-{first + n - 1}; the preamble left out)" if first else "")
+    which = f"article {first}" if n == 1 else f"articles {first}-{first + n - 1}"
+    return f"{n} {what.removesuffix('s') if n == 1 else what} per language" + (f" ({which}; the preamble left out)" if first else "")
 
 
 def task_names(langs: Sequence[str]) -> list[str]:
