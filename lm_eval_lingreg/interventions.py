@@ -147,8 +147,6 @@ def activation_means(model: torch.nn.Module, tokenizer: Any, layers: Mapping[int
     from lm_eval_lingreg.corpora import make_samples
     from lm_eval_lingreg.sources import activation_pass
 
-    if tokenizer is None:
-        raise PerturbationError("op=mean measures the activation's mean on calibration text and needs the model's tokenizer (pass tokenizer= to perturb)")
     samples = [s for lang in MEAN_CALIBRATION["langs"] for s in make_samples(tokenizer, lang, MEAN_CALIBRATION["samples"]).input_ids]
     names = {id(m): n for n, m in base_model(model).named_modules()}
     sums = {la: torch.zeros(len(dims), dtype=torch.float64) for la in layers}
@@ -258,6 +256,8 @@ def perturb(model: torch.nn.Module, perturbations: Perturbation | Sequence[Pertu
     perts = [perturbations] if isinstance(perturbations, Perturbation) else list(perturbations)
     params = named_parameters(model)
     resolved = [(p, resolve(p, model, params)) for p in perts]
+    if tokenizer is None and any(p.op == "mean" for p in perts):
+        raise PerturbationError("op=mean measures the activation's mean on calibration text and needs the model's tokenizer (pass tokenizer= to perturb)")
     applied = Applied(model, perts)
     try:
         for p, targets in resolved:
