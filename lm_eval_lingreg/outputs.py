@@ -98,14 +98,17 @@ def _stale(target: Path) -> list[Path]:
 
 def clean_stale(target: str | os.PathLike) -> list[Path]:
     """Remove temporaries a killed run left beside `target`; call with its lock held."""
-    removed = []
-    for p in _stale(Path(target)):
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-        removed.append(p)
+    removed = _stale(Path(target))
+    for p in removed:
+        _remove(p)
     return removed
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
 
 
 #: Written into a folder a command produced as a whole: the same command may replace it on a rerun.
@@ -146,14 +149,13 @@ def clean_folder(folder: str | os.PathLike) -> list[Path]:
     removed = []
     for p in folder.iterdir():
         m = _TEMPORARY.match(p.name)
-        if m and not _held(folder / f".{m['target']}{LOCK_SUFFIX}"):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
-            removed.append(p)
-        elif not m and p.name.startswith(".") and p.name.endswith(LOCK_SUFFIX) and p.is_file() and not p.is_symlink() and not _held(p):
-            p.unlink(missing_ok=True)
+        ours = (
+            not _held(folder / f".{m['target']}{LOCK_SUFFIX}")
+            if m
+            else p.name.startswith(".") and p.name.endswith(LOCK_SUFFIX) and p.is_file() and not p.is_symlink() and not _held(p)
+        )
+        if ours:
+            _remove(p)
             removed.append(p)
     return removed
 
