@@ -125,9 +125,10 @@ class ScoreSet:
             if set(names[lang]) != set(names[first]):
                 raise ScoreFileError(f"{self.directory}: {lang} and {first} cover different tensors; were they scored on the same model and scope?")
             a, b = self.headers[lang]["config"], self.headers[first]["config"]
-            for key in ("model_fingerprint",):
-                if a.get(key) != b.get(key):
-                    raise ScoreFileError(f"{self.directory}: {lang} was scored on {key} {a.get(key)!r} but {first} on {b.get(key)!r}")
+            if a.get("model_fingerprint") != b.get("model_fingerprint"):  # the identity; `model` is only a label
+                raise ScoreFileError(
+                    f"{self.directory}: {lang} was scored on model_fingerprint {a.get('model_fingerprint')!r} but {first} on {b.get('model_fingerprint')!r}"
+                )
         self.names = names[first]
         for lang in self.langs[1:]:
             for n in self.names:
@@ -187,14 +188,13 @@ def _resume(path: Path, config: Mapping[str, Any], overwrite: bool) -> bool:
         if overwrite:
             return False
         raise ScoreFileError(f"{path} is not a readable score file; pass --overwrite to rescore it, or choose another --out") from None
-    if config_sha(_identity(old)) == config_sha(_identity(config)):
+    old, config = _identity(old), _identity(config)
+    if config_sha(old) == config_sha(config):
         return True
     if overwrite:
-        log.info("%s: scored with another configuration, rescoring (--overwrite): %s", path.name, "; ".join(differences(_identity(old), _identity(config))))
+        log.info("%s: scored with another configuration, rescoring (--overwrite): %s", path.name, "; ".join(differences(old, config)))
         return False
-    raise ScoreFileError(
-        f"{path} holds scores made differently ({'; '.join(differences(_identity(old), _identity(config)))}); pass --overwrite to rescore, or choose another --out"
-    )
+    raise ScoreFileError(f"{path} holds scores made differently ({'; '.join(differences(old, config))}); pass --overwrite to rescore, or choose another --out")
 
 
 @dataclass(frozen=True)
