@@ -151,6 +151,13 @@ class Slot:
             return torch.arange(rows, dtype=torch.int64) * cols + dim
         return torch.arange(cols, dtype=torch.int64) + dim * cols
 
+    @property
+    def entries_per_dim(self) -> int:
+        """How many entries of this tensor sit on one hidden dimension (`len(indices(d))`, without building them)."""
+        if len(self.shape) == 1:
+            return 1
+        return self.shape[0] if self.role == "read" else self.shape[1]
+
     def counts(self, flat: torch.Tensor, hidden: int) -> torch.Tensor:
         """How many of the flat indices fall on each hidden dimension."""
         if len(self.shape) == 1:

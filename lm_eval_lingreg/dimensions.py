@@ -99,7 +99,7 @@ def dimension_counts(region: Region, hidden: int | None = None) -> DimensionCoun
     entries = torch.zeros(len(ROLES), n_layers, dtype=torch.int64)
     for name, slot in slots.items():
         r = ROLES.index(slot.role)
-        entries[r, slot.layer] += slot.indices(0).numel()
+        entries[r, slot.layer] += slot.entries_per_dim
         idx = region.indices.get(name)
         if idx is not None and idx.numel():
             counts[r, slot.layer] += slot.counts(idx, hidden)

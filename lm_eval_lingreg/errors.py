@@ -87,5 +87,7 @@ def close_matches(name: str, names: Iterable[str]) -> str:
     """' (did you mean ...?)' for names close to `name`, else ''."""
     import difflib
 
-    hint = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
+    names = list(names)
+    same_but_case = [n for n in names if n.lower() == name.lower() and n != name]
+    hint = same_but_case or difflib.get_close_matches(name, names, n=3, cutoff=0.6)
     return f" (did you mean {' or '.join(map(repr, hint))}?)" if hint else ""

@@ -364,13 +364,27 @@ def _from_text(text: str) -> list[Perturbation]:
     return out
 
 
+def _spec_loader() -> Any:
+    """YAML's safe loader, except that only true/false are booleans: YAML 1.1 also reads on/off/yes/no as booleans,
+    which would turn the key `on:` (on: gain, on: activation) into True."""
+    import yaml
+
+    class SpecLoader(yaml.SafeLoader):
+        pass
+
+    bool_tag = "tag:yaml.org,2002:bool"
+    SpecLoader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != bool_tag] for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    SpecLoader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    return SpecLoader
+
+
 def _from_file(path: Path, text: str) -> list[Perturbation]:
     if not path.is_file():
         raise PerturbationError(f"perturbation spec file {text!r} not found (or write it inline: layer=1:dim=2100:op=mul:value=4)")
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML too
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_spec_loader())  # JSON is YAML too
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise PerturbationError(f"{path}: not valid UTF-8 YAML/JSON: {str(e)[:200]}") from None
     if data is None:

@@ -399,7 +399,7 @@ def format_for(path: str | os.PathLike, fmt: str | None = None) -> str:
     if fmt is None and path.suffix[1:].isalpha() and path.suffix != ".safetensors" and path.suffix not in TORCH_SUFFIXES:
         raise RegionError(
             f"{path}: the suffix {path.suffix!r} names no region format; end the name in .safetensors or .pt, "
-            "or give a folder name without a suffix (the official format; --format official forces it)"
+            "or give a folder name without a suffix (the official format)"
         )
     fmt = fmt or ("safetensors" if path.suffix == ".safetensors" else "pt" if path.suffix in TORCH_SUFFIXES else "official")
     if fmt not in FORMATS:

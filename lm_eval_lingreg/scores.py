@@ -125,10 +125,10 @@ class ScoreSet:
             if set(names[lang]) != set(names[first]):
                 raise ScoreFileError(f"{self.directory}: {lang} and {first} cover different tensors; were they scored on the same model and scope?")
             a, b = self.headers[lang]["config"], self.headers[first]["config"]
-            if a.get("model_fingerprint") != b.get("model_fingerprint"):  # the identity; `model` is only a label
-                raise ScoreFileError(
-                    f"{self.directory}: {lang} was scored on model_fingerprint {a.get('model_fingerprint')!r} but {first} on {b.get('model_fingerprint')!r}"
-                )
+            # the fingerprint is the identity, and `model` only a label, except for imported scores (no weights to hash)
+            for key in ("model_fingerprint", *(("model",) if a.get("model_fingerprint") == IMPORTED_FINGERPRINT else ())):
+                if a.get(key) != b.get(key):
+                    raise ScoreFileError(f"{self.directory}: {lang} was scored on {key} {a.get(key)!r} but {first} on {b.get(key)!r}")
         self.names = names[first]
         for lang in self.langs[1:]:
             for n in self.names:
@@ -258,6 +258,14 @@ class Scoring:
         return config
 
 
+def check_score_targets(paths: Sequence[Path], lang: str) -> None:
+    """Refuse a link, folder or special file where a score file of `lang` goes (a regular file is resumed or replaced)."""
+    for path in paths:
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            kind = "a link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
+            raise OutputError(f"{path} is {kind}, where the scores of {lang} go; move it away, or choose another --out")
+
+
 def score_languages(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -284,11 +292,7 @@ def score_languages(
     if rank == 0:
         check_writable(out_dir, directory=True, into=True)
         for lang in langs:  # the files this run will write, before any work
-            for path in [score_path(out_dir, lang), *(checkpoint_path(out_dir, n, lang) for n in scoring.checkpoints)]:
-                if path.is_symlink() or (path.exists() and not path.is_file()):
-                    raise OutputError(
-                        f"{path} is {'a link' if path.is_symlink() else 'a folder'}, where the scores of {lang} go; move it away, or choose another --out"
-                    )
+            check_score_targets([score_path(out_dir, lang), *(checkpoint_path(out_dir, n, lang) for n in scoring.checkpoints)], lang)
     identity = (model_label or model_name(model), model_fingerprint(model))
     summary = {}
     with output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
@@ -479,6 +483,9 @@ def import_official(
     if len(langs) != 1:
         raise UsageError(f"--lang {lang!r}: an official score folder holds one language's scores; import each language with its own --lang")
     lang = langs[0]
+    out_dir = Path(out_dir)
+    check_writable(out_dir, directory=True, into=True)
+    check_score_targets([score_path(out_dir, lang)], lang)
     checkpoint, n = official_checkpoint(Path(folder), samples)
     pattern = compile_scope(scope)
     advice = "The official scorer saves one plain tensor per file; this one was written by something else."
@@ -518,8 +525,6 @@ def import_official(
         "loss_norm": "batch-token",
         "grad_dtype": ",".join(dtypes),
     }
-    out_dir = Path(out_dir)
-    check_writable(out_dir, directory=True, into=True)
     with output_lock(out_dir):
         clean_folder(out_dir)
         path = score_path(out_dir, lang)

@@ -45,7 +45,7 @@ def check_level(level: float) -> float:
     given = level
     level = level / 100 if level > 1 else level
     if not (0 < level < 1 and math.isfinite(level)):
-        raise ReportError(f"confidence level must be between 0 and 100, both excluded (e.g. 95 or 0.95), got {given:g}")
+        raise ReportError(f"confidence level {given:g}: give a fraction below 1 (e.g. 0.95) or a percentage above 1 and below 100 (e.g. 95)")
     return level
 
 

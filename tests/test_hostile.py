@@ -156,6 +156,8 @@ SPECS = [
     ("empty-prompt", lambda t, m: ["generate", "--pretrained", m, "--prompt", ""], "--prompt is empty"),
     ("negative-new-tokens", lambda t, m: ["generate", "--pretrained", m, "--prompt", "x", "--max-new-tokens", "-1"], "must be at least 1"),
     ("zero-docs", lambda t, m: ["scan", "--pretrained", m, "--docs", "0"], "must be at least 1"),
+    ("mean-with-value", lambda t, m: ["scan", "--pretrained", m, "--on", "activation", "--op", "mean", "--value", "5"], "--op mean takes no --value"),
+    ("ci-level-1", lambda t, m: ["check", RESULTS, "--rules", REPO / "baselines" / "rules-bundled.yaml", "--ci", "1"], "confidence level 1: give a fraction"),
     ("bad-filter", lambda t, m: ["params", "--pretrained", m, "--filter", "("], "not a valid regular expression"),
     ("filter-matching-nothing", lambda t, m: ["params", "--pretrained", m, "--filter", "zzz"], "matches no parameter"),
 ]
@@ -296,7 +298,7 @@ REPORTS = [
         ],
         "nothing to record",
     ),
-    ("ci-level-100", lambda t, m: ["check", RESULTS, "--rules", REPO / "baselines" / "rules-bundled.yaml", "--ci", "100"], "got 100"),
+    ("ci-level-100", lambda t, m: ["check", RESULTS, "--rules", REPO / "baselines" / "rules-bundled.yaml", "--ci", "100"], "confidence level 100: give"),
     ("region-unknown-suffix", lambda t, m: ["mask", "convert", "core", t / "m.txt"], "names no region format"),
     ("rtol-nan", lambda t, m: ["check", RESULTS, "--rules", REPO / "baselines" / "rules-bundled.yaml", "--rtol", "nan"], "finite number >= 0"),
     ("rtol-negative", lambda t, m: ["check", RESULTS, "--rules", REPO / "baselines" / "rules-bundled.yaml", "--rtol", "-1"], "finite number >= 0"),

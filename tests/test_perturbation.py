@@ -53,6 +53,17 @@ def test_spec_file_yaml_and_hash(tmp_path):
     assert spec_sha256(perts) != spec_sha256(perts[::-1])
 
 
+def test_the_on_key_of_a_yaml_spec_is_a_key_not_a_boolean(tmp_path):
+    """YAML 1.1 reads a bare `on` as True; the README's own spec files write `on: gain` and `on: activation`."""
+    f = tmp_path / "spec.yaml"
+    f.write_text("perturbations:\n  - {layer: 1, dim: 3, op: mean, on: activation}\n  - {layer: 0, dim: 2, op: mul, value: 4, on: gain}\n")
+    perts = parse_spec(str(f))
+    assert [p.on for p in perts] == ["activation", "gain"] and perts[0].op == "mean"
+    f.write_text("perturbations:\n  - {layer: 1, dim: 3, op: zero, on: yes}\n")
+    with pytest.raises(PerturbationError, match="on='yes'"):
+        parse_spec(str(f))
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -243,6 +243,11 @@ def test_official_score_dumps_round_trip(tok, tmp_path):
     assert region.num_selected > 0 and jaccard(region, region)[0] == 1.0
     with pytest.raises(ScoreFileError, match=r"no grad-mul-param_checkpoint_9; found checkpoints \[3, 6\]"):
         import_official(tmp_path / "dump" / "ar", "ar", tmp_path / "other", samples=9)
+    # imported scores have no weights to fingerprint: their model label is what tells two models apart
+    import_official(tmp_path / "dump" / "ar", "ar", tmp_path / "mixed", model_label="model-a")
+    import_official(tmp_path / "dump" / "zh", "zh", tmp_path / "mixed", model_label="model-b")
+    with pytest.raises(ScoreFileError, match="was scored on model 'model-b' but ar on 'model-a'"):
+        ScoreSet(tmp_path / "mixed")
 
 
 def test_official_dumps_with_pickled_code_or_non_finite_scores_are_refused(tok, tmp_path):
@@ -273,3 +278,15 @@ def test_a_folder_where_a_score_file_goes_is_refused_before_any_work(tok, tmp_pa
     monkeypatch.setattr(importance, "sum_gradients", lambda *a, **k: pytest.fail("scored before checking the outputs"))
     with pytest.raises(OutputError, match=r"zh.safetensors is a folder, where the scores of zh go"):
         _score(make_tiny("llama"), tok, tmp_path / "s", langs=("ar", "zh"))
+
+
+def test_import_refuses_a_special_file_where_the_scores_go(tmp_path):
+    import os
+
+    from lm_eval_lingreg.errors import OutputError
+    from lm_eval_lingreg.scores import import_official
+
+    (tmp_path / "out").mkdir()
+    os.mkfifo(tmp_path / "out" / "en.safetensors")
+    with pytest.raises(OutputError, match="en.safetensors is not a regular file, where the scores of en go"):
+        import_official(tmp_path / "nowhere", "en", tmp_path / "out")

@@ -94,9 +94,9 @@ def _os_error(e: BaseException) -> str:
 
     if not isinstance(e, OSError) or not e.strerror:
         return f"{type(e).__name__}: {_one_line(e)}"
-    where = f"{e.filename}: " if e.filename else ""
-    fix = "; free some space, or write elsewhere" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-    return f"{where}{e.strerror}{fix}"
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+    where = f"{e.filename}: " if e.filename else "writing the output: " if full else ""
+    return f"{where}{e.strerror}" + ("; free some space, or write elsewhere" if full else "")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -64,6 +64,17 @@ def cmd_dims(args: argparse.Namespace) -> int:
     return 0
 
 
+def _op_value(args: argparse.Namespace) -> float | None:
+    """--value for the ops that take one (default 4); zero and mean take none, and a --value given to them is refused."""
+    if args.op in ("zero", "mean"):
+        if args.value is not None:
+            from lm_eval_lingreg.errors import UsageError
+
+            raise UsageError(f"--op {args.op} takes no --value (got {args.value:g}); use --op set to write a value")
+        return None
+    return 4.0 if args.value is None else args.value
+
+
 def cmd_scan(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
@@ -79,6 +90,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if args.output:
         check_writable(args.output)
     layers = Perturbation.from_dict({"layers": args.layer, "dim": 0, "op": "zero"}).layers
+    op = {"op": args.op, "value": _op_value(args), "on": args.on, "scale": args.scale, "seed": args.seed}
     modules = tuple(m for m in args.modules.replace(",", "+").split("+") if m)
     mask = args.mask if args.mask is not None else ("core" if args.pretrained in (None, "", "gemma-3-270m") else None)
     region = load_region(mask) if mask else None
@@ -91,7 +103,6 @@ def cmd_scan(args: argparse.Namespace) -> int:
     counts = dimension_counts(region, hidden_size(model)) if region is not None else None
     hidden = hidden_size(model) or (counts.hidden if counts is not None else 0)
     dims = pick_dimensions(args.dims, counts.ranked() if counts is not None else None, hidden, args.seed)
-    op = {"op": args.op, "value": None if args.op in ("zero", "mean") else args.value, "on": args.on, "scale": args.scale, "seed": args.seed}
     cands = dimension_candidates(dims, param=args.param, layers=layers, modules=modules, **op)
     probe = ProbeSet.build(tokenizer, probe_docs, args.tokens)
     print(f"scanning {len(cands)} candidates on {len(langs)} languages x {args.docs} UDHR documents (<= {args.tokens} tokens each)", file=sys.stderr)
@@ -168,7 +179,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="perturb one entry of this 1-D parameter instead (index = the dimension), e.g. model.layers.1.post_attention_layernorm.weight",
     )
     s.add_argument("--op", choices=OPS, default="mul")
-    s.add_argument("--value", type=_args.finite_float, default=4.0, help="operand of the op (default 4)")
+    s.add_argument("--value", type=_args.finite_float, default=None, help="operand of the op (default 4; zero and mean take none)")
     s.add_argument(
         "--on",
         choices=["param", "gain", "activation"],
