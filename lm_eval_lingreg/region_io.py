@@ -211,7 +211,8 @@ def _torch_load(path: Path, error: type[Exception] = RegionFileError, advice: st
             f"{path}: refused to load: the file holds Python objects other than tensors and plain containers (loading it could run arbitrary code). {advice}"
         ) from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-        raise error(f"{path}: cannot read as a torch file ({type(e).__name__}: {str(e)[:200]})") from None
+        why = "the file is empty or cut short" if isinstance(e, EOFError) else f"{type(e).__name__}: {str(e)[:200]}"
+        raise error(f"{path}: cannot read as a torch file ({why})") from None
 
 
 def load_torch(path: str | os.PathLike) -> Region:

@@ -187,7 +187,7 @@ def load_baseline(path: str | os.PathLike) -> list[dict[str, Any]]:
         if key in seen and seen[key][1] != row["value"]:
             raise ReportError(
                 f"{path}: entries {seen[key][0]} and {i} give {key[2]} {key[3]} {key[4]} from the same source two values "
-                f"({seen[key][1]:g} and {row['value']:g}); keep one"
+                f"({seen[key][1]!r} and {row['value']!r}); keep one"
             )
         seen.setdefault(key, (i, row["value"]))
     return out

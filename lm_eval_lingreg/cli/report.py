@@ -179,7 +179,11 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     runs = _runs(args, args.output)
     data = baseline_from_runs(runs, args.source, args.model or runs[0].model, args.metric, args.note)
     write_json(args.output, data)
-    print(f"wrote {args.output}: {len(data['values'])} values from {len(runs)} runs")
+    nan = sum(1 for r in runs for iso, v in r.values.items() if args.metric in v and v[args.metric] != v[args.metric])
+    print(
+        f"wrote {args.output}: {len(data['values'])} values from {len(runs)} runs"
+        + (f"; {nan} NaN values left out (a baseline holds numbers only)" if nan else "")
+    )
     return 0
 
 
