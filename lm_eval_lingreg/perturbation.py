@@ -99,7 +99,8 @@ class Perturbation:
         if self.op not in OPS:
             raise PerturbationError(f"unknown op {self.op!r} in {self.describe()!r}; use one of {', '.join(OPS)}")
         if self.op in ("zero", "mean"):
-            if self.value not in (None, 0, 0.0) if self.op == "zero" else self.value is not None:
+            no_value = self.value in (None, 0, 0.0) if self.op == "zero" else self.value is None  # op=zero also accepts value=0
+            if not no_value:
                 raise PerturbationError(f"op={self.op} takes no value (got value={self.value}); use op=set to write a value")
             if self.op == "mean" and self.on != "activation":
                 raise PerturbationError("op=mean sets an activation to its mean on calibration text: it goes with on=activation and dim=")
