@@ -46,16 +46,31 @@ def _on_task_manager(module) -> None:
     cls = module.TaskManager
     if getattr(cls.__init__, "_lingreg", False):
         return
+    import inspect
+
     original = cls.__init__
+    try:
+        signature = inspect.signature(original)
+    except (TypeError, ValueError):
+        signature = None
+    if signature is None or "include_path" not in signature.parameters:
+        import warnings
+
+        warnings.warn(
+            "lm_eval_lingreg: this lm-eval's TaskManager takes no include_path; pass --include_path to lm_eval for the lingreg tasks",
+            stacklevel=2,
+        )
+        return
 
     @functools.wraps(original)
     def __init__(self, *args, **kwargs):
-        ours = str(tasks_dir())
-        if len(args) >= 2:  # (verbosity, include_path, ...)
-            args = (args[0], _with_ours(args[1], ours), *args[2:])
-        else:
-            kwargs["include_path"] = _with_ours(kwargs.get("include_path"), ours)
-        original(self, *args, **kwargs)
+        # bound by name, whatever position include_path has in this lm-eval version
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError:
+            return original(self, *args, **kwargs)  # the harness reports the bad call itself
+        bound.arguments["include_path"] = _with_ours(bound.arguments.get("include_path"), str(tasks_dir()))
+        original(*bound.args, **bound.kwargs)
 
     __init__._lingreg = True
     cls.__init__ = __init__

@@ -86,21 +86,28 @@ def read_texts(lang: str, data: str | None = None, split: str = "train", column:
     path = Path(data).expanduser()
     if path.is_dir():
         for suffix in (".jsonl", ".txt"):
-            if (path / f"{lang}{suffix}").is_file():
-                return _read_file(path / f"{lang}{suffix}", column), str(path / f"{lang}{suffix}")
+            f = path / f"{lang}{suffix}"
+            if f.exists() or f.is_symlink():  # named like the corpus: read it or say why not, never skip it
+                return _read_file(f, column), str(f)
         raise CorpusError(f"{path}: no {lang}.txt or {lang}.jsonl calibration file for {LANGUAGES[lang].name}")
     if path.is_file():
         return _read_file(path, column), str(path)
     raise CorpusError(f"calibration data {data!r} not found: give a directory, a file, 'eld', or 'datasets:<path>[:<config>]'")
 
 
+#: Largest calibration file read (the paper's 1,000 samples per language are a few MB).
+MAX_CORPUS_BYTES = 2 * 2**30
+
+
 def _read_file(path: Path, column: str) -> list[str]:
+    from lm_eval_lingreg.strict import loads_json, read_text
+
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise CorpusError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); convert it first, e.g. `iconv -f latin1 -t utf-8`") from None
-    except OSError as e:
-        raise CorpusError(f"{path}: cannot read ({e.strerror or e})") from None
+        lines = read_text(path, CorpusError, "calibration file", max_bytes=MAX_CORPUS_BYTES).splitlines()
+    except CorpusError as e:
+        if "not UTF-8" in str(e):
+            raise CorpusError(f"{e}; convert it first, e.g. `iconv -f latin1 -t utf-8`") from e
+        raise
     if path.suffix != ".jsonl":
         return [line.strip() for line in lines if line.strip()]
     texts = []
@@ -108,7 +115,7 @@ def _read_file(path: Path, column: str) -> list[str]:
         if not line.strip():
             continue
         try:
-            value = json.loads(line)[column]
+            value = loads_json(line, CorpusError, f"{path}:{i}")[column]
             if not isinstance(value, str):
                 raise TypeError(f"its {column!r} is {type(value).__name__}, not text")
             texts.append(value)

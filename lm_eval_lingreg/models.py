@@ -143,6 +143,19 @@ class LingregLM(HFLM):
         self._costs["seconds"] += time.perf_counter() - t0
         return out
 
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        t0 = time.perf_counter()
+        try:
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self._costs["generation_seconds"] = self._costs.get("generation_seconds", 0.0) + time.perf_counter() - t0
+
+    def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs: Any):
+        out = super()._model_generate(context, max_length, stop, **generation_kwargs)
+        # every row of a batch runs until the last one stops: these are the tokens computed
+        self._costs["tokens_generated"] = self._costs.get("tokens_generated", 0) + (out.shape[1] - context.shape[1]) * out.shape[0]
+        return out
+
     @contextlib.contextmanager
     def recording(self, **info: Any) -> Iterator[None]:
         """Add `info` to what results record under `config.lingreg` while evaluating in this block."""
@@ -156,8 +169,11 @@ class LingregLM(HFLM):
     def get_model_info(self) -> dict:
         """Provenance and the scoring costs since the last call (lm-eval calls this once per evaluation, after the requests)."""
         tokens, seconds = self._costs["tokens"], self._costs["seconds"]
+        generated, gen_seconds = self._costs.get("tokens_generated", 0), self._costs.get("generation_seconds", 0.0)
         self._costs = {"tokens": 0, "seconds": 0.0}
         costs = {"tokens_scored": tokens, "scoring_seconds": round(seconds, 3), "tokens_per_second": round(tokens / seconds, 1) if seconds else None}
+        if gen_seconds:
+            costs |= {"tokens_generated": generated, "generation_seconds": round(gen_seconds, 3), "generated_per_second": round(generated / gen_seconds, 1)}
         return {**super().get_model_info(), "lingreg": {**self._lingreg_info, **costs}}
 
 

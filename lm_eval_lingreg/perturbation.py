@@ -365,29 +365,12 @@ def _from_text(text: str) -> list[Perturbation]:
     return out
 
 
-def _spec_loader() -> Any:
-    """YAML's safe loader, except that only true/false are booleans: YAML 1.1 also reads on/off/yes/no as booleans,
-    which would turn the key `on:` (on: gain, on: activation) into True."""
-    import yaml
-
-    class SpecLoader(yaml.SafeLoader):
-        pass
-
-    bool_tag = "tag:yaml.org,2002:bool"
-    SpecLoader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != bool_tag] for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-    SpecLoader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-    return SpecLoader
-
-
 def _from_file(path: Path, text: str) -> list[Perturbation]:
-    if not path.is_file():
-        raise PerturbationError(f"perturbation spec file {text!r} not found (or write it inline: layer=1:dim=2100:op=mul:value=4)")
-    import yaml
+    from lm_eval_lingreg.strict import loads_yaml, read_text
 
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_spec_loader())  # JSON is YAML too
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise PerturbationError(f"{path}: not valid UTF-8 YAML/JSON: {str(e)[:200]}") from None
+    if not path.exists():
+        raise PerturbationError(f"perturbation spec file {text!r} not found (or write it inline: layer=1:dim=2100:op=mul:value=4)")
+    data = loads_yaml(read_text(path, PerturbationError, "perturbation spec file", max_bytes=2**20), PerturbationError, str(path))  # JSON is YAML too
     if data is None:
         raise PerturbationError(f"{path} is empty; expected a list of perturbations")
     try:

@@ -16,22 +16,27 @@ def _pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # labels are data (run labels, metric names): `$x^$` is text, not a formula to parse
+    matplotlib.rcParams["text.parse_math"] = False
+
     return plt
 
 
 def plot_heatmap(runs: Sequence[Any], path: str | os.PathLike, metric: str = "token_perplexity", ratio_to: str = "base") -> None:
-    """Languages x conditions, log10 of the ratio to the base run."""
+    """Languages x conditions, log10 of the ratio to the base run (the difference, for the generation and translation metrics)."""
     import numpy as np
 
-    from lm_eval_lingreg.report import build_table
+    from lm_eval_lingreg.report import build_table, summary_label
+    from lm_eval_lingreg.results import MEAN_METRICS
 
     plt = _pyplot()
-    df = build_table(runs, metric, ratio_to).drop(index="Geometric mean")
+    diff = metric in MEAN_METRICS
+    df = build_table(runs, metric, ratio_to).drop(index=summary_label(metric, True))
     df = df[[c for c in df.columns if c != ratio_to]]
     if not len(df.columns):
         raise ReportError(f"nothing to plot: every run is the {ratio_to!r} run; give the ablated runs too")
     with np.errstate(divide="ignore", invalid="ignore"):
-        data = np.log10(df.to_numpy(dtype=float))
+        data = df.to_numpy(dtype=float) if diff else np.log10(df.to_numpy(dtype=float))
     finite = data[np.isfinite(data)]
     vmax = float(np.max(np.abs(finite))) if finite.size else 1.0
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(df.columns), 0.32 * len(df.index) + 2))
@@ -41,18 +46,21 @@ def plot_heatmap(runs: Sequence[Any], path: str | os.PathLike, metric: str = "to
     for (i, j), v in np.ndenumerate(data):
         if not np.isfinite(v):
             ax.text(j, i, "inf" if v > 0 else "n/a", ha="center", va="center", fontsize=7)
-    fig.colorbar(im, ax=ax, label=f"log10({metric} / {ratio_to})")
-    ax.set_title(f"{metric}: ratio to {ratio_to}")
+    fig.colorbar(im, ax=ax, label=f"{metric} - {ratio_to}" if diff else f"log10({metric} / {ratio_to})")
+    ax.set_title(f"{metric}: {'difference' if diff else 'ratio'} to {ratio_to}")
     fig.tight_layout()
     save_figure(fig, path)
 
 
 def plot_ratios(runs: Sequence[Any], path: str | os.PathLike, metric: str = "token_perplexity", ratio_to: str = "base", level: float = 0.95) -> None:
-    """Each run's ratio to the base run per language, with its paired bootstrap interval (log scale)."""
-    from lm_eval_lingreg.report import build_table
+    """Each run's ratio to the base run per language, with its paired bootstrap interval (log scale); the difference
+    on a linear scale for the generation and translation metrics."""
+    from lm_eval_lingreg.report import build_table, summary_label
+    from lm_eval_lingreg.results import MEAN_METRICS
 
     plt = _pyplot()
-    df = build_table(runs, metric, ratio_to, ci=level).drop(index="Geometric mean")
+    diff = metric in MEAN_METRICS
+    df = build_table(runs, metric, ratio_to, ci=level).drop(index=summary_label(metric, True))
     cols = [c for c in df.columns if c != ratio_to]
     if not cols:
         raise ReportError(f"nothing to plot: every run is the {ratio_to!r} run; give the ablated runs too")
@@ -63,11 +71,12 @@ def plot_ratios(runs: Sequence[Any], path: str | os.PathLike, metric: str = "tok
         ys = [v.value for _, v in cells]
         err = [[v.value - v.lo for _, v in cells], [v.hi - v.value for _, v in cells]]
         ax.errorbar(xs, ys, yerr=err, fmt="o", ms=3, capsize=2, label=c)
-    ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_yscale("log")
+    ax.axhline(0.0 if diff else 1.0, color="grey", lw=0.8)
+    if not diff:
+        ax.set_yscale("log")
     ax.set_xticks(range(len(df.index)), [i.split("(")[-1].rstrip(")") if "(" in i else i for i in df.index], fontsize=8)
-    ax.set_ylabel(f"{metric} / {ratio_to} ({level:.0%} interval)")
-    ax.set_title(f"{metric}: ratio to {ratio_to} per language")
+    ax.set_ylabel(f"{metric} {'-' if diff else '/'} {ratio_to} ({level:.0%} interval)")
+    ax.set_title(f"{metric}: {'difference' if diff else 'ratio'} to {ratio_to} per language")
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)

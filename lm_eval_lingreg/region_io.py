@@ -309,7 +309,14 @@ def _check_backed(t: torch.Tensor, name: str, path: Path, error: type[Exception]
 
 def load_official_dir(path: str | os.PathLike) -> Region:
     path = Path(path)
-    files = sorted(f for f in path.glob("*.pt") if f.is_file())
+    members = sorted(path.glob("*.pt"))
+    odd = [f for f in members if not f.is_file()]  # a folder, FIFO, device or broken/looping link named like a member
+    if odd:
+        kind = "a folder" if odd[0].is_dir() else "a broken or looping link" if odd[0].is_symlink() and not odd[0].exists() else "not a regular file"
+        raise RegionFileError(
+            f"{odd[0]}: {kind}, in a folder of <parameter name>.pt masks; every member must be a mask file: remove or replace it ({len(odd)} such member(s))"
+        )
+    files = members
     if not files:
         raise RegionFileError(f"{path}: directory holds no <parameter name>.pt files (the official code's layout)")
     masks = {}
@@ -321,11 +328,10 @@ def load_official_dir(path: str | os.PathLike) -> Region:
         masks[f.name[: -len(".pt")]] = t
     meta_file = path / "region.json"
     metadata: Any = {}
-    if meta_file.is_file():
-        try:
-            metadata = json.loads(meta_file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-            raise RegionFileError(f"{meta_file}: not valid UTF-8 JSON") from None
+    if meta_file.exists() or meta_file.is_symlink():
+        from lm_eval_lingreg.strict import loads_json, read_text
+
+        metadata = loads_json(read_text(meta_file, RegionFileError, "region metadata file", max_bytes=2**24), RegionFileError, str(meta_file))
         if not isinstance(metadata, dict):
             raise RegionFileError(f"{meta_file}: expected a JSON object, got {type(metadata).__name__}")
     try:

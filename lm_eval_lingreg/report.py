@@ -17,7 +17,7 @@ from typing import Any
 
 from lm_eval_lingreg.errors import ReportError
 from lm_eval_lingreg.languages import LANGUAGES
-from lm_eval_lingreg.results import LOWER_IS_BETTER, METRICS, Run, check_metric, geomean, run_by_label
+from lm_eval_lingreg.results import LOWER_IS_BETTER, MEAN_METRICS, METRICS, Run, check_metric, geomean, row_name, row_order, run_by_label
 
 BASELINE_SCHEMA = "lm-eval-lingreg/baselines/v1"
 BASELINE_FIELDS = ("source", "citation", "model", "condition", "language", "metric", "value", "kind", "note", "convention")
@@ -37,12 +37,14 @@ def check_convention(run: Run, base: Run, allow_mixed: bool = False) -> None:
 
 
 def build_table(runs: Sequence[Run], metric: str = "bits_per_byte", ratio_to: str | None = None, ci: float | None = None, allow_mixed: bool = False):
-    """A pandas DataFrame: rows = the 30 languages + a summary row, columns = run labels.
+    """A pandas DataFrame: rows = the languages (or translation pairs) the runs have + a summary row, columns = run labels.
 
-    Absolute values, or each run divided by the run labelled `ratio_to`. The summary row is the
-    arithmetic mean for absolute values (as the `lingreg_ppl` group) and the geometric mean for
-    ratios; a language missing in a run is NaN there and left out of that run's summary.
-    With `ci` (e.g. 0.95) every cell is an `uncertainty.Interval`: the paired bootstrap over documents.
+    Absolute values, or each run compared with the run labelled `ratio_to`: a ratio for perplexity
+    metrics, a difference (run - base) for the generation and translation metrics, which are means
+    over outputs. The summary row is the arithmetic mean for absolute values (as the lm-eval groups),
+    the geometric mean for ratios and the mean for differences; a row missing in a run is NaN there
+    and left out of that run's summary. With `ci` (e.g. 0.95) every cell is an `uncertainty.Interval`:
+    the paired bootstrap over documents (perplexity) or over outputs (the other metrics).
     """
     import pandas as pd
 
@@ -52,38 +54,60 @@ def build_table(runs: Sequence[Run], metric: str = "bits_per_byte", ratio_to: st
     if base is not None:
         for r in runs:
             check_convention(r, base, allow_mixed)
-    langs = [iso for iso in LANGUAGES if any(iso in r.values for r in runs)]
-    data = {r.label: [_cell(r, base, iso, metric, ci) for iso in langs] for r in runs}
-    index = [f"{LANGUAGES[iso].name} ({iso})" for iso in langs]
-    df = pd.DataFrame(data, index=index, columns=labels)
-    summary = "Geometric mean" if base is not None else "Mean"
-    df.loc[summary] = [_summary(r, base, [iso for iso in langs if iso in r.values], metric, ci, list(df[r.label])) for r in runs]
+    rows = row_order(row for r in runs for row, v in r.values.items() if metric in v)
+    if not rows:
+        raise ReportError(f"no run has {metric} (its tasks: {_metric_tasks(metric)})")
+    data = {r.label: [_cell(r, base, row, metric, ci) for row in rows] for r in runs}
+    df = pd.DataFrame(data, index=[row_name(row) for row in rows], columns=labels)
+    df.loc[summary_label(metric, base is not None)] = [
+        _summary(r, base, [row for row in rows if metric in r.values.get(row, {})], metric, ci, list(df[r.label])) for r in runs
+    ]
     df.index.name = "language"
     return df
 
 
-def _cell(run: Run, base: Run | None, iso: str, metric: str, ci: float | None):
+def summary_label(metric: str, compared: bool) -> str:
+    if not compared:
+        return "Mean"
+    return "Mean difference" if metric in MEAN_METRICS else "Geometric mean"
+
+
+def _metric_tasks(metric: str) -> str:
+    from lm_eval_lingreg.results import GEN_METRICS, MT_METRICS
+
+    return "lingreg_gen_<iso>" if metric in GEN_METRICS else "lingreg_mt_<src>_<tgt>" if metric in MT_METRICS else "lingreg_ppl_<iso>"
+
+
+def compare_values(v: float, b: float, metric: str) -> float:
+    """run against base: a ratio for perplexity metrics, a difference for means over outputs."""
+    if math.isnan(v) or math.isnan(b):
+        return math.nan
+    if metric in MEAN_METRICS:
+        return v - b
+    return v / b if b else math.nan
+
+
+def _cell(run: Run, base: Run | None, row: str, metric: str, ci: float | None):
     from lm_eval_lingreg import uncertainty
 
-    if iso not in run.values or (base is not None and iso not in base.values):
+    if metric not in run.values.get(row, {}) or (base is not None and metric not in base.values.get(row, {})):
         return math.nan
     if ci is not None:
-        return uncertainty.ratio_interval(run, base, iso, metric, ci) if base is not None else uncertainty.value_interval(run, iso, metric, ci)
-    v = run.value(iso, metric)
-    if base is not None:
-        b = base.value(iso, metric)
-        v = v / b if b and not math.isnan(b) and not math.isnan(v) else math.nan
-    return v
+        return uncertainty.ratio_interval(run, base, row, metric, ci) if base is not None else uncertainty.value_interval(run, row, metric, ci)
+    v = run.value(row, metric)
+    return compare_values(v, base.value(row, metric), metric) if base is not None else v
 
 
-def _summary(run: Run, base: Run | None, langs: list[str], metric: str, ci: float | None, column: list):
+def _summary(run: Run, base: Run | None, rows: list[str], metric: str, ci: float | None, column: list):
     from lm_eval_lingreg import uncertainty
 
     if ci is not None:
         if base is not None:
-            return uncertainty.geomean_ratio_interval(run, base, [iso for iso in langs if iso in base.values], metric, ci)
-        return uncertainty.mean_value_interval(run, langs, metric, ci)
-    return geomean(column) if base is not None else _mean(column)
+            return uncertainty.geomean_ratio_interval(run, base, [row for row in rows if metric in base.values.get(row, {})], metric, ci)
+        return uncertainty.mean_value_interval(run, rows, metric, ci)
+    if base is not None and metric not in MEAN_METRICS:
+        return geomean(column)
+    return _mean(column)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -140,29 +164,28 @@ def _baseline_value(v: Any, where: str) -> float:
     if math.isnan(value):
         raise ReportError(f"{where}: value is NaN; a baseline entry needs a number (drop the entry if the run had none)")
     if value < 0:
-        raise ReportError(f"{where}: value {value:g} is negative; every lingreg_ppl metric is >= 0")
+        raise ReportError(f"{where}: value {value:g} is negative; every metric of this package is >= 0")
     return value
+
+
+def _is_row(code: str) -> bool:
+    """A language code, or a translation pair SRC-TGT of two different ones."""
+    src, sep, tgt = code.partition("-")
+    return code in LANGUAGES if not sep else src in LANGUAGES and tgt in LANGUAGES and src != tgt
 
 
 def load_baseline(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Entries of a baseline file (JSON with `schema` and `values`, or CSV with the same columns)."""
     path = Path(path)
-    if not path.is_file():
-        raise ReportError(f"baseline file {path} not found (shipped ones are in baselines/)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ReportError(f"{path}: not UTF-8 text") from None
-    if path.suffix.lower() == ".csv":
-        import csv
-        import io
+    from lm_eval_lingreg.strict import loads_json, read_csv, read_text
 
-        rows: list[Any] = list(csv.DictReader(io.StringIO(text)))
+    if not path.exists():
+        raise ReportError(f"baseline file {path} not found (shipped ones are in baselines/)")
+    text = read_text(path, ReportError, "baseline file")
+    if path.suffix.lower() == ".csv":
+        rows: list[Any] = read_csv(text, ReportError, str(path))
     else:
-        try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise ReportError(f"{path}: not valid JSON ({str(e)[:120]})") from None
+        data = loads_json(text, ReportError, str(path))
         if not isinstance(data, dict) or data.get("schema") != BASELINE_SCHEMA or not isinstance(data.get("values"), list):
             raise ReportError(f'{path}: expected a JSON object with "schema": "{BASELINE_SCHEMA}" and a "values" list (see baselines/README.md)')
         rows = data["values"]
@@ -178,8 +201,8 @@ def load_baseline(path: str | os.PathLike) -> list[dict[str, Any]]:
             raise ReportError(f"{where}: unknown metric {row['metric']!r}")
         if not isinstance(row["condition"], str) or not isinstance(row["language"], str):
             raise ReportError(f"{where}: condition and language must be strings")
-        if row["language"] not in LANGUAGES:
-            raise ReportError(f"{where}: unknown language code {row['language']!r}; codes are {','.join(LANGUAGES)}")
+        if not _is_row(row["language"]):
+            raise ReportError(f"{where}: unknown language code {row['language']!r}; codes are {','.join(LANGUAGES)} (or SRC-TGT for translation)")
         out.append({k: row.get(k) for k in BASELINE_FIELDS} | {"value": _baseline_value(row["value"], where)})
     seen: dict[tuple, tuple[int, float]] = {}
     for i, row in enumerate(out):
@@ -200,9 +223,9 @@ def baseline_from_runs(runs: Sequence[Run], source: str, model: str, metric: str
     """
     values = []
     for r in runs:
-        for iso in LANGUAGES:
+        for iso in row_order(r.values):
             v = r.value(iso, metric)
-            if iso in r.values and not math.isnan(v):
+            if metric in r.values[iso] and not math.isnan(v):
                 values.append(
                     {
                         "source": source,
@@ -302,9 +325,9 @@ def _codes(v: Any, key: str, where: str) -> list[str] | None:
     items = [x.strip() for x in v.split(",")] if isinstance(v, str) else v
     if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
         raise ReportError(f"{where}: `{key}` must be a list of language codes or 'all'")
-    unknown = [x for x in items if x not in LANGUAGES]
+    unknown = [x for x in items if not _is_row(x)]
     if unknown:
-        raise ReportError(f"{where}: `{key}` has unknown language code(s) {unknown}; codes are {','.join(LANGUAGES)}")
+        raise ReportError(f"{where}: `{key}` has unknown language code(s) {unknown}; codes are {','.join(LANGUAGES)} (or SRC-TGT for translation)")
     return items
 
 
@@ -364,15 +387,13 @@ def _level(v: Any, where: str) -> float | None:
 
 
 def load_rules(path: str | os.PathLike) -> list[Rule]:
-    import yaml
+
+    from lm_eval_lingreg.strict import loads_yaml, read_text
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ReportError(f"rules file {path} not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
-        raise ReportError(f"{path}: not valid UTF-8 YAML ({str(e)[:200]})") from None
+    data = loads_yaml(read_text(path, ReportError, "rules file"), ReportError, str(path))
     items = data.get("rules") if isinstance(data, dict) else data
     if not isinstance(items, list) or not items:
         raise ReportError(f"{path}: expected a `rules:` list")
@@ -422,7 +443,7 @@ def apply_rules(runs: Sequence[Run], rules: Sequence[Rule], allow_mixed: bool = 
         for run in matched:
             if base is not None:
                 check_convention(run, base, allow_mixed)
-            langs = [iso for iso in (rule.languages or [iso for iso in LANGUAGES if iso in run.values]) if iso not in rule.exclude]
+            langs = [iso for iso in (rule.languages or [row for row in row_order(run.values) if rule.metric in run.values[row]]) if iso not in rule.exclude]
             out += [_judge(rule, run, base, iso) for iso in langs]
     return out
 
@@ -434,10 +455,9 @@ def _judge(rule: Rule, run: Run, base: Run | None, iso: str) -> dict[str, Any]:
     row = {"rule": rule.name, "run": run.label, "language": iso}
     v = run.value(iso, rule.metric)
     if base is not None:
-        b = base.value(iso, rule.metric)
-        v = v / b if not math.isnan(b) and b else math.nan
+        v = compare_values(v, base.value(iso, rule.metric), rule.metric)
     if math.isnan(v):
-        return row | {"value": v, "ok": False, "why": "missing or NaN" if iso in run.values else f"{run.label} has no {LANGUAGES[iso].name}"}
+        return row | {"value": v, "ok": False, "why": "missing or NaN" if iso in run.values else f"{run.label} has no {row_name(iso)}"}
     lo = hi = v
     if rule.ci is not None:
         interval = (

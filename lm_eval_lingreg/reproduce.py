@@ -17,7 +17,7 @@ from typing import Any
 
 from lm_eval_lingreg import experiments
 from lm_eval_lingreg.errors import UsageError
-from lm_eval_lingreg.experiments import dimensions, evaluation, forgetting, methods, protocol, regions
+from lm_eval_lingreg.experiments import dimensions, evaluation, forgetting, language, methods, protocol, regions
 from lm_eval_lingreg.outputs import atomic_path, check_target, write_text
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ FULL = {
     "evaluation": evaluation.Plan(),
     "protocol": protocol.Plan(),
     "methods": methods.Plan(),
+    "language": language.Plan(),
 }
 #: The plan field each experiment reads its harness document count from (`lingreg reproduce --limit`).
 LIMIT_FIELDS = {"regions": "limit", "protocol": "limit", "methods": "limit", "forgetting": "eval_limit", "dimensions": "harness_limit"}
@@ -45,6 +46,9 @@ QUICK = {
     ),
     "protocol": protocol.Plan(langs=["ar", "zh", "ko"], samples=16, checkpoints=[8], eval_langs=["en", "ar", "zh", "ko"], limit=1),
     "methods": methods.Plan(langs=["ar", "zh", "ko"], samples=16, eval_langs=["en", "ar", "zh", "ko"], limit=1),
+    "language": language.Plan(
+        gen_langs=["en", "zh", "ar"], mono=["zh"], mono_gen_langs=["en", "zh"], pairs=["en-zh"], gen_limit=2, mt_limit=1, gen_tokens=12, mt_tokens=16
+    ),
 }
 
 

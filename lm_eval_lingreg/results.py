@@ -8,7 +8,6 @@ recorded: the condition name of `lingreg` runs, else the mask or perturbation in
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,11 +18,24 @@ from typing import Any
 from lm_eval_lingreg.errors import ReportError
 from lm_eval_lingreg.languages import LANGUAGES
 
-METRICS = ("bits_per_byte", "byte_perplexity", "word_perplexity", "token_perplexity")
+PPL_METRICS = ("bits_per_byte", "byte_perplexity", "word_perplexity", "token_perplexity")
+#: Metrics of the generation tasks (`lingreg_gen_<iso>`): shares of outputs (0-1) and mean sentence chrF (0-100).
+GEN_METRICS = ("lang_fidelity", "line_pass", "word_pass", "chrf")
+#: Metrics of the translation tasks (`lingreg_mt_<src>_<tgt>`).
+MT_METRICS = ("mt_chrf", "mt_fidelity")
+#: Means over outputs, higher is better: `--ratio-to` gives differences (run - base), not ratios.
+MEAN_METRICS = GEN_METRICS + MT_METRICS
+METRICS = PPL_METRICS + MEAN_METRICS
+#: The largest value each mean metric can take.
+MEAN_RANGE = {m: 100.0 if m.endswith("chrf") else 1.0 for m in MEAN_METRICS}
 #: Results files larger than this are refused (a full 30-language run with per-document scores is a few MB).
 MAX_RESULTS_BYTES = 2 * 10**9
-#: Every metric of the lingreg_ppl tasks is lower-is-better.
-LOWER_IS_BETTER = dict.fromkeys(METRICS, True)
+#: Every metric of the lingreg_ppl tasks is lower-is-better; every other one higher-is-better.
+LOWER_IS_BETTER = dict.fromkeys(PPL_METRICS, True) | dict.fromkeys(MEAN_METRICS, False)
+#: Per-sample values of the generation and translation tasks in the results JSON that lingreg commands write.
+ITEMS = "lingreg_items"
+#: What each kind of task reports.
+KIND_METRICS = {"ppl": PPL_METRICS, "gen": GEN_METRICS, "mt": MT_METRICS}
 
 
 def task_name(iso: str) -> str:
@@ -100,6 +112,34 @@ def documents(samples: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, d
     return out
 
 
+def items(samples: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[str, list]]:
+    """Per generation/translation task, each output's metric values, detected language and text, from lm-eval's logged samples."""
+    from lm_eval_lingreg.language_tasks import task_kind
+
+    out = {}
+    for task, rows in samples.items():
+        kind = task_kind(task)
+        if kind not in ("gen", "mt"):
+            continue
+        rows = sorted(rows, key=lambda r: r["doc_id"])
+        table: dict[str, list] = {"doc_id": [int(r["doc_id"]) for r in rows]}
+        for m in KIND_METRICS[kind]:
+            table[m] = [float(r[m]) for r in rows]
+        table["detected_lang"] = [str(r.get("detected_lang", "")) for r in rows]
+        table["detected_confidence"] = [float(r.get("detected_confidence", math.nan)) for r in rows]
+        table["output"] = [str((r.get("filtered_resps") or [""])[0]) for r in rows]
+        out[task] = table
+    return out
+
+
+@dataclass
+class Items:
+    """Per-output values of one task (a language, or a translation pair) in one run (what the bootstrap resamples)."""
+
+    doc_id: list[int]
+    values: dict[str, list[float]]  # metric -> one value per output
+
+
 #: Per-document counts each metric divides the summed log-likelihood by.
 SIZES = {"token_perplexity": "tokens", "bits_per_byte": "bytes", "byte_perplexity": "bytes", "word_perplexity": "words"}
 
@@ -127,6 +167,7 @@ class Run:
     info: dict[str, Any] = field(default_factory=dict)
     limit: Any = None
     documents: dict[str, Documents] = field(default_factory=dict)  # iso -> per-document scores, when recorded
+    items: dict[str, Items] = field(default_factory=dict)  # row -> per-output values of generation/translation tasks
 
     def value(self, iso: str, metric: str) -> float:
         return self.values.get(iso, {}).get(metric, math.nan)
@@ -171,16 +212,14 @@ def read_run(path: str | os.PathLike) -> Run:
         raise ReportError(f"{path}: not a regular file (a pipe or device?)")
     if path.is_file() and path.stat().st_size > MAX_RESULTS_BYTES:
         raise ReportError(f"{path}: {path.stat().st_size / 1e9:.3g} GB is too large for a results file (at most {MAX_RESULTS_BYTES / 1e9:g} GB)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ReportError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ReportError(f"{path}: is a folder, not a results file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
-        raise ReportError(f"{path}: not valid JSON ({str(e)[:120]}); a partly written file? rerun that evaluation") from None
-    except RecursionError:
-        raise ReportError(f"{path}: JSON nested too deeply; not an lm-eval results file") from None
+    from lm_eval_lingreg.strict import loads_json, read_text
+
+    if not path.exists():
+        raise ReportError(f"{path}: no such file")
+    if path.is_dir():
+        raise ReportError(f"{path}: is a folder, not a results file")
+    text = read_text(path, ReportError, "results file", max_bytes=MAX_RESULTS_BYTES)
+    data = loads_json(text, ReportError, str(path), hint="; a partly written file? rerun that evaluation")
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
         raise ReportError(f"{path}: not an lm-eval results file (no 'results' mapping)")
     cfg = data.get("config") or {}
@@ -189,27 +228,62 @@ def read_run(path: str | os.PathLike) -> Run:
     info = cfg.get("lingreg") or {}
     if not isinstance(info, dict):
         raise ReportError(f"{path}: 'config.lingreg' must be a JSON object, got {type(info).__name__}")
+    values = _values(data["results"], path)
+    if not values:
+        raise ReportError(f"{path}: no lingreg_ppl_<iso> results (nor lingreg_gen_<iso>, lingreg_mt_<src>_<tgt>) in it; was it run with --tasks lingreg_ppl?")
+    label, model = _label(cfg, info, path)
+    return Run(path, label, model, values, dict(info), cfg.get("limit"), _documents(data, path), _items(data, path))
+
+
+def _values(results: Mapping[str, Any], path: Path) -> dict[str, dict[str, float]]:
+    """{row: {metric: value}} of this package's tasks: a language, or a translation pair `src-tgt`."""
+    from lm_eval_lingreg.language_tasks import task_kind, task_row
+
     values: dict[str, dict[str, float]] = {}
-    for task, row in data["results"].items():
-        if not (isinstance(task, str) and task.startswith("lingreg_ppl_")) or task.removeprefix("lingreg_ppl_") not in LANGUAGES:
+    for task, row in results.items():
+        kind = task_kind(task) if isinstance(task, str) else None
+        if kind is None:
             continue
-        iso = task.removeprefix("lingreg_ppl_")
         if not isinstance(row, dict):
             raise ReportError(f"{path}: results of {task} must be a JSON object, got {type(row).__name__}")
         try:
-            values[iso] = {m: number(row.get(f"{m},none")) for m in METRICS if f"{m},none" in row}
+            got = {m: number(row.get(f"{m},none")) for m in KIND_METRICS[kind] if f"{m},none" in row}
         except (ValueError, OverflowError) as e:
-            raise ReportError(f"{path}: {task}: a metric value {e}; the file is corrupt") from None
-        impossible = [m for m, v in values[iso].items() if v < (0 if m == "bits_per_byte" else 1 - 1e-9)]
-        if impossible:
-            m = impossible[0]
-            raise ReportError(
-                f"{path}: {task} has {m} {values[iso][m]:g}; perplexities are >= 1 and bits per byte >= 0, so the file is corrupt; rerun the evaluation"
-            )
-    if not values:
-        raise ReportError(f"{path}: no lingreg_ppl_<iso> results in it (was it run with --tasks lingreg_ppl?)")
-    label, model = _label(cfg, info, path)
-    return Run(path, label, model, values, dict(info), cfg.get("limit"), _documents(data, path))
+            raise ReportError(f"{path}: {task}: a metric value {e}; the file is corrupt") from e
+        for m, v in got.items():
+            if kind == "ppl" and v < (0 if m == "bits_per_byte" else 1 - 1e-9):
+                raise ReportError(f"{path}: {task} has {m} {v:g}; perplexities are >= 1 and bits per byte >= 0, so the file is corrupt; rerun the evaluation")
+            if kind != "ppl" and not (0 <= v <= MEAN_RANGE[m]):
+                raise ReportError(f"{path}: {task} has {m} {v:g}, outside 0-{MEAN_RANGE[m]:g}; the file is corrupt; rerun the evaluation")
+        values.setdefault(task_row(task), {}).update(got)
+    return values
+
+
+def _items(data: Mapping[str, Any], path: Path) -> dict[str, Items]:
+    """Per-output values of the generation/translation tasks: from lingreg commands' results JSON, or `--log_samples` files beside it."""
+    from lm_eval_lingreg.language_tasks import task_kind, task_row
+
+    tables = data.get(ITEMS)
+    if tables is None:
+        tables = _samples_files(path, ("gen", "mt"), items)
+    out = {}
+    try:
+        for task, t in (tables or {}).items():
+            kind = task_kind(task)
+            if kind not in ("gen", "mt"):
+                continue
+            vals = {m: [float(x) for x in t[m]] for m in KIND_METRICS[kind] if m in t}
+            doc_id = [int(x) for x in t["doc_id"]]
+            if any(len(v) != len(doc_id) for v in vals.values()) or any(not (0 <= x <= MEAN_RANGE[m]) for m, v in vals.items() for x in v):
+                raise ValueError("lengths or values out of range")
+            row = task_row(task)
+            if row in out:
+                out[row].values.update(vals)
+            else:
+                out[row] = Items(doc_id, vals)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ReportError(f"{path}: malformed per-output values ({ITEMS}); rerun that evaluation") from e
+    return out
 
 
 def _documents(data: Mapping[str, Any], path: Path) -> dict[str, Documents]:
@@ -233,24 +307,31 @@ def _documents(data: Mapping[str, Any], path: Path) -> dict[str, Documents]:
 
 
 def _from_samples_files(path: Path) -> dict[str, dict[str, list]] | None:
+    return _samples_files(path, ("ppl",), documents)
+
+
+def _samples_files(path: Path, kinds: Sequence[str], table: Any) -> dict[str, dict[str, list]] | None:
     """`lm_eval --log_samples` writes samples_<task>_<time>.jsonl next to results_<time>.json."""
+    from lm_eval_lingreg.strict import loads_json, read_text
+
     stamp = path.stem.removeprefix("results_") if path.stem.startswith("results_") else None
     if stamp is None:
         return None
     tables: dict[str, dict[str, list]] = {}
-    for f in path.parent.glob(f"samples_lingreg_ppl_*_{stamp}.jsonl"):
-        task = f.name.removeprefix("samples_").removesuffix(f"_{stamp}.jsonl")
-        rows = []
-        for line in f.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise ReportError(f"{f}: not valid JSON lines; a partly written file?") from None
-        try:
-            tables.update(documents({task: rows}))
-        except (KeyError, TypeError, IndexError):
-            raise ReportError(f"{f}: not lm-eval samples of a lingreg_ppl task") from None
+    for kind in kinds:
+        for f in sorted(path.parent.glob(f"samples_lingreg_{kind}_*_{stamp}.jsonl")):
+            if not f.is_file():
+                raise ReportError(f"{f}: not a regular file (a pipe, device or broken link?); remove it from the results folder")
+            task = f.name.removeprefix("samples_").removesuffix(f"_{stamp}.jsonl")
+            rows = []
+            text = read_text(f, ReportError, "samples file", max_bytes=MAX_RESULTS_BYTES)
+            for n, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    rows.append(loads_json(line, ReportError, f"{f} line {n}", hint="; not valid JSON lines: a partly written file?"))
+            try:
+                tables.update(table({task: rows}))
+            except (KeyError, TypeError, IndexError, ValueError) as e:
+                raise ReportError(f"{f}: not lm-eval samples of a lingreg_{kind} task") from e
     return tables or None
 
 
@@ -297,6 +378,25 @@ def load_runs(paths: Iterable[str | os.PathLike], labels: Mapping[str, str] | No
         if seen[r.label] > 1:
             r.label = f"{r.label} #{seen[r.label]}"
     return runs
+
+
+def row_order(rows: Iterable[str]) -> list[str]:
+    """Rows in table order: the languages as in `LANGUAGES`, then translation pairs by source, then target."""
+    order = {iso: i for i, iso in enumerate(LANGUAGES)}
+
+    def key(row: str) -> tuple:
+        src, _, tgt = row.partition("-")
+        return (bool(tgt), order.get(src, len(order)), order.get(tgt, -1), row)
+
+    return sorted(set(rows), key=key)
+
+
+def row_name(row: str) -> str:
+    """'Chinese (zh)', or 'English to Chinese (en-zh)' for a translation pair."""
+    src, _, tgt = row.partition("-")
+    if tgt:
+        return f"{LANGUAGES[src].name} to {LANGUAGES[tgt].name} ({row})"
+    return f"{LANGUAGES[row].name} ({row})"
 
 
 def check_metric(metric: str) -> str:

@@ -75,10 +75,11 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
         raise ScoreFileError(f"{path}: cannot read as a score file ({e})") from None
     if meta.get("format") != FORMAT:
         raise ScoreFileError(f"{path}: not a lingreg score file (format={meta.get('format')!r})")
-    try:
-        config, info = json.loads(meta["config"]), json.loads(meta["info"])
-    except (KeyError, json.JSONDecodeError, RecursionError):
-        raise ScoreFileError(f"{path}: corrupt score file header") from None
+    from lm_eval_lingreg.strict import loads_json
+
+    if "config" not in meta or "info" not in meta:
+        raise ScoreFileError(f"{path}: corrupt score file header (no config or info)")
+    config, info = (loads_json(meta[k], ScoreFileError, f"{path}: score file header field {k!r}") for k in ("config", "info"))
     if not isinstance(config, dict) or not isinstance(info, dict):
         raise ScoreFileError(f"{path}: corrupt score file header")
     return {**meta, "config": config, "info": info}

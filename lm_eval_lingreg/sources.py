@@ -19,7 +19,6 @@ layer of index tensors) are read with `torch.load(weights_only=True)`: no pickle
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -397,18 +396,10 @@ def load_coordinates(path: str | os.PathLike) -> list[tuple[int, int, int]]:
         raise RegionFileError(f"{path}: no such coordinates file")
     if not path.is_file():
         raise RegionFileError(f"{path} is not a regular file (a pipe or device?); give a JSON or YAML coordinates file")
-    text = path.read_bytes()[:10_000_001]
-    if len(text) > 10_000_000:
-        raise RegionFileError(f"{path}: over 10 MB; a coordinates file lists a handful of entries")
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+    from lm_eval_lingreg.strict import loads_json, loads_yaml, read_text
 
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as e:  # noqa: BLE001 - json and yaml raise their own types
-        raise RegionFileError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} ({str(e)[:120]})") from None
+    text = read_text(path, RegionFileError, "coordinates file", max_bytes=10_000_000)
+    data = loads_yaml(text, RegionFileError, str(path)) if path.suffix in (".yaml", ".yml") else loads_json(text, RegionFileError, str(path), finite=True)
     if isinstance(data, dict) and "super_weights" in data:
         data = data["super_weights"]
     if not isinstance(data, list) or not data:

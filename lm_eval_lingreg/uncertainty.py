@@ -6,6 +6,11 @@ tokens), so the bootstrap resamples documents with replacement and recomputes th
 is *paired*: both runs scored the same documents, so the same resampled documents are used for both. The geometric
 mean over languages resamples each language's documents independently. Intervals are percentile intervals on the
 log scale; everything is seeded.
+
+The generation and translation metrics are means over outputs (a share, or mean chrF): their bootstrap
+resamples outputs and recomputes the mean; a comparison with a base run is the paired difference
+(run - base, same prompts), and the summary over languages is the mean of the per-language values or
+differences. Those intervals are on the metric's own scale.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lm_eval_lingreg.errors import ReportError
-from lm_eval_lingreg.results import SIZES, Documents, Run
+from lm_eval_lingreg.results import MEAN_METRICS, SIZES, Documents, Items, Run
 
 LEVEL = 0.95
 SAMPLES = 2000
@@ -97,8 +102,59 @@ def _paired(base: Run, run: Run, iso: str, metric: str) -> tuple[np.ndarray, ...
     return (*_arrays(b, metric, base, iso), *_arrays(r, metric, run, iso))
 
 
+def items_of(run: Run, row: str, metric: str) -> np.ndarray:
+    """One run's per-output values of a generation/translation metric for one language or pair."""
+    it: Items | None = run.items.get(row)
+    if it is None or metric not in it.values:
+        raise ReportError(
+            f"{run.label} has no per-output {metric} values for {row} ({run.path}); intervals need them: lingreg commands record them, "
+            "and `lm_eval` writes them with --log_samples"
+        )
+    return np.asarray(it.values[metric], dtype=np.float64)
+
+
+def _paired_items(base: Run, run: Run, row: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    b, r = base.items.get(row), run.items.get(row)
+    vb, vr = items_of(base, row, metric), items_of(run, row, metric)
+    if b.doc_id != r.doc_id:
+        raise ReportError(
+            f"{run.label} and {base.label} answered different {row} prompts ({len(r.doc_id)} vs {len(b.doc_id)}); a paired difference needs the same ones"
+        )
+    return vb, vr
+
+
+def _plain(draws: np.ndarray, point: float, level: float) -> Interval:
+    lo, hi = np.percentile(draws, [100 * (1 - level) / 2, 100 * (1 + level) / 2]) if draws.size else (math.nan, math.nan)
+    return Interval(point, float(lo), float(hi))
+
+
+def _mean_draws(rng: np.random.Generator, values: np.ndarray, samples: int) -> np.ndarray:
+    return values[_draws(rng, values.size, samples)].mean(1)
+
+
+def _means(runs: Sequence[Run], rows: Sequence[str], metric: str, level: float, samples: int, seed: int, paired: bool) -> Interval:
+    """Mean over rows of a run's means (paired=False), or of run - base differences (paired=True, runs = (run, base))."""
+    rng = np.random.default_rng(seed)
+    points, draws = [], []
+    for row in rows:
+        if paired:
+            vb, vr = _paired_items(runs[1], runs[0], row, metric)
+            idx = _draws(rng, vb.size, samples)
+            points.append(float(vr.mean() - vb.mean()))
+            draws.append(vr[idx].mean(1) - vb[idx].mean(1))
+        else:
+            v = items_of(runs[0], row, metric)
+            points.append(float(v.mean()))
+            draws.append(_mean_draws(rng, v, samples))
+    if not points:
+        raise ReportError("no language to average over")
+    return _plain(np.mean(draws, axis=0), float(np.mean(points)), level)
+
+
 def value_interval(run: Run, iso: str, metric: str, level: float = LEVEL, samples: int = SAMPLES, seed: int = 0) -> Interval:
-    """The metric of one language in one run, with its bootstrap interval over documents."""
+    """The metric of one language in one run, with its bootstrap interval over documents (outputs)."""
+    if metric in MEAN_METRICS:
+        return _means([run], [iso], metric, level, samples, seed, paired=False)
     ll, size = _arrays(documents_of(run, iso), metric, run, iso)
     idx = _draws(np.random.default_rng(seed), ll.size, samples)
     point = float(_log_value(ll.sum(), size.sum(), metric))
@@ -106,7 +162,9 @@ def value_interval(run: Run, iso: str, metric: str, level: float = LEVEL, sample
 
 
 def ratio_interval(run: Run, base: Run, iso: str, metric: str, level: float = LEVEL, samples: int = SAMPLES, seed: int = 0) -> Interval:
-    """run / base for one language, paired over the same documents."""
+    """run / base for one language, paired over the same documents (run - base for means over outputs)."""
+    if metric in MEAN_METRICS:
+        return _means([run, base], [iso], metric, level, samples, seed, paired=True)
     llb, nb, llr, nr = _paired(base, run, iso, metric)
     idx = _draws(np.random.default_rng(seed), llb.size, samples)
     point = float(_log_value(llr.sum(), nr.sum(), metric) - _log_value(llb.sum(), nb.sum(), metric))
@@ -115,7 +173,10 @@ def ratio_interval(run: Run, base: Run, iso: str, metric: str, level: float = LE
 
 
 def geomean_ratio_interval(run: Run, base: Run, langs: Sequence[str], metric: str, level: float = LEVEL, samples: int = SAMPLES, seed: int = 0) -> Interval:
-    """Geometric mean over languages of run / base, each language's documents resampled independently."""
+    """Geometric mean over languages of run / base, each language's documents resampled independently
+    (the mean of run - base for means over outputs)."""
+    if metric in MEAN_METRICS:
+        return _means([run, base], langs, metric, level, samples, seed, paired=True)
     rng = np.random.default_rng(seed)
     points, draws = [], []
     for iso in langs:
@@ -130,6 +191,8 @@ def geomean_ratio_interval(run: Run, base: Run, langs: Sequence[str], metric: st
 
 def mean_value_interval(run: Run, langs: Sequence[str], metric: str, level: float = LEVEL, samples: int = SAMPLES, seed: int = 0) -> Interval:
     """Arithmetic mean over languages of the metric (the `lingreg_ppl` group's summary), with its interval."""
+    if metric in MEAN_METRICS:
+        return _means([run], langs, metric, level, samples, seed, paired=False)
     rng = np.random.default_rng(seed)
     points, draws = [], []
     for iso in langs:

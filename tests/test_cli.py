@@ -402,3 +402,37 @@ def test_every_command_that_loads_a_model_takes_device_and_dtype(argv):
 
     args = build_parser().parse_args([*argv, "--device", "cpu", "--dtype", "float32", "--pretrained", "some/model"])
     assert (args.device, args.dtype, args.pretrained) == ("cpu", "float32", "some/model")
+
+
+@pytest.mark.parametrize("delay", [0.15, 0.4, 0.8, 1.5])
+def test_ctrl_c_while_the_command_starts_is_no_traceback(delay):
+    """Building the parser imports torch (seconds on a laptop): Ctrl-C then ends with one line, exit 130."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "lm_eval_lingreg.cli", "params", "--pretrained", "/nonexistent"], stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    if proc.returncode != 2:  # the command may have finished (a clear error) before the signal
+        assert proc.returncode == 130 and "interrupted" in err, (proc.returncode, err)
+
+
+def test_a_dollar_label_is_text_in_a_plot_and_non_ascii_output_survives_an_ascii_terminal(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    for c in ("base", "core-top-1"):
+        shutil.copytree(REPO / "docs" / "results" / "regions" / c, tmp_path / "r" / c)
+    proc = lingreg("plot", tmp_path / "r", "-o", tmp_path / "p.png", "--label", f"{tmp_path / 'r' / 'core-top-1'}=$x^$")
+    assert proc.returncode == 0 and (tmp_path / "p.png").stat().st_size > 0, proc.stderr
+    env = {**__import__("os").environ, "PYTHONIOENCODING": "ascii"}
+    cmd = [sys.executable, "-m", "lm_eval_lingreg.cli", "table", str(tmp_path / "r"), "--label", f"{tmp_path / 'r' / 'core-top-1'}=dé"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "d\\xe9" in out.stdout, out.stderr

@@ -50,6 +50,11 @@ def quick_forgetting(bundled_model_dir, tmp_path_factory) -> Path:
     return _quick(tmp_path_factory, "forgetting")
 
 
+@pytest.fixture(scope="module")
+def quick_language(bundled_model_dir, tmp_path_factory) -> Path:
+    return _quick(tmp_path_factory, "language")
+
+
 def _ratios(out: Path, metric: str = "token_perplexity") -> dict[str, dict[str, float]]:
     runs = {r.label: r for r in load_runs([out / "regions"])}
     base = runs.pop("base")
@@ -145,7 +150,7 @@ def test_docs_pages_regenerate_from_the_saved_results(tmp_path):
     results = tmp_path / "results"
     shutil.copytree(REPO / "docs" / "results", results)
     pages = [("regions", "REGIONS.md"), ("dimensions", "DIMENSIONS.md"), ("forgetting", "FORGETTING.md"), ("evaluation", "EVALUATION.md")]
-    pages += [(name, f"{name.upper()}.md") for name in ("protocol", "methods") if (REPO / "docs" / f"{name.upper()}.md").is_file()]
+    pages += [(name, f"{name.upper()}.md") for name in ("protocol", "methods", "language") if (REPO / "docs" / f"{name.upper()}.md").is_file()]
     for name, page in pages:
         doc = tmp_path / page
         assert lingreg("reproduce", "--only", name, "--out", results, "--doc", doc, "--from-results").returncode == 0

@@ -113,3 +113,33 @@ def test_entry_points_name_the_models_and_the_tasks_package():
     from lm_eval_lingreg import MODELS
 
     assert project["entry-points"]["lm_eval.models"] == MODELS
+
+
+def test_the_hook_adds_our_tasks_whatever_the_position_of_include_path():
+    """The wrapper binds arguments by name: a TaskManager whose include_path is first, third or keyword-only still gets our tasks."""
+    import types
+
+    from lm_eval_lingreg import _hook
+    from lm_eval_lingreg.resources import tasks_dir
+
+    seen = {}
+
+    class First:
+        def __init__(self, include_path=None, verbosity="INFO"):
+            seen["first"] = include_path
+
+    class Third:
+        def __init__(self, verbosity="INFO", include_defaults=True, include_path=None):
+            seen["third"] = include_path
+
+    class KeywordOnly:
+        def __init__(self, *, include_path=None):
+            seen["kw"] = include_path
+
+    for cls in (First, Third, KeywordOnly):
+        _hook._on_task_manager(types.SimpleNamespace(TaskManager=cls, __name__="lm_eval.tasks.manager"))
+    First("/mine")
+    Third("INFO", True, "/mine")
+    KeywordOnly(include_path="/mine")
+    ours = str(tasks_dir())
+    assert seen == {"first": [ours, "/mine"], "third": [ours, "/mine"], "kw": [ours, "/mine"]}

@@ -19,6 +19,7 @@
     lingreg plot out/ -o heatmap.png      languages x conditions, log ratio to base
     lingreg baseline out/ -o B.json       a reference baseline file from runs of this tool
     lingreg reproduce [--quick]           the paper's experiments on the bundled model, with a report
+    lingreg tasks --pairs fr-de -o mytasks/   translation tasks for pairs beyond English<->X (lm_eval --include_path)
 
 Every command that loads a model takes --pretrained, --device (auto: CUDA when available) and --dtype.
 Exit status 2 means bad input; the `error:` line names the problem and the fix. LINGREG_DEBUG=1 shows tracebacks.
@@ -26,29 +27,32 @@ Exit status 2 means bad input; the `error:` line names the problem and the fix. 
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import sys
-import traceback
 
-from lm_eval_lingreg import __version__
-from lm_eval_lingreg.cli import dims, model, regions, report, reproduce, train
+# Imports are made where they are used: Ctrl-C while they run (torch takes seconds) is then caught by `main`.
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():  # -> argparse.ArgumentParser
+    import argparse
+
+    from lm_eval_lingreg import __version__
+    from lm_eval_lingreg.cli import dims, model, regions, report, reproduce, tasks, train
+
     p = argparse.ArgumentParser(prog="lingreg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"lm-eval-lingreg {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="more logging")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = p.add_subparsers(dest="command", required=True)
-    for group in (model, regions, dims, train, report, reproduce):
+    for group in (model, regions, dims, train, report, reproduce, tasks):
         group.add_parsers(sub)
     return p
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     """Our progress messages (logging, INFO) on stderr as plain lines; other libraries' only when verbose."""
+    import logging
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s"))
     ours = logging.getLogger("lm_eval_lingreg")
@@ -73,7 +77,16 @@ def _one_line(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     import signal
 
-    args = build_parser().parse_args(argv)
+    try:  # a terminal or pipe that cannot show a character (PYTHONIOENCODING=ascii) gets an escape, not a crash
+        sys.stdout.reconfigure(errors="backslashreplace")
+    except (AttributeError, ValueError, OSError):
+        pass
+
+    try:  # building the parser imports torch (seconds): Ctrl-C then is no traceback either
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("interrupted before the command started; nothing was written", file=sys.stderr)
+        return 130
     _setup_logging(args.verbose, args.quiet)
     handlers = {}
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -99,11 +112,16 @@ def _os_error(e: BaseException) -> str:
     return f"{where}{e.strerror}" + ("; free some space, or write elsewhere" if full else "")
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args) -> int:  # args: argparse.Namespace
+    import traceback
+
     from lm_eval_lingreg.errors import LingregError
 
     debug = os.environ.get("LINGREG_DEBUG", "") not in ("", "0")
     try:
+        from lm_eval_lingreg.cli._io import check_io
+
+        check_io(args)
         return args.func(args)
     except BrokenPipeError:  # `lingreg ... | head`: the reader left; not an error
         try:  # silence the final flush of the closed pipe

@@ -13,11 +13,16 @@ from lm_eval_lingreg.errors import UsageError
 PRETRAINED_HELP = "HF model dir or hub id (default: the bundled gemma-3-270m)"
 
 
+def _short(text: str) -> str:
+    """A value as an error message shows it: at most 40 characters."""
+    return repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text):,} characters)"
+
+
 def positive_int(text: str) -> int:
     try:
         n = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        raise argparse.ArgumentTypeError(f"{_short(text)} is not a whole number") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
     return n
@@ -27,7 +32,7 @@ def nonneg_int(text: str) -> int:
     try:
         n = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        raise argparse.ArgumentTypeError(f"{_short(text)} is not a whole number") from None
     if n < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
     return n
@@ -45,30 +50,30 @@ def finite_float(text: str) -> float:
     try:
         x = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{_short(text)} is not a number") from None
     if not math.isfinite(x):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {_short(text)}")
     return x
 
 
 def nonneg_float(text: str) -> float:
     x = finite_float(text)
     if x < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {_short(text)}")
     return x
 
 
 def positive_float(text: str) -> float:
     x = finite_float(text)
     if x <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {_short(text)}")
     return x
 
 
 def ratio(text: str) -> float:
     x = finite_float(text)
     if not 0 < x <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text} (for 1% pass 0.01)")
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {_short(text)} (for 1% pass 0.01)")
     return x
 
 
@@ -95,7 +100,7 @@ def limit(text: str) -> int | None:
     try:
         return positive_int(text)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"must be a positive number of documents or 'all', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be a positive number of documents or 'all', got {_short(text)}") from None
 
 
 def model_options(p: argparse.ArgumentParser, dtype: str = "float32", device_map: bool = False) -> None:

@@ -7,7 +7,20 @@ import sys
 
 from lm_eval_lingreg.cli import _args
 
-METRIC_HELP = "bits_per_byte, byte_perplexity, word_perplexity or token_perplexity"
+METRIC_HELP = (
+    "perplexity tasks: bits_per_byte, byte_perplexity, word_perplexity, token_perplexity; generation: lang_fidelity, line_pass, "
+    "word_pass, chrf; translation: mt_chrf, mt_fidelity"
+)
+
+
+def _metric(args: argparse.Namespace, runs, fallback: str) -> str:
+    """The --metric given, else `fallback` when the runs have it, else the first metric they have (lang_fidelity, mt_chrf)."""
+    from lm_eval_lingreg.results import METRICS
+
+    if args.metric:
+        return args.metric
+    have = {m for r in runs for v in r.values.values() for m in v}
+    return fallback if fallback in have else next((m for m in (fallback, "lang_fidelity", "mt_chrf", *METRICS) if m in have), fallback)
 
 
 def _runs(args: argparse.Namespace, output: str | None = None):
@@ -30,7 +43,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
         check_writable(args.output)
     runs = _runs(args, args.output)
-    df = build_table(runs, args.metric, args.ratio_to, ci=_level(args.ci), allow_mixed=args.allow_mixed_bos)
+    df = build_table(runs, _metric(args, runs, "bits_per_byte"), args.ratio_to, ci=_level(args.ci), allow_mixed=args.allow_mixed_bos)
     text = render_table(df, args.format)
     if args.costs:
         text += "\n\n" + costs_table(runs)
@@ -164,9 +177,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
         if args.ci is not None:
             from lm_eval_lingreg.plots import plot_ratios
 
-            plot_ratios(runs, args.output, args.metric, args.ratio_to, _level(args.ci))
+            plot_ratios(runs, args.output, _metric(args, runs, "token_perplexity"), args.ratio_to, _level(args.ci))
         else:
-            plot_heatmap(runs, args.output, args.metric, args.ratio_to)
+            plot_heatmap(runs, args.output, _metric(args, runs, "token_perplexity"), args.ratio_to)
     print(f"wrote {args.output}")
     return 0
 
@@ -177,9 +190,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
     check_writable(args.output)
     runs = _runs(args, args.output)
-    data = baseline_from_runs(runs, args.source, args.model or runs[0].model, args.metric, args.note)
+    metric = _metric(args, runs, "token_perplexity")
+    data = baseline_from_runs(runs, args.source, args.model or runs[0].model, metric, args.note)
     write_json(args.output, data)
-    nan = sum(1 for r in runs for iso, v in r.values.items() if args.metric in v and v[args.metric] != v[args.metric])
+    nan = sum(1 for r in runs for iso, v in r.values.items() if metric in v and v[metric] != v[metric])
     print(
         f"wrote {args.output}: {len(data['values'])} values from {len(runs)} runs"
         + (f"; {nan} NaN values left out (a baseline holds numbers only)" if nan else "")
@@ -197,8 +211,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("table", help="leaderboard table: languages x conditions, from lm-eval results")
     s.add_argument("paths", nargs="+", help="results JSON files or folders (searched recursively)")
-    s.add_argument("--metric", choices=METRICS, default="bits_per_byte", help=METRIC_HELP + " (default bits_per_byte)")
-    s.add_argument("--ratio-to", default=None, help="divide every run by the run with this label (e.g. base)")
+    s.add_argument("--metric", choices=METRICS, default=None, help=METRIC_HELP + " (default bits_per_byte; lang_fidelity or mt_chrf for runs of those tasks)")
+    s.add_argument("--ratio-to", default=None, help="divide every run by the run with this label, e.g. base (generation/translation metrics: subtract it)")
     s.add_argument("--format", choices=["markdown", "csv", "latex", "html", "json"], default="markdown")
     s.add_argument("-o", "--output", default=None, help="write the table here (default: print)")
     s.add_argument("--ci", type=_args.positive_float, default=None, metavar="LEVEL", help="bootstrap intervals over documents, e.g. --ci 95")
@@ -239,8 +253,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("plot", help="heatmap of languages x conditions (log ratio to base), or --mask for region density")
     s.add_argument("paths", nargs="*")
     s.add_argument("-o", "--output", required=True, help=".png or .svg")
-    s.add_argument("--metric", choices=METRICS, default="token_perplexity", help=METRIC_HELP + " (default token_perplexity)")
-    s.add_argument("--ratio-to", default="base", help="label of the run to divide by (default base)")
+    s.add_argument(
+        "--metric", choices=METRICS, default=None, help=METRIC_HELP + " (default token_perplexity; lang_fidelity or mt_chrf for runs of those tasks)"
+    )
+    s.add_argument("--ratio-to", default="base", help="label of the run to divide by, or subtract for generation/translation metrics (default base)")
     s.add_argument("--mask", default=None, help="plot a region's density per layer x module instead")
     s.add_argument(
         "--ci",
@@ -257,7 +273,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--source", required=True, help="how the runs were produced (the command)")
     s.add_argument("--model", default=None, help="model name to record (default: from the runs)")
-    s.add_argument("--metric", choices=METRICS, default="token_perplexity")
+    s.add_argument(
+        "--metric", choices=METRICS, default=None, help=METRIC_HELP + " (default token_perplexity; lang_fidelity or mt_chrf for runs of those tasks)"
+    )
     s.add_argument("--note", default="")
     _args.label_option(s)
     s.set_defaults(func=cmd_baseline)

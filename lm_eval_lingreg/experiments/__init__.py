@@ -5,7 +5,8 @@
 - `forgetting`: finding 4, further pre-training with the core region frozen;
 - `evaluation`: the BOS convention, intervals against the number of documents, bfloat16 against float32;
 - `protocol`: the official scoring protocol beside the default one, and how many samples are enough;
-- `methods`: other published definitions of a region (Wanda, magnitude, LAPE, super weights) beside the core region.
+- `methods`: other published definitions of a region (Wanda, magnitude, LAPE, super weights) beside the core region;
+- `language`: which language comes out of a model with a region removed: continuation and translation tasks.
 
 Each experiment writes its raw results under `<out>/<name>/` with an `experiment.json` record (plan,
 timings, command), so its page can be rewritten from the results alone. `reproduce` composes them.
@@ -24,8 +25,8 @@ from lm_eval_lingreg.outputs import write_json
 PAPER = ("regions", "dimensions", "forgetting")
 #: Every experiment `--only` accepts: the paper's, `evaluation` (how far the numbers can be trusted) and `protocol`
 #: (the official scoring protocol beside the default; also `lingreg reproduce --paper-protocol`) and `methods` (other
-#: definitions of a region side by side).
-NAMES = (*PAPER, "evaluation", "protocol", "methods")
+#: definitions of a region side by side) and `language` (the language of generated text, and translation).
+NAMES = (*PAPER, "evaluation", "protocol", "methods", "language")
 RECORD = "experiment.json"
 
 

@@ -1,0 +1,208 @@
+"""Strict readers for the YAML, JSON and CSV files this package reads: rules, baselines, perturbation
+specs, coordinates, results and region metadata.
+
+A file that cannot be read exactly as written is an error that names it, never a guess:
+
+- a repeated key (`{max: 1, max: 1000}`: plain PyYAML and `json` keep the last one silently);
+- booleans only as YAML 1.2 writes them (`true`/`false`; YAML 1.1 also reads `on`, `off`, `yes`, `no`,
+  which would turn the key `on:` into True);
+- integers of more than `MAX_DIGITS` digits and number literals longer than that (`1e400` is read,
+  as the infinity it is, only where a caller allows non-finite values);
+- files larger than the caller's bound, anything but a regular file (a FIFO would block the read),
+  text that is not UTF-8;
+- CSV rows with more or fewer fields than the header, repeated or empty column names, fields over
+  `MAX_CSV_FIELD` characters, and bad quoting.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lm_eval_lingreg.errors import LingregError
+
+__all__ = ["read_text", "loads_json", "loads_yaml", "read_csv", "MAX_DIGITS"]
+
+#: Longest integer (or number literal) accepted, in characters.
+MAX_DIGITS = 100
+#: Largest CSV field accepted, in characters.
+MAX_CSV_FIELD = 10_000
+#: Default bound on a file's size.
+MAX_BYTES = 64 * 2**20
+
+
+def read_text(path: str | os.PathLike, error: type[LingregError], what: str = "file", max_bytes: int = MAX_BYTES) -> str:
+    """The UTF-8 text of a regular file of at most `max_bytes`; the type is checked before opening, so a FIFO never blocks."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError as e:
+        raise error(f"{what} {path} not found") from e
+    except OSError as e:
+        raise error(f"{what} {path} cannot be read ({e.strerror or e})") from e
+    if stat.S_ISDIR(st.st_mode):
+        raise error(f"{path} is a folder; give the {what} itself")
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path} is not a regular file (a pipe, socket or device?); give the {what} as a regular file")
+    if st.st_size > max_bytes:
+        raise error(f"{path}: {st.st_size:,} bytes is too large for a {what} (at most {max_bytes:,})")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # replaced by a FIFO since the check: still no block
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise error(f"{what} {path} cannot be read ({e.strerror or e})") from e
+    if len(data) > max_bytes:
+        raise error(f"{path}: too large for a {what} (at most {max_bytes:,} bytes)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start}); a {what} is UTF-8 YAML, JSON or CSV") from e
+
+
+def _unique(error: type[LingregError], where: str) -> Callable[[list[tuple[str, Any]]], dict]:
+    def hook(pairs: list[tuple[str, Any]]) -> dict:
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise error(f"{where}: the key {k!r} appears twice in one object; keep one (a reader would silently keep only the last)")
+            seen.add(k)
+        return dict(pairs)
+
+    return hook
+
+
+def _bounded_int(error: type[LingregError], where: str) -> Callable[[str], int]:
+    def parse(s: str) -> int:
+        if len(s.lstrip("-+")) > MAX_DIGITS:
+            raise error(f"{where}: an integer of {len(s)} digits is not a number a value here can have (at most {MAX_DIGITS} digits)")
+        return int(s)
+
+    return parse
+
+
+def _bounded_float(error: type[LingregError], where: str, finite: bool) -> Callable[[str], float]:
+    def parse(s: str) -> float:
+        if len(s) > MAX_DIGITS:
+            raise error(f"{where}: a number written with {len(s)} characters is not a number a value here can have (at most {MAX_DIGITS})")
+        v = float(s)
+        if finite and not math.isfinite(v):
+            raise error(f"{where}: {s} is beyond the range of a float; give a finite number")
+        return v
+
+    return parse
+
+
+def loads_json(text: str, error: type[LingregError], where: str, finite: bool = False, hint: str = "") -> Any:
+    """JSON with unique keys and bounded numbers; NaN/Infinity (which lm-eval writes) only when not `finite`."""
+    import json
+
+    def constant(name: str) -> float:
+        if finite:
+            raise error(f"{where}: {name} is not a number this file may hold; give a finite number")
+        return float(name.replace("Infinity", "inf"))
+
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_unique(error, where),
+            parse_int=_bounded_int(error, where),
+            parse_float=_bounded_float(error, where, finite),
+            parse_constant=constant,
+        )
+    except json.JSONDecodeError as e:
+        raise error(f"{where}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}){hint}") from e
+    except RecursionError as e:
+        raise error(f"{where}: JSON nested too deeply") from e
+
+
+def _yaml_loader(error: type[LingregError], where: str) -> Any:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    bool_tag, int_tag, float_tag = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+    Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != bool_tag] for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+    def mapping(loader: Any, node: Any, deep: bool = False) -> dict:
+        loader.flatten_mapping(node)
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # an unhashable key: the safe loader refuses it itself
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise error(f"{where}: line {line}: the key {key!r} appears twice in one mapping; keep one (YAML readers keep only the last)")
+            seen[key] = True
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    def integer(loader: Any, node: Any) -> int:
+        if len(str(node.value).lstrip("-+").replace("_", "")) > MAX_DIGITS:
+            raise error(
+                f"{where}: line {node.start_mark.line + 1}: an integer of {len(node.value)} digits is not a number a value here can have (at most {MAX_DIGITS} digits)"
+            )
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+    def floating(loader: Any, node: Any) -> float:
+        if len(str(node.value)) > MAX_DIGITS:
+            raise error(
+                f"{where}: line {node.start_mark.line + 1}: a number written with {len(node.value)} characters is not a number a value here can have (at most {MAX_DIGITS})"
+            )
+        return yaml.SafeLoader.construct_yaml_float(loader, node)
+
+    Loader.add_constructor("tag:yaml.org,2002:map", lambda loader, node: mapping(loader, node))
+    Loader.construct_mapping = lambda self, node, deep=False: mapping(self, node, deep)
+    Loader.add_constructor(int_tag, integer)
+    Loader.add_constructor(float_tag, floating)
+    return Loader
+
+
+def loads_yaml(text: str, error: type[LingregError], where: str) -> Any:
+    """YAML 1.2 booleans, unique keys, bounded numbers (JSON is YAML too)."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_yaml_loader(error, where))  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise error(f"{where}: not valid YAML ({' '.join(str(e).split())[:200]})") from e
+    except RecursionError as e:
+        raise error(f"{where}: YAML nested too deeply") from e
+
+
+def read_csv(text: str, error: type[LingregError], where: str) -> list[dict[str, str]]:
+    """Rows of a CSV with a header: every row has exactly the header's fields; column names unique and non-empty."""
+    import csv
+    import io
+
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    limit = csv.field_size_limit()
+    csv.field_size_limit(MAX_CSV_FIELD)
+    try:
+        rows = list(reader)
+    except csv.Error as e:
+        raise error(f"{where}: line {reader.line_num}: not valid CSV ({e}); fields are at most {MAX_CSV_FIELD:,} characters") from e
+    finally:
+        csv.field_size_limit(limit)
+    rows = [r for r in rows if r]  # blank lines
+    if not rows:
+        raise error(f"{where}: empty; a CSV file needs a header line")
+    header = [h.strip() for h in rows[0]]
+    if any(not h for h in header) or len(set(header)) != len(header):
+        dup = next((h for h in header if header.count(h) > 1), "")
+        raise error(f"{where}: the header has " + (f"the column {dup!r} twice" if dup else "an empty column name") + "; name each column once")
+    out = []
+    for i, r in enumerate(rows[1:], 2):
+        if len(r) != len(header):
+            raise error(f"{where}: row {i} has {len(r)} fields but the header has {len(header)}; quote fields that hold commas")
+        out.append(dict(zip(header, r, strict=True)))
+    return out
