@@ -54,7 +54,7 @@ def compile_scope(scope: str) -> re.Pattern:
     try:
         return re.compile(scope)
     except re.error as e:
-        raise RegionError(f"scope {scope!r} is not a valid regular expression ({e}); the default is {DEFAULT_SCOPE!r}") from None
+        raise RegionError(f"scope {scope!r} is not a valid regular expression ({e}); the default is {DEFAULT_SCOPE!r}") from e
 
 
 def in_scope(model: torch.nn.Module, scope: str = DEFAULT_SCOPE) -> dict[str, torch.nn.Parameter]:
@@ -224,7 +224,7 @@ def gain_offset(module: torch.nn.Module, weight: torch.Tensor) -> float:
     try:
         y = module(x.to(weight.device, weight.dtype)).float().cpu()
     except Exception as e:  # noqa: BLE001 - any failure means we cannot tell
-        raise PerturbationError(f"on=gain: cannot probe {type(module).__name__} ({e})") from None
+        raise PerturbationError(f"on=gain: cannot probe {type(module).__name__} ({e})") from e
     w = weight.detach().float().cpu()
     bias = getattr(module, "bias", None)
     b = bias.detach().float().cpu() if isinstance(bias, torch.Tensor) else 0.0

@@ -36,17 +36,39 @@ SCRIPTS: dict[str, frozenset[str]] = {
 LATIN = frozenset({"LATIN"})
 
 
+#: Words of a character name that qualify its script rather than name it (FULLWIDTH LATIN ..., SUPERSCRIPT LATIN ...).
+_QUALIFIERS = {"FULLWIDTH", "HALFWIDTH", "SUPERSCRIPT", "SUBSCRIPT", "MODIFIER", "CIRCLED", "PARENTHESIZED", "MATHEMATICAL"}
+#: Letters whose name starts with no script: the ordinal indicators of Spanish, Portuguese, Italian.
+_NAMED = {"FEMININE": "LATIN", "MASCULINE": "LATIN", "CJK": "HAN", "IDEOGRAPHIC": "HAN"}
+
+
 def script_of(ch: str) -> str:
-    """The script of one letter: the first word of its Unicode name (HAN for CJK ideographs)."""
-    name = unicodedata.name(ch, "")
-    if not name:
+    """The script of one letter: the first word of its Unicode name that names a script (HAN for CJK ideographs;
+    the prolonged sound mark of kana counts as KATAKANA)."""
+    words_ = unicodedata.name(ch, "").split()
+    while words_ and words_[0] in _QUALIFIERS:
+        words_ = words_[1:]
+    if not words_:
         return "UNKNOWN"
-    first, _, rest = name.partition(" ")
-    if first in ("CJK", "IDEOGRAPHIC"):
-        return "HAN"
-    if first in ("FULLWIDTH", "HALFWIDTH"):
-        return rest.partition(" ")[0]
-    return first
+    first = words_[0].split("-")[0]  # KATAKANA-HIRAGANA PROLONGED SOUND MARK
+    return _NAMED.get(first, first)
+
+
+def _check_lang(lang: str) -> str:
+    from lm_eval_lingreg.errors import UnknownLanguageError
+    from lm_eval_lingreg.languages import LANGUAGES
+
+    if not isinstance(lang, str) or lang not in LANGUAGES:
+        raise UnknownLanguageError(f"unknown language {lang!r}; expected one of {','.join(LANGUAGES)}")
+    return lang
+
+
+def _text(value: object, what: str) -> str:
+    from lm_eval_lingreg.langid import clean
+
+    if not isinstance(value, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"{what} must be text (str or bytes), got {type(value).__name__}")
+    return clean(value)
 
 
 def words(text: str) -> list[str]:
@@ -64,10 +86,12 @@ def words(text: str) -> list[str]:
     return out
 
 
-def foreign_words(lang: str, text: str) -> list[str]:
-    """Words with a letter in a script the language is not written in."""
-    allowed = SCRIPTS.get(lang, LATIN)
-    return [w for w in words(text) if any(unicodedata.category(ch).startswith("L") and script_of(ch) not in allowed for ch in w)]
+def foreign_words(lang: str, text: str | bytes) -> list[str]:
+    """Words with a letter in a script the language is not written in. Modifier letters (the kana
+    prolonged sound mark, the Ukrainian apostrophe ʼ) belong to no script and are not judged."""
+    allowed = SCRIPTS.get(_check_lang(lang), LATIN)
+    judged = ("Lu", "Ll", "Lt", "Lo")
+    return [w for w in words(_text(text, "text")) if any(unicodedata.category(ch) in judged and script_of(ch) not in allowed for ch in w)]
 
 
 def judged_lines(text: str) -> list[str]:
@@ -76,9 +100,10 @@ def judged_lines(text: str) -> list[str]:
 
 def language_metrics(lang: str, output: str) -> dict:
     """Per-output: the detected language and confidence, fidelity, line and word pass."""
-    from lm_eval_lingreg.langid import clean, identify
+    from lm_eval_lingreg.langid import identify
 
-    output = clean(output)
+    _check_lang(lang)
+    output = _text(output, "output")
     detected, confidence = identify(output)
     lines = judged_lines(output)
     return {
@@ -94,6 +119,7 @@ def chrf(hypothesis: str, reference: str) -> float:
     """Sentence chrF (sacrebleu's defaults: character 6-grams, beta 2), 0-100; 0 for an empty hypothesis."""
     from sacrebleu.metrics import CHRF
 
+    hypothesis, reference = _text(hypothesis, "hypothesis"), _text(reference, "reference")
     if not hypothesis.strip() or not reference.strip():
         return 0.0
     return float(CHRF().sentence_score(hypothesis, [reference]).score)

@@ -59,14 +59,20 @@ def _detectors() -> tuple[Any, Any]:
 
 
 def clean(text: str | bytes) -> str:
-    """Text as the detector sees it: bytes decoded as UTF-8 (bad bytes dropped), replacement
-    characters, lone surrogates and control characters removed, at most `MAX_CHARS` characters."""
+    """Text as it is judged: bytes decoded as UTF-8 (bad bytes dropped); replacement characters, lone
+    surrogates, control and unassigned characters removed."""
     if isinstance(text, (bytes, bytearray, memoryview)):
         text = bytes(text).decode("utf-8", errors="replace")
     if not isinstance(text, str):
-        raise TypeError(f"identify() takes text (str or bytes), got {type(text).__name__}")
-    text = text[:MAX_CHARS]
+        raise TypeError(f"expected text (str or bytes), got {type(text).__name__}")
     return "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cs", "Co", "Cn") and ch != "\ufffd")
+
+
+def _for_detector(text: str) -> str:
+    """What the detector reads: compatibility forms folded (full-width Latin is Latin), invisible format
+    characters (zero-width spaces, soft hyphens, direction marks) removed, at most `MAX_CHARS` characters."""
+    text = unicodedata.normalize("NFKC", text[: 2 * MAX_CHARS])
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf")[:MAX_CHARS]
 
 
 def has_letters(text: str) -> bool:
@@ -79,7 +85,7 @@ def identify(text: str | bytes) -> tuple[str, float]:
     >>> identify("Tous les êtres humains naissent libres et égaux en dignité et en droits.")[0]
     'fr'
     """
-    text = clean(text)
+    text = _for_detector(clean(text))
     if not has_letters(text):
         return OTHER, 0.0
     full, ours = _detectors()

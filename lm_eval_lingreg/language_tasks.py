@@ -54,13 +54,18 @@ def task_row(task: str) -> str | None:
 
 def parse_pairs(spec: str | Sequence[str]) -> list[tuple[str, str]]:
     """'en-fr,fr-en' / 'en<>fr' (both directions) / 'en<>all' -> [(src, tgt), ...], validated, in order."""
-    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
+    if isinstance(spec, str):
+        items = [s.strip() for s in spec.split(",")]
+    elif isinstance(spec, (list, tuple)) and all(isinstance(s, str) for s in spec):
+        items = [s.strip() for s in spec]
+    else:
+        raise UsageError(f"translation pairs must be text like 'en-fr,fr-en' or a list of such strings, got {type(spec).__name__}")
     out: list[tuple[str, str]] = []
     for item in filter(None, items):
         both = "<>" in item
-        src, sep, tgt = item.partition("<>" if both else "-")
-        if not sep or not src or not tgt:
-            raise UsageError(f"translation pair {item!r}: write SRC-TGT (en-fr), SRC<>TGT for both directions, or en<>all")
+        src, sep, tgt = (s.strip() for s in item.partition("<>" if both else "-"))
+        if not sep or not src or not tgt or len(src) > 8 or len(tgt) > 8:
+            raise UsageError(f"translation pair {item[:40]!r}: write SRC-TGT (en-fr), SRC<>TGT for both directions, or en<>all")
         for s in parse_languages(src):
             for t in parse_languages(tgt):
                 if s == t:
@@ -120,15 +125,36 @@ def write_pair_tasks(pairs: Sequence[tuple[str, str]], folder: str | os.PathLike
     from lm_eval_lingreg.resources import tasks_dir
 
     pairs = [p for p in parse_pairs([f"{s}-{t}" for s, t in pairs]) if p not in SHIPPED_PAIRS]
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{folder} exists and is not a folder; give a folder for the task files")
+    folder = _check_folder(folder)
     template = (Path(tasks_dir()) / "_lingreg_mt_template_yaml").resolve()
     header = "# Written by `lingreg tasks`; the template it includes ships with lm-eval-lingreg.\n"
     targets = [(folder / f"{mt_task(s, t)}.yaml", _mt_yaml(s, t, str(template), header)) for s, t in pairs]
+    odd = [p for p, _ in targets if p.is_symlink() or (p.exists() and not p.is_file())]
+    if odd:
+        raise UsageError(f"{odd[0]} is a folder, link or special file; remove it (task files are written as regular files)")
     existing = [str(p) for p, _ in targets if p.exists()]
     if existing and not overwrite:
         raise UsageError(f"{existing[0]} already exists ({len(existing)} of the files do); pass --overwrite to replace them")
-    for path, text in targets:
+    for path, text in targets:  # every target was checked first: an error leaves no file half the set
         write_text(path, text)
     return [p for p, _ in targets]
+
+
+def _check_folder(folder: str | os.PathLike) -> Path:
+    """The folder for task files: a plain name, a real folder (not a link), outside this package."""
+    from lm_eval_lingreg.resources import tasks_dir
+
+    text = os.fspath(folder)
+    if not text.strip() or any(ord(c) < 32 for c in text):
+        raise UsageError(f"{text!r} is not a folder name for task files; name a folder, e.g. -o mytasks")
+    folder = Path(text)
+    if folder.is_symlink():
+        raise UsageError(f"{folder} is a symbolic link (to {os.readlink(folder)}); give the real folder")
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder} exists and is not a folder; give a folder for the task files")
+    package = Path(__file__).resolve().parent
+    resolved = folder.resolve()
+    for inside in (Path(tasks_dir()).resolve(), package):
+        if resolved == inside or inside in resolved.parents:
+            raise UsageError(f"{folder} is inside this package ({inside}); write the task files to a folder of your own")
+    return folder

@@ -92,7 +92,7 @@ def load_model(pretrained: str | None = None, *, device: str = "auto", dtype: st
             f"cannot load model {pretrained!r}: {reason}. Give a local Hugging Face model directory"
             + (" (the hub is offline here: HF_HUB_OFFLINE=1)" if offline else " or a hub id")
             + ", or omit --pretrained for the bundled model"
-        ) from None
+        ) from e
     if not device_map:
         model.to(device)
     model.eval()

@@ -22,7 +22,7 @@ from typing import Any
 from lm_eval.models.huggingface import HFLM
 
 from lm_eval_lingreg import __version__
-from lm_eval_lingreg.bundled import resolve_pretrained
+from lm_eval_lingreg.bundled import DEFAULT_MODEL, resolve_pretrained
 from lm_eval_lingreg.errors import LingregError, ModelLoadError, close_matches
 from lm_eval_lingreg.perturbation import KEYS as PERTURBATION_KEYS
 
@@ -92,12 +92,12 @@ class LingregLM(HFLM):
         except TypeError as e:
             if "unexpected keyword argument" not in str(e):
                 raise
-            raise ModelLoadError(f"{self._model_name()}: {e}; it is not a model_arg of this model, of HFLM or of from_pretrained") from None
+            raise ModelLoadError(f"{self._model_name()}: {e}; it is not a model_arg of this model, of HFLM or of from_pretrained") from e
         except LingregError:
             raise
         except (OSError, RuntimeError, ValueError) as e:
             first = " ".join(str(e).split())[:300]
-            raise ModelLoadError(f"{self._model_name()}: cannot load model {pretrained!r}: {type(e).__name__}: {first}") from None
+            raise ModelLoadError(f"{self._model_name()}: cannot load model {pretrained!r}: {type(e).__name__}: {first}") from e
         self._rolling_bos = rolling_bos
         self._in_rolling = False
         self._costs = {"tokens": 0, "seconds": 0.0}
@@ -109,7 +109,7 @@ class LingregLM(HFLM):
             "device": str(param.device),
         }
         if pretrained in (None, ""):
-            self._lingreg_info["pretrained"] = "gemma-3-270m (bundled)"
+            self._lingreg_info["pretrained"] = f"{DEFAULT_MODEL} (bundled)"
 
     @classmethod
     def _model_name(cls) -> str:

@@ -68,9 +68,9 @@ def output_lock(target: str | os.PathLike, wait: bool = False) -> Iterator[None]
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
+        except BlockingIOError as exc:
             os.close(fd)
-            raise OutputError(f"{target} is being written by another lingreg process{_holder(lock)}; wait for it to finish, or choose another output") from None
+            raise OutputError(f"{target} is being written by another lingreg process{_holder(lock)}; wait for it to finish, or choose another output") from exc
         try:  # the file we locked may have been unlinked by its previous holder: lock the live one
             same = os.fstat(fd).st_ino == os.stat(lock).st_ino
         except FileNotFoundError:
@@ -221,7 +221,7 @@ def check_writable(
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise OutputError(f"cannot write {target}: {existing} is not writable ({e.strerror or e}); choose another output") from None
+        raise OutputError(f"cannot write {target}: {existing} is not writable ({e.strerror or e}); choose another output") from e
     return target
 
 
@@ -256,7 +256,7 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False, overwrite
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputError(f"cannot create the folder of {target}: {e.strerror or e}") from None
+        raise OutputError(f"cannot create the folder of {target}: {e.strerror or e}") from e
     try:
         with output_lock(target):
             yield from _swap(target, directory, owned_by)
@@ -281,7 +281,7 @@ def _swap(target: Path, directory: bool, owned_by: str | None) -> Iterator[Path]
             os.close(fd)
             tmp = Path(name)
     except OSError as e:
-        raise OutputError(f"cannot write {target}: {e.strerror or e}") from None
+        raise OutputError(f"cannot write {target}: {e.strerror or e}") from e
     try:
         yield tmp
         if owned_by:
@@ -301,7 +301,7 @@ def _swap(target: Path, directory: bool, owned_by: str | None) -> Iterator[Path]
         else:
             tmp.unlink(missing_ok=True)
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
-            raise OutputError(f"cannot write {target}: {e.strerror}") from None
+            raise OutputError(f"cannot write {target}: {e.strerror}") from e
         raise
 
 

@@ -283,8 +283,8 @@ def _float(v: Any, key: str) -> float | None:
         raise PerturbationError(f"{key}={v!r} is not a number")
     try:
         return float(v)
-    except (TypeError, ValueError, OverflowError):
-        raise PerturbationError(f"{key}={str(v)[:40]!r} is not a number") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise PerturbationError(f"{key}={str(v)[:40]!r} is not a number") from exc
 
 
 def _int(v: Any, key: str) -> int | None:
@@ -294,8 +294,8 @@ def _int(v: Any, key: str) -> int | None:
         raise PerturbationError(f"{key}={str(v)[:40]!r} is not a whole number")
     try:
         n = int(str(v).strip()) if isinstance(v, str) else int(v)
-    except (ValueError, OverflowError):
-        raise PerturbationError(f"{key}={str(v)[:40]!r} is not a whole number") from None
+    except (ValueError, OverflowError) as exc:
+        raise PerturbationError(f"{key}={str(v)[:40]!r} is not a whole number") from exc
     if abs(n) > MAX_INT:
         raise PerturbationError(f"{key}={str(v)[:40]}... is out of range (at most {MAX_INT:.3g})")
     return n
@@ -354,8 +354,8 @@ def parse_spec(spec: str | os.PathLike | Sequence[Any] | Mapping[str, Any]) -> l
                 return _from_file(Path(text).expanduser(), text)
             return _from_text(text)
         return _from_data(spec, "the perturbation spec")
-    except RecursionError:
-        raise PerturbationError("the perturbation spec is nested too deeply; expected a flat list of perturbations") from None
+    except RecursionError as exc:
+        raise PerturbationError("the perturbation spec is nested too deeply; expected a flat list of perturbations") from exc
 
 
 def _from_text(text: str) -> list[Perturbation]:
@@ -376,7 +376,7 @@ def _from_file(path: Path, text: str) -> list[Perturbation]:
     try:
         return _from_data(data, str(path))
     except PerturbationError as e:
-        raise PerturbationError(f"{path}: {e}") from None
+        raise PerturbationError(f"{path}: {e}") from e
 
 
 def _from_data(data: Any, where: str) -> list[Perturbation]:

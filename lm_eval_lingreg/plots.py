@@ -39,7 +39,7 @@ def plot_heatmap(runs: Sequence[Any], path: str | os.PathLike, metric: str = "to
         data = df.to_numpy(dtype=float) if diff else np.log10(df.to_numpy(dtype=float))
     finite = data[np.isfinite(data)]
     vmax = float(np.max(np.abs(finite))) if finite.size else 1.0
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(df.columns), 0.32 * len(df.index) + 2))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.0 + 0.9 * len(df.columns)), 0.32 * len(df.index) + 2))
     im = ax.imshow(np.clip(np.nan_to_num(data, nan=np.nan, posinf=vmax, neginf=-vmax), -vmax, vmax), aspect="auto", cmap="RdBu_r", vmin=-vmax, vmax=vmax)
     ax.set_xticks(range(len(df.columns)), df.columns, rotation=45, ha="right")
     ax.set_yticks(range(len(df.index)), df.index, fontsize=8)

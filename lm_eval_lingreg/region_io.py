@@ -128,8 +128,8 @@ def _json_field(header: dict, key: str, path: Path, kind: type, default: Any = N
         raise RegionFileError(f"{path}: header lacks {key!r}; not a complete region file")
     try:
         value = json.loads(header[key], object_pairs_hook=_unique_keys)
-    except (json.JSONDecodeError, RecursionError, TypeError, ValueError):
-        raise RegionFileError(f"{path}: header field {key!r} is not valid JSON (or repeats a key)") from None
+    except (json.JSONDecodeError, RecursionError, TypeError, ValueError) as exc:
+        raise RegionFileError(f"{path}: header field {key!r} is not valid JSON (or repeats a key)") from exc
     if not isinstance(value, kind):
         raise RegionFileError(f"{path}: header field {key!r} must be a JSON {'object' if kind is dict else kind.__name__}, got {type(value).__name__}")
     return value
@@ -179,7 +179,7 @@ def load_safetensors(path: str | os.PathLike) -> Region:
     except (RegionFileError, RegionError):
         raise
     except Exception as e:  # safetensors raises several types for bad files
-        raise RegionFileError(f"{path}: cannot read as a region .safetensors file ({e})") from None
+        raise RegionFileError(f"{path}: cannot read as a region .safetensors file ({e})") from e
     bad = [n for n, i in indices.items() if counts.get(n) != i.numel()]
     if bad:
         raise RegionFileError(f"{path}: corrupt file, entry counts disagree with the header for {bad[:5]}")
@@ -188,7 +188,7 @@ def load_safetensors(path: str | os.PathLike) -> Region:
     except RegionFileError:
         raise
     except RegionError as e:
-        raise RegionFileError(f"{path}: {e}") from None
+        raise RegionFileError(f"{path}: {e}") from e
 
 
 def _shape(shape: Any, name: str, path: Path) -> tuple[int, ...]:
@@ -206,13 +206,13 @@ def _torch_load(path: Path, error: type[Exception] = RegionFileError, advice: st
         raise error(f"{path} is not a regular file (a pipe or device?)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
         raise error(
             f"{path}: refused to load: the file holds Python objects other than tensors and plain containers (loading it could run arbitrary code). {advice}"
-        ) from None
+        ) from exc
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
         why = "the file is empty or cut short" if isinstance(e, EOFError) else f"{type(e).__name__}: {str(e)[:200]}"
-        raise error(f"{path}: cannot read as a torch file ({why})") from None
+        raise error(f"{path}: cannot read as a torch file ({why})") from e
 
 
 def load_torch(path: str | os.PathLike) -> Region:
@@ -253,7 +253,7 @@ def load_torch(path: str | os.PathLike) -> Region:
     except RegionFileError:
         raise
     except RegionError as e:
-        raise RegionFileError(f"{path}: {e}") from None
+        raise RegionFileError(f"{path}: {e}") from e
 
 
 def _check_dense(region: Region, target: Path, max_dense_gb: float) -> None:
@@ -337,7 +337,7 @@ def load_official_dir(path: str | os.PathLike) -> Region:
     try:
         return Region.from_masks(masks, metadata)
     except RegionError as e:
-        raise RegionFileError(f"{path}: {e}") from None
+        raise RegionFileError(f"{path}: {e}") from e
 
 
 def save_official_dir(region: Region, path: str | os.PathLike, overwrite: bool = False, max_dense_gb: float = MAX_DENSE_GB) -> Path:
@@ -395,7 +395,7 @@ def load_region(spec: str | os.PathLike) -> Region:
     except RegionError as e:
         if str(path) in str(e):
             raise
-        raise type(e)(f"{path}: {e}") from None  # every error names the file it is about
+        raise type(e)(f"{path}: {e}") from e  # every error names the file it is about
     region.source = str(spec)  # not metadata: names the file in later errors (a region that does not fit a model)
     return region
 

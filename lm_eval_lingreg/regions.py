@@ -252,8 +252,8 @@ def check_value(value: float, params: Iterable[torch.Tensor], what: str = "mask_
         if isinstance(value, bool):
             raise TypeError
         value = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise RegionError(f"{what}={str(value)[:40]!r} is not a number") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise RegionError(f"{what}={str(value)[:40]!r} is not a number") from exc
     if value != value or value in (float("inf"), float("-inf")):
         raise RegionError(f"{what} must be a finite number, got {value!r}")
     for dtype in {p.dtype for p in params}:

@@ -154,13 +154,46 @@ def render_table(df, fmt: str = "markdown") -> str:
 # baselines --------------------------------------------------------------------------------------
 
 
-def _baseline_value(v: Any, where: str) -> float:
+def _number(v: Any, what: str, where: str, allow_inf: bool = False) -> float:
+    """A number as written in a rule or baseline: a finite number, or (where allowed) the word inf; never
+    1e400 (which a float reader turns into inf), 4_0 (which float() reads as 40) or a 5,000-digit string.
+    `what` shows the value in messages: "value {v}" or "`min: {v}`"."""
+
+    def show(x: Any) -> str:
+        return what.format(v=repr(x) if isinstance(x, str) else str(x)[:40])
+
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise ReportError(f"{where}: value {v!r} is not a number")
+        raise ReportError(f"{where}: {show(v)} is not a number")
+    if isinstance(v, str):
+        text = v.strip()
+        if allow_inf and text.lower() in ("inf", "+inf", "infinity"):
+            return math.inf
+        if "_" in text or len(text) > 100:
+            raise ReportError(f"{where}: {show(text[:40])} is not a number as written here (digits, a point, an exponent)")
+        try:
+            v = float(text)
+        except ValueError as exc:
+            raise ReportError(f"{where}: {show(text[:40])} is not a number") from exc
     try:
         value = float(v)
-    except (ValueError, OverflowError):
-        raise ReportError(f"{where}: value {str(v)[:40]!r} is not a number") from None
+    except OverflowError as exc:
+        raise ReportError(f"{where}: {show(str(v)[:40] + '...')} is not a number (too large for a float)") from exc
+    if math.isinf(value):
+        hint = "; write inf if the reference really was infinite" if allow_inf else ""
+        raise ReportError(f"{where}: {show(v)} is beyond the range of a float, not a number it can have{hint}")
+    return value
+
+
+def _in_range(value: float, metric: str, what: str, where: str) -> float:
+    from lm_eval_lingreg.results import MEAN_RANGE
+
+    if metric in MEAN_RANGE and not math.isnan(value) and not 0 <= value <= MEAN_RANGE[metric]:
+        raise ReportError(f"{where}: {what} {value:g} is outside 0-{MEAN_RANGE[metric]:g}, the range of {metric}; no run can have it")
+    return value
+
+
+def _baseline_value(v: Any, where: str) -> float:
+    value = _number(v, "value {v}", where, allow_inf=True)
     if math.isnan(value):
         raise ReportError(f"{where}: value is NaN; a baseline entry needs a number (drop the entry if the run had none)")
     if value < 0:
@@ -185,7 +218,7 @@ def load_baseline(path: str | os.PathLike) -> list[dict[str, Any]]:
     if path.suffix.lower() == ".csv":
         rows: list[Any] = read_csv(text, ReportError, str(path))
     else:
-        data = loads_json(text, ReportError, str(path))
+        data = loads_json(text, ReportError, str(path), finite=True)
         if not isinstance(data, dict) or data.get("schema") != BASELINE_SCHEMA or not isinstance(data.get("values"), list):
             raise ReportError(f'{path}: expected a JSON object with "schema": "{BASELINE_SCHEMA}" and a "values" list (see baselines/README.md)')
         rows = data["values"]
@@ -203,7 +236,8 @@ def load_baseline(path: str | os.PathLike) -> list[dict[str, Any]]:
             raise ReportError(f"{where}: condition and language must be strings")
         if not _is_row(row["language"]):
             raise ReportError(f"{where}: unknown language code {row['language']!r}; codes are {','.join(LANGUAGES)} (or SRC-TGT for translation)")
-        out.append({k: row.get(k) for k in BASELINE_FIELDS} | {"value": _baseline_value(row["value"], where)})
+        value = _in_range(_baseline_value(row["value"], where), row["metric"], "value", where)
+        out.append({k: row.get(k) for k in BASELINE_FIELDS} | {"value": value})
     seen: dict[tuple, tuple[int, float]] = {}
     for i, row in enumerate(out):
         key = tuple(str(row[k]) for k in ("source", "model", "condition", "language", "metric"))
@@ -308,12 +342,7 @@ _RULE_KEYS = {"name", "condition", "metric", "ratio_to", "min", "max", "language
 def _bound(v: Any, key: str, where: str) -> float | None:
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise ReportError(f"{where}: `{key}: {v!r}` is not a number")
-    try:
-        value = float(v)
-    except (ValueError, OverflowError):
-        raise ReportError(f"{where}: `{key}: {str(v)[:40]!r}` is not a number") from None
+    value = _number(v, f"`{key}: {{v}}`", where)
     if math.isnan(value):
         raise ReportError(f"{where}: `{key}` is NaN; give a number")
     return value
@@ -358,6 +387,7 @@ class Rule:
         metric = d.get("metric", "token_perplexity")
         if metric not in METRICS:
             raise ReportError(f"{where}: unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+        _check_rule_fits(metric, d, lo, hi, where)
         for key in ("condition", "ratio_to", "name"):
             if d.get(key) is not None and not isinstance(d[key], (str, int, float)):
                 raise ReportError(f"{where}: `{key}` must be a string")
@@ -374,6 +404,27 @@ class Rule:
         )
 
 
+def _check_rule_fits(metric: str, d: Mapping[str, Any], lo: float | None, hi: float | None, where: str) -> None:
+    """A rule that no run could ever pass, or that names rows its metric has not, is bad input (exit 2), not a regression."""
+    from lm_eval_lingreg.results import MEAN_RANGE, MT_METRICS
+
+    pairs = metric in MT_METRICS
+    for key in ("languages", "exclude"):
+        items = d.get(key)
+        items = [x.strip() for x in items.split(",")] if isinstance(items, str) and items != "all" else items if isinstance(items, list) else []
+        wrong = [x for x in items if isinstance(x, str) and ("-" in x) != pairs]
+        if wrong:
+            want = "translation pairs SRC-TGT (en-fr)" if pairs else "language codes (fr)"
+            raise ReportError(f"{where}: `{key}` has {wrong[:3]}, but {metric} is reported per {want}")
+    if metric in MEAN_RANGE:
+        top = MEAN_RANGE[metric]
+        low = -top if d.get("ratio_to") is not None else 0.0
+        for name, b in (("min", lo), ("max", hi)):
+            if b is not None and not low <= b <= top:
+                kind = "a difference to the base run" if d.get("ratio_to") is not None else "a value"
+                raise ReportError(f"{where}: `{name}: {b:g}` is outside {low:g}..{top:g}, where {kind} of {metric} lies; no run could meet it as meant")
+
+
 def _level(v: Any, where: str) -> float | None:
     from lm_eval_lingreg.uncertainty import check_level
 
@@ -383,7 +434,7 @@ def _level(v: Any, where: str) -> float | None:
     try:
         return check_level(value)
     except ReportError as e:
-        raise ReportError(f"{where}: {e}") from None
+        raise ReportError(f"{where}: {e}") from e
 
 
 def load_rules(path: str | os.PathLike) -> list[Rule]:
@@ -444,6 +495,10 @@ def apply_rules(runs: Sequence[Run], rules: Sequence[Rule], allow_mixed: bool = 
             if base is not None:
                 check_convention(run, base, allow_mixed)
             langs = [iso for iso in (rule.languages or [row for row in row_order(run.values) if rule.metric in run.values[row]]) if iso not in rule.exclude]
+            if not langs:  # a rule that checks nothing must not pass
+                out.append(
+                    {"rule": rule.name, "run": run.label, "language": "-", "value": math.nan, "ok": False, "why": f"{run.label} has no {rule.metric} to check"}
+                )
             out += [_judge(rule, run, base, iso) for iso in langs]
     return out
 

@@ -85,9 +85,7 @@ def write_report(out: Path, doc: Path, names: list[str]) -> Path:
         try:
             pages.append(experiments.module(name).section(out / name, record))
         except (KeyError, TypeError, ValueError, IndexError, OSError, AttributeError, ArithmeticError, RecursionError) as e:
-            raise UsageError(
-                f"the {name} results under {out / name} are incomplete or corrupt ({type(e).__name__}: {e}); rerun without --from-results"
-            ) from None
+            raise UsageError(f"the {name} results under {out / name} are incomplete or corrupt ({type(e).__name__}: {e}); rerun without --from-results") from e
         figures = out / name / "figures"
         if figures.is_dir():
             (doc.parent / "figures").mkdir(parents=True, exist_ok=True)

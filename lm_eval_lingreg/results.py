@@ -84,8 +84,8 @@ def number(v: Any) -> float:
     if isinstance(v, (int, float)):
         try:
             return float(v)
-        except OverflowError:
-            raise ValueError(f"{str(v)[:20]}... is not a number a metric can have (too large for a float)") from None
+        except OverflowError as exc:
+            raise ValueError(f"{str(v)[:20]}... is not a number a metric can have (too large for a float)") from exc
     if isinstance(v, str) and v.strip().lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
         return float(v.strip().lower().replace("infinity", "inf"))
     raise ValueError(f"{str(v)[:40]!r} is not a number")
@@ -121,15 +121,30 @@ def items(samples: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[
         kind = task_kind(task)
         if kind not in ("gen", "mt"):
             continue
-        rows = sorted(rows, key=lambda r: r["doc_id"])
-        table: dict[str, list] = {"doc_id": [int(r["doc_id"]) for r in rows]}
+        rows = sorted(rows, key=lambda r: _whole(r["doc_id"], "doc_id"))
+        table: dict[str, list] = {"doc_id": [_whole(r["doc_id"], "doc_id") for r in rows]}
+        if len(set(table["doc_id"])) != len(rows):
+            raise ValueError(f"{task}: a doc_id appears twice")
         for m in KIND_METRICS[kind]:
-            table[m] = [float(r[m]) for r in rows]
+            table[m] = [_item_value(r[m], m) for r in rows]
         table["detected_lang"] = [str(r.get("detected_lang", "")) for r in rows]
         table["detected_confidence"] = [float(r.get("detected_confidence", math.nan)) for r in rows]
         table["output"] = [str((r.get("filtered_resps") or [""])[0]) for r in rows]
         out[task] = table
     return out
+
+
+def _whole(v: Any, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{what} {str(v)[:20]!r} is not a whole number")
+    return v
+
+
+def _item_value(v: Any, metric: str) -> float:
+    """One output's value of a mean metric: a real number in the metric's range (not a string, not a boolean, not NaN)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MEAN_RANGE[metric]:
+        raise ValueError(f"{metric} value {str(v)[:20]!r} is not a number in 0-{MEAN_RANGE[metric]:g}")
+    return float(v)
 
 
 @dataclass
@@ -232,7 +247,7 @@ def read_run(path: str | os.PathLike) -> Run:
     if not values:
         raise ReportError(f"{path}: no lingreg_ppl_<iso> results (nor lingreg_gen_<iso>, lingreg_mt_<src>_<tgt>) in it; was it run with --tasks lingreg_ppl?")
     label, model = _label(cfg, info, path)
-    return Run(path, label, model, values, dict(info), cfg.get("limit"), _documents(data, path), _items(data, path))
+    return Run(path, label, model, values, dict(info), cfg.get("limit"), _documents(data, path), _items(data, path, values))
 
 
 def _values(results: Mapping[str, Any], path: Path) -> dict[str, dict[str, float]]:
@@ -253,36 +268,45 @@ def _values(results: Mapping[str, Any], path: Path) -> dict[str, dict[str, float
         for m, v in got.items():
             if kind == "ppl" and v < (0 if m == "bits_per_byte" else 1 - 1e-9):
                 raise ReportError(f"{path}: {task} has {m} {v:g}; perplexities are >= 1 and bits per byte >= 0, so the file is corrupt; rerun the evaluation")
-            if kind != "ppl" and not (0 <= v <= MEAN_RANGE[m]):
+            if kind != "ppl" and not math.isnan(v) and not (0 <= v <= MEAN_RANGE[m]):
                 raise ReportError(f"{path}: {task} has {m} {v:g}, outside 0-{MEAN_RANGE[m]:g}; the file is corrupt; rerun the evaluation")
         values.setdefault(task_row(task), {}).update(got)
     return values
 
 
-def _items(data: Mapping[str, Any], path: Path) -> dict[str, Items]:
-    """Per-output values of the generation/translation tasks: from lingreg commands' results JSON, or `--log_samples` files beside it."""
+def _items(data: Mapping[str, Any], path: Path, values: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Items]:
+    """Per-output values of the generation/translation tasks: from lingreg commands' results JSON, or `--log_samples` files beside it.
+
+    Each task's values must average to what its results say: intervals drawn from other numbers than the table's would mislead.
+    """
     from lm_eval_lingreg.language_tasks import task_kind, task_row
 
     tables = data.get(ITEMS)
     if tables is None:
         tables = _samples_files(path, ("gen", "mt"), items)
-    out = {}
+    out: dict[str, Items] = {}
     try:
         for task, t in (tables or {}).items():
             kind = task_kind(task)
             if kind not in ("gen", "mt"):
                 continue
-            vals = {m: [float(x) for x in t[m]] for m in KIND_METRICS[kind] if m in t}
-            doc_id = [int(x) for x in t["doc_id"]]
-            if any(len(v) != len(doc_id) for v in vals.values()) or any(not (0 <= x <= MEAN_RANGE[m]) for m, v in vals.items() for x in v):
-                raise ValueError("lengths or values out of range")
+            doc_id = [_whole(x, "doc_id") for x in t["doc_id"]]
+            if not doc_id or len(set(doc_id)) != len(doc_id):
+                raise ValueError(f"{task}: no outputs" if not doc_id else f"{task}: a doc_id appears twice")
+            vals = {m: [_item_value(x, m) for x in t[m]] for m in KIND_METRICS[kind] if m in t}
+            if any(len(v) != len(doc_id) for v in vals.values()):
+                raise ValueError(f"{task}: as many values as outputs needed")
             row = task_row(task)
+            for m, v in vals.items():
+                want = (values or {}).get(row, {}).get(m)
+                if want is not None and not math.isnan(want) and not math.isclose(sum(v) / len(v), want, rel_tol=1e-6, abs_tol=1e-9):
+                    raise ValueError(f"{task}: the per-output {m} values average {sum(v) / len(v):.6g}, but the results say {want:.6g}")
             if row in out:
                 out[row].values.update(vals)
             else:
                 out[row] = Items(doc_id, vals)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ReportError(f"{path}: malformed per-output values ({ITEMS}); rerun that evaluation") from e
+        raise ReportError(f"{path}: malformed per-output values ({ITEMS}): {e}; rerun that evaluation") from e
     return out
 
 
@@ -301,8 +325,8 @@ def _documents(data: Mapping[str, Any], path: Path) -> dict[str, Documents]:
                 if any(len(v) != len(docs.doc_id) for v in (docs.loglikelihood, *sizes.values())):
                     raise ValueError("lengths differ")
                 out[iso] = docs
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise ReportError(f"{path}: malformed per-document scores ({DOCUMENTS}); rerun that evaluation") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ReportError(f"{path}: malformed per-document scores ({DOCUMENTS}); rerun that evaluation") from exc
     return out
 
 
@@ -328,10 +352,12 @@ def _samples_files(path: Path, kinds: Sequence[str], table: Any) -> dict[str, di
             for n, line in enumerate(text.splitlines(), 1):
                 if line.strip():
                     rows.append(loads_json(line, ReportError, f"{f} line {n}", hint="; not valid JSON lines: a partly written file?"))
+            if not rows:
+                raise ReportError(f"{f}: no samples in it; a partly written file? rerun that evaluation")
             try:
                 tables.update(table({task: rows}))
             except (KeyError, TypeError, IndexError, ValueError) as e:
-                raise ReportError(f"{f}: not lm-eval samples of a lingreg_{kind} task") from e
+                raise ReportError(f"{f}: not lm-eval samples of a lingreg_{kind} task ({type(e).__name__}: {str(e)[:120]})") from e
     return tables or None
 
 

@@ -72,7 +72,7 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as e:  # noqa: BLE001 - safetensors raises several types
-        raise ScoreFileError(f"{path}: cannot read as a score file ({e})") from None
+        raise ScoreFileError(f"{path}: cannot read as a score file ({e})") from e
     if meta.get("format") != FORMAT:
         raise ScoreFileError(f"{path}: not a lingreg score file (format={meta.get('format')!r})")
     from lm_eval_lingreg.strict import loads_json
@@ -119,7 +119,7 @@ class ScoreSet:
         try:
             self._files = {lang: safe_open(str(score_path(self.directory, lang)), framework="pt") for lang in self.langs}
         except Exception as e:  # noqa: BLE001
-            raise ScoreFileError(f"{self.directory}: cannot open score files ({e})") from None
+            raise ScoreFileError(f"{self.directory}: cannot open score files ({e})") from e
         names = {lang: list(f.keys()) for lang, f in self._files.items()}
         first = self.langs[0]
         for lang in self.langs[1:]:
@@ -185,10 +185,10 @@ def _resume(path: Path, config: Mapping[str, Any], overwrite: bool) -> bool:
         return False
     try:
         old = read_header(path)["config"]
-    except ScoreFileError:
+    except ScoreFileError as exc:
         if overwrite:
             return False
-        raise ScoreFileError(f"{path} is not a readable score file; pass --overwrite to rescore it, or choose another --out") from None
+        raise ScoreFileError(f"{path} is not a readable score file; pass --overwrite to rescore it, or choose another --out") from exc
     old, config = _identity(old), _identity(config)
     if config_sha(old) == config_sha(config):
         return True
@@ -505,7 +505,7 @@ def import_official(
         try:
             check_name(name)
         except Exception as e:  # noqa: BLE001 - a RegionError from the name check
-            raise ScoreFileError(f"{f}: {e}") from None
+            raise ScoreFileError(f"{f}: {e}") from e
         scores[name] = t.contiguous()
         digest.update(name.encode() + b"\0" + str(t.dtype).encode() + str(tuple(t.shape)).encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -509,5 +509,5 @@ def shapes_of(pretrained: str | None, scope: str = DEFAULT_SCOPE) -> dict[str, t
     except Exception as e:  # noqa: BLE001 - transformers raises many types for a bad folder
         raise ModelLoadError(
             f"cannot read the model config of {pretrained!r} ({type(e).__name__}: {str(e)[:160]}); give --pretrained a model folder or hub id"
-        ) from None
+        ) from e
     return scope_shapes(model, scope)

@@ -4,8 +4,9 @@ specs, coordinates, results and region metadata.
 A file that cannot be read exactly as written is an error that names it, never a guess:
 
 - a repeated key (`{max: 1, max: 1000}`: plain PyYAML and `json` keep the last one silently);
-- booleans only as YAML 1.2 writes them (`true`/`false`; YAML 1.1 also reads `on`, `off`, `yes`, `no`,
-  which would turn the key `on:` into True);
+- booleans and numbers only as YAML 1.2 writes them (`true`/`false`; YAML 1.1 also reads `on`, `off`,
+  `yes`, `no` as booleans, which would turn the key `on:` into True, `1:30` as 90, `010` as 8 and `1_000`
+  as 1000: those stay text here, and a number field refuses them);
 - integers of more than `MAX_DIGITS` digits and number literals longer than that (`1e400` is read,
   as the infinity it is, only where a caller allows non-finite values);
 - files larger than the caller's bound, anything but a regular file (a FIFO would block the read),
@@ -128,8 +129,16 @@ def _yaml_loader(error: type[LingregError], where: str) -> Any:
         pass
 
     bool_tag, int_tag, float_tag = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
-    Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != bool_tag] for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    ours = (bool_tag, int_tag, float_tag)
+    Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] not in ours] for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    # the YAML 1.2 core schema: no sexagesimal (1:30), no implicit octal (010), no underscores (1_000), no 0b
     Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    Loader.add_implicit_resolver(int_tag, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+    Loader.add_implicit_resolver(
+        float_tag,
+        re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+        list("-+0123456789."),
+    )
 
     def mapping(loader: Any, node: Any, deep: bool = False) -> dict:
         loader.flatten_mapping(node)
@@ -146,19 +155,29 @@ def _yaml_loader(error: type[LingregError], where: str) -> Any:
             seen[key] = True
         return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
+    def _line(node: Any) -> str:
+        return f"{where}: line {node.start_mark.line + 1}"
+
     def integer(loader: Any, node: Any) -> int:
-        if len(str(node.value).lstrip("-+").replace("_", "")) > MAX_DIGITS:
-            raise error(
-                f"{where}: line {node.start_mark.line + 1}: an integer of {len(node.value)} digits is not a number a value here can have (at most {MAX_DIGITS} digits)"
-            )
-        return yaml.SafeLoader.construct_yaml_int(loader, node)
+        text = str(node.value)
+        if len(text.lstrip("-+")) > MAX_DIGITS:
+            raise error(f"{_line(node)}: an integer of {len(text)} digits is not a number a value here can have (at most {MAX_DIGITS} digits)")
+        try:
+            return int(text, 8) if text.startswith("0o") else int(text, 16) if text.startswith("0x") else int(text, 10)
+        except ValueError as e:  # an explicit !!int tag on something else
+            raise error(f"{_line(node)}: {text[:40]!r} is not a whole number") from e
 
     def floating(loader: Any, node: Any) -> float:
-        if len(str(node.value)) > MAX_DIGITS:
-            raise error(
-                f"{where}: line {node.start_mark.line + 1}: a number written with {len(node.value)} characters is not a number a value here can have (at most {MAX_DIGITS})"
-            )
-        return yaml.SafeLoader.construct_yaml_float(loader, node)
+        text = str(node.value)
+        if len(text) > MAX_DIGITS:
+            raise error(f"{_line(node)}: a number written with {len(text)} characters is not a number a value here can have (at most {MAX_DIGITS})")
+        special = {".inf": math.inf, "+.inf": math.inf, "-.inf": -math.inf, ".nan": math.nan}
+        if text.lower() in special:
+            return special[text.lower()]
+        try:
+            return float(text)
+        except ValueError as e:
+            raise error(f"{_line(node)}: {text[:40]!r} is not a number") from e
 
     Loader.add_constructor("tag:yaml.org,2002:map", lambda loader, node: mapping(loader, node))
     Loader.construct_mapping = lambda self, node, deep=False: mapping(self, node, deep)

@@ -327,8 +327,8 @@ def parse_lora(text: str) -> dict[str, Any]:
         key = keys[k.strip()]
         try:
             out[key] = int(v) if key == "r" else float(v) if key in ("lora_alpha", "lora_dropout") else (v if v == "all-linear" else v.split("+"))
-        except ValueError:
-            raise UsageError(f"--lora {k}={v!r} is not a number") from None
+        except ValueError as exc:
+            raise UsageError(f"--lora {k}={v!r} is not a number") from exc
     if out["r"] < 1 or not 0 <= out["lora_dropout"] < 1 or not math.isfinite(out["lora_alpha"]):
         raise UsageError(f"--lora {text!r}: r must be >= 1, dropout in [0, 1) and alpha finite")
     return out
@@ -358,7 +358,7 @@ def further_pretrain(
     try:
         peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
     except (ValueError, TypeError) as e:
-        raise UsageError(f"--lora {lora}: peft refused it: {' '.join(str(e).split())[:300]}") from None
+        raise UsageError(f"--lora {lora}: peft refused it: {' '.join(str(e).split())[:300]}") from e
     record = train(peft_model, tokenizer, cfg, progress=progress)
     merged = merge_and_reimpose(peft_model, frozen) if frozen else peft_model.merge_and_unload()
     record["lora"] = dict(lora)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lm_eval_lingreg.errors import ReportError
-from lm_eval_lingreg.results import MEAN_METRICS, SIZES, Documents, Items, Run
+from lm_eval_lingreg.results import MEAN_METRICS, SIZES, Documents, Items, Run, safe_exp
 
 LEVEL = 0.95
 SAMPLES = 2000
@@ -71,13 +71,7 @@ def _arrays(docs: Documents, metric: str, run: Run | None = None, iso: str = "")
 def _percentiles(logs: np.ndarray, point: float, level: float) -> Interval:
     finite = logs[~np.isnan(logs)]
     lo, hi = np.percentile(finite, [100 * (1 - level) / 2, 100 * (1 + level) / 2]) if finite.size else (math.nan, math.nan)
-    return Interval(*(_exp(x) for x in (point, lo, hi)))
-
-
-def _exp(x: float) -> float:
-    if math.isnan(x):
-        return math.nan
-    return math.exp(x) if x < 709 else math.inf
+    return Interval(*(safe_exp(x) for x in (point, lo, hi)))
 
 
 def _draws(rng: np.random.Generator, n_docs: int, samples: int) -> np.ndarray:
@@ -198,7 +192,7 @@ def mean_value_interval(run: Run, langs: Sequence[str], metric: str, level: floa
     for iso in langs:
         ll, size = _arrays(documents_of(run, iso), metric, run, iso)
         idx = _draws(rng, ll.size, samples)
-        points.append(_exp(float(_log_value(ll.sum(), size.sum(), metric))))
+        points.append(safe_exp(float(_log_value(ll.sum(), size.sum(), metric))))
         with np.errstate(over="ignore"):
             draws.append(np.exp(_log_value(ll[idx].sum(1), size[idx].sum(1), metric)))
     point, dist = float(np.mean(points)), np.mean(draws, axis=0)

@@ -355,3 +355,127 @@ def test_a_rule_on_a_generation_metric_compares_by_difference(tmp_path):
     rows = apply_rules(load_runs([tmp_path]), load_rules(rules))
     assert [r["ok"] for r in rows] == [True, False]
     assert rows[0]["value"] == pytest.approx(-0.7)
+
+
+def test_lingreg_tasks_refuses_outputs_it_must_not_write(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "o" / "lingreg_mt_fr_it.yaml").mkdir(parents=True)
+    for out, msg in (
+        (TASKS / "sub", "inside this package"),
+        (TASKS / "data", "inside this package"),
+        (tmp_path / "link", "is a symbolic link"),
+        ("", "not a folder name"),
+        ("a\nb", "not a folder name"),
+    ):
+        proc = lingreg("tasks", "--pairs", "fr-de", "-o", out)
+        assert proc.returncode == 2 and msg in proc.stderr, (out, proc.stderr)
+    proc = lingreg("tasks", "--pairs", "fr-de,fr-it", "-o", tmp_path / "o", "--overwrite")
+    assert proc.returncode == 2 and "is a folder, link or special file" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["lingreg_mt_fr_it.yaml"]  # nothing written before the refusal
+    assert not (TASKS / "sub").exists() and not list((tmp_path / "real").iterdir())
+    proc = lingreg("tasks", "--pairs", "f" * 5000 + "-de", "-o", tmp_path / "p")
+    assert proc.returncode == 2 and len(proc.stderr) < 300
+
+
+def test_metric_functions_name_bad_arguments():
+    for call, err in (
+        (lambda: language_metrics("xx", "text"), UnknownLanguageError),
+        (lambda: language_metrics("other", "text"), UnknownLanguageError),
+        (lambda: foreign_words("EN", "text"), UnknownLanguageError),
+        (lambda: chrf(None, "x"), TypeError),
+        (lambda: chrf(["a"], "a"), TypeError),
+    ):
+        with pytest.raises(err):
+            call()
+    assert foreign_words("ru", b"hello") == ["hello"]
+    from lm_eval_lingreg.language_tasks import parse_pairs
+
+    for bad in (None, 3, b"en-fr"):
+        with pytest.raises(UsageError, match="must be text"):
+            parse_pairs(bad)
+
+
+def test_modifier_letters_and_ordinals_are_not_foreign_words():
+    assert foreign_words("ja", "コーヒーを飲みます") == []  # ー is the kana prolonged sound mark
+    assert foreign_words("ja", "ｺｰﾋｰ") == []  # half-width kana
+    assert foreign_words("uk", "мʼясо") == []  # the Ukrainian apostrophe is a modifier letter
+    assert foreign_words("pt", "o 1º e a 2ª") == [] and foreign_words("en", "xⁿ") == []
+
+
+def test_the_whole_output_is_judged_and_invisible_characters_do_not_hide_the_language():
+    long = "Hello world, this is fine.\n" * 1000 + "Привет всем, как ваши дела сегодня\n"
+    m = language_metrics("en", long)
+    assert m["line_pass"] == 0.0 and m["word_pass"] == 0.0  # the Russian line at the end, past 20,000 characters
+    assert identify("\u200b".join("Bonjour le monde, comment allez-vous aujourd'hui"))[0] == "fr"
+    assert identify("Ｔｏｕｓ ｌｅｓ ｅｔｒｅｓ ｈｕｍａｉｎｓ ｎａｉｓｓｅｎｔ ｌｉｂｒｅｓ")[0] == "fr"
+
+
+def test_per_output_values_must_agree_with_the_results(tmp_path):
+    from lm_eval_lingreg.errors import ReportError
+    from lm_eval_lingreg.results import read_run
+
+    path = tmp_path / "results.json"
+
+    def write(items: dict, value: float = 0.5) -> None:
+        path.write_text(json.dumps({"results": {"lingreg_gen_en": {"lang_fidelity,none": value}}, "config": {}, "lingreg_items": {"lingreg_gen_en": items}}))
+
+    write({"doc_id": [0, 1], "lang_fidelity": [1.0, 1.0]})
+    with pytest.raises(ReportError, match="average 1, but the results say 0.5"):
+        read_run(path)
+    for items, msg in (
+        ({"doc_id": [], "lang_fidelity": []}, "no outputs"),
+        ({"doc_id": [0, 0], "lang_fidelity": [1.0, 0.0]}, "appears twice"),
+        ({"doc_id": [0, 1], "lang_fidelity": ["1.0", 0.0]}, "not a number in 0-1"),
+        ({"doc_id": [0, 1], "lang_fidelity": [True, 0.0]}, "not a number in 0-1"),
+        ({"doc_id": [0.5, 1], "lang_fidelity": [1.0, 0.0]}, "not a whole number"),
+    ):
+        write(items)
+        with pytest.raises(ReportError, match=msg):
+            read_run(path)
+    write({"doc_id": [0, 1], "lang_fidelity": [1.0, 0.0]})
+    assert read_run(path).items["en"].values["lang_fidelity"] == [1.0, 0.0]
+    path.write_text(json.dumps({"results": {"lingreg_gen_en": {"lang_fidelity,none": None}}, "config": {}}))
+    assert math.isnan(read_run(path).value("en", "lang_fidelity"))  # not computed: kept as missing, not called out of range
+
+
+def test_rules_and_baselines_that_no_run_could_meet_are_bad_input(tmp_path):
+    from lm_eval_lingreg.errors import ReportError
+    from lm_eval_lingreg.report import load_baseline, load_rules
+
+    rules = tmp_path / "rules.yaml"
+    for body, msg in (
+        ("{condition: c, metric: lang_fidelity, languages: [en-fr], min: 0.5}", "reported per language codes"),
+        ("{condition: c, metric: mt_chrf, languages: [fr], min: 5}", "reported per translation pairs"),
+        ("{condition: c, metric: lang_fidelity, min: 2}", "outside 0..1"),
+        ("{condition: c, metric: lang_fidelity, ratio_to: base, max: -1.5}", "outside -1..1"),
+        ("{condition: c, metric: chrf, min: 1e400}", "beyond the range of a float"),
+        ("{condition: c, metric: chrf, max: '1e400'}", "beyond the range of a float"),
+        ("{condition: c, metric: bits_per_byte, max: 1:30}", "is not a number"),
+        ("{condition: c, metric: bits_per_byte, max: 4_0}", "is not a number"),
+    ):
+        rules.write_text(f"rules:\n  - {body}\n")
+        with pytest.raises(ReportError, match=msg):
+            load_rules(rules)
+    b = tmp_path / "b.json"
+    for value, msg in ((5, "outside 0-1"), ("1e400", "beyond the range"), ("4_0", "not a number as written")):
+        entry = {"source": "s", "model": "m", "condition": "c", "language": "en", "metric": "lang_fidelity", "value": value}
+        b.write_text(json.dumps({"schema": "lm-eval-lingreg/baselines/v1", "values": [entry]}))
+        with pytest.raises(ReportError, match=msg):
+            load_baseline(b)
+    b.write_text('{"schema": "lm-eval-lingreg/baselines/v1", "values": [{"source": "s", "model": "m", "condition": "c", "language": "en", "metric": "token_perplexity", "value": 1e400}]}')
+    with pytest.raises(ReportError, match="beyond the range of a float"):
+        load_baseline(b)
+
+
+def test_a_rule_with_nothing_to_check_fails(tmp_path):
+    from lm_eval_lingreg.report import apply_rules, load_rules
+    from lm_eval_lingreg.results import load_runs
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "results.json").write_text(json.dumps({"results": {"lingreg_mt_en_fr": {"mt_chrf,none": 50.0}}, "config": {"lingreg": {"condition": "base"}}}))
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - {condition: base, metric: chrf, min: 99}\n  - {condition: base, metric: mt_chrf, min: 0}\n")
+    rows = apply_rules(load_runs([tmp_path / "r"]), load_rules(rules))
+    assert [r["ok"] for r in rows] == [False, True] and "has no chrf" in rows[0]["why"]

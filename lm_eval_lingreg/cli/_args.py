@@ -8,9 +8,10 @@ import re
 import sys
 from pathlib import Path
 
+from lm_eval_lingreg.bundled import DEFAULT_MODEL
 from lm_eval_lingreg.errors import UsageError
 
-PRETRAINED_HELP = "HF model dir or hub id (default: the bundled gemma-3-270m)"
+PRETRAINED_HELP = f"HF model dir or hub id (default: the bundled {DEFAULT_MODEL})"
 
 
 def _short(text: str) -> str:
@@ -21,8 +22,8 @@ def _short(text: str) -> str:
 def positive_int(text: str) -> int:
     try:
         n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{_short(text)} is not a whole number") from None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{_short(text)} is not a whole number") from exc
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
     return n
@@ -31,8 +32,8 @@ def positive_int(text: str) -> int:
 def nonneg_int(text: str) -> int:
     try:
         n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{_short(text)} is not a whole number") from None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{_short(text)} is not a whole number") from exc
     if n < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
     return n
@@ -49,8 +50,8 @@ def seed(text: str) -> int:
 def finite_float(text: str) -> float:
     try:
         x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{_short(text)} is not a number") from None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{_short(text)} is not a number") from exc
     if not math.isfinite(x):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {_short(text)}")
     return x
@@ -82,14 +83,14 @@ def counts(text: str) -> tuple[int, ...]:
     try:
         return tuple(positive_int(x.strip()) for x in text.split(",") if x.strip())
     except argparse.ArgumentTypeError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated counts like 50,100,200 ({e})") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated counts like 50,100,200 ({e})") from e
 
 
 def regex(text: str) -> str:
     try:
         re.compile(text)
     except re.error as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a valid regular expression ({e})") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid regular expression ({e})") from e
     return text
 
 
@@ -99,8 +100,8 @@ def limit(text: str) -> int | None:
         return None
     try:
         return positive_int(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"must be a positive number of documents or 'all', got {_short(text)}") from None
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"must be a positive number of documents or 'all', got {_short(text)}") from exc
 
 
 def model_options(p: argparse.ArgumentParser, dtype: str = "float32", device_map: bool = False) -> None:

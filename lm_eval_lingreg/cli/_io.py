@@ -109,6 +109,8 @@ def check_io(args: argparse.Namespace) -> None:
         return
     ins = inputs_of(args)
     for out in outs:
+        if not out.name or out.name in (".", ".."):
+            continue  # not an output name at all: the command itself says so
         o = out.expanduser().resolve()
         for path, whole in ins:
             p = path.resolve()
@@ -118,6 +120,8 @@ def check_io(args: argparse.Namespace) -> None:
                 )
             if o in p.parents:
                 raise OutputError(f"{out} holds one of the inputs ({path}); replacing it would destroy that: name another output")
+            if whole and p in o.parents and (o.exists() or o.is_symlink()):
+                raise OutputError(f"{out} is one of the inputs (a file of {path}); writing there would destroy it: name another output")
             if whole and p in o.parents:
                 raise OutputError(
                     f"{out} lies inside {path}, which this command reads as a whole; writing there would change an input: name an output elsewhere"

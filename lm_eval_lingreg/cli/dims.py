@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from lm_eval_lingreg.bundled import DEFAULT_MODEL
 from lm_eval_lingreg.cli import _args
 
 
@@ -92,7 +93,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     layers = Perturbation.from_dict({"layers": args.layer, "dim": 0, "op": "zero"}).layers
     op = {"op": args.op, "value": _op_value(args), "on": args.on, "scale": args.scale, "seed": args.seed}
     modules = tuple(m for m in args.modules.replace(",", "+").split("+") if m)
-    mask = args.mask if args.mask is not None else ("core" if args.pretrained in (None, "", "gemma-3-270m") else None)
+    mask = args.mask if args.mask is not None else ("core" if args.pretrained in (None, "", DEFAULT_MODEL) else None)
     region = load_region(mask) if mask else None
     probe_docs = probe_texts(langs, args.docs)
     model, tokenizer = _args.load(args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from lm_eval_lingreg.bundled import DEFAULT_MODEL
 from lm_eval_lingreg.cli import _args
 
 
@@ -26,7 +27,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     model, tokenizer = _args.load(args)
     saved = apply(region, model, args.mask_value)
     info = {
-        "pretrained": args.pretrained or "gemma-3-270m (bundled)",
+        "pretrained": args.pretrained or f"{DEFAULT_MODEL} (bundled)",
         "mask": str(args.mask),
         "mask_sha256": file_sha256(path),
         "mask_value": args.mask_value,
@@ -70,7 +71,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from lm_eval_lingreg.outputs import atomic_path
 
     langs = parse_languages(args.langs)
-    bundled = args.pretrained in (None, "", "gemma-3-270m")
+    bundled = args.pretrained in (None, "", DEFAULT_MODEL)
     masks = [m for m in (args.masks if args.masks is not None else ("core" if bundled else "")).split(",") if m]
     _args.check_output(args, args.output_path, *masks, directory=True, overwrite=args.overwrite, owned_by="lingreg demo")
     with atomic_path(args.output_path, directory=True, overwrite=args.overwrite, owned_by="lingreg demo") as tmp:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lm_eval_lingreg.bundled import DEFAULT_MODEL
 from lm_eval_lingreg.cli import _args
 
 
@@ -43,7 +44,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         scope=args.scope,
-        model_label=args.pretrained or "gemma-3-270m",
+        model_label=args.pretrained or DEFAULT_MODEL,
         max_logits_mb=args.max_logits_mb,
         loss_norm=args.loss_norm,
         grad_dtype=args.grad_dtype,
@@ -90,7 +91,7 @@ def _source_region(args: argparse.Namespace, meta: dict):
     if args.kind == "lape" and args.neurons or args.kind == "super-weight" and args.coordinates:
         return _imported_region(args, meta)
     model, tokenizer = _args.load(args)
-    meta |= {"model": args.pretrained or "gemma-3-270m", "model_fingerprint": model_fingerprint(model)}
+    meta |= {"model": args.pretrained or DEFAULT_MODEL, "model_fingerprint": model_fingerprint(model)}
     if args.kind == "magnitude":
         return select_magnitude(model, args.ratio, args.which, args.scope, meta)
     if args.kind == "super-weight":
@@ -105,7 +106,7 @@ def _imported_region(args: argparse.Namespace, meta: dict):
     from lm_eval_lingreg.sources import coordinates_region, lape_region, load_coordinates, load_lape, shapes_of
 
     shapes = shapes_of(args.pretrained, args.scope)
-    meta |= {"model": args.pretrained or "gemma-3-270m"}
+    meta |= {"model": args.pretrained or DEFAULT_MODEL}
     if args.kind != "lape":
         return coordinates_region(load_coordinates(args.coordinates), shapes, meta | {"source": str(args.coordinates)})
     neurons = load_lape(args.neurons)
@@ -322,10 +323,10 @@ def _convert_source(args: argparse.Namespace):
 
     src = Path(args.src)
     if src.suffix in (".json", ".yaml", ".yml") and src.is_file():
-        return coordinates_region(load_coordinates(src), shapes_of(args.pretrained), {"source": str(src), "model": args.pretrained or "gemma-3-270m"})
+        return coordinates_region(load_coordinates(src), shapes_of(args.pretrained), {"source": str(src), "model": args.pretrained or DEFAULT_MODEL})
     if src.suffix in TORCH_SUFFIXES and src.is_file() and isinstance(_torch_load(src), (list, tuple)):
         return lape_region(
-            load_lape(src), shapes_of(args.pretrained), gate_up=args.gate_up, metadata={"source": str(src), "model": args.pretrained or "gemma-3-270m"}
+            load_lape(src), shapes_of(args.pretrained), gate_up=args.gate_up, metadata={"source": str(src), "model": args.pretrained or DEFAULT_MODEL}
         )
     return None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lm_eval_lingreg.bundled import DEFAULT_MODEL
 from lm_eval_lingreg.cli import _args
 
 #: Options a preset may set: flags given explicitly win over the preset, the preset over the defaults.
@@ -42,7 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     model, tokenizer = _args.load(args)
     region = resolve_freeze(args.freeze, model, cfg.seed)
     model, record = further_pretrain(model, tokenizer, cfg, freeze=region, lora=lora)
-    record |= {"pretrained": args.pretrained or "gemma-3-270m (bundled)", "freeze": args.freeze}
+    record |= {"pretrained": args.pretrained or f"{DEFAULT_MODEL} (bundled)", "freeze": args.freeze}
     save_checkpoint(model, tokenizer, out, record, overwrite=args.overwrite)
     first, last = record["curves"][0]["perplexity"], record["curves"][-1]["perplexity"]
     print("held-out token perplexity, before -> after: " + ", ".join(f"{k} {first[k]:.3g} -> {last[k]:.3g}" for k in last))

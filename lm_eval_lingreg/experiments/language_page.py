@@ -133,10 +133,12 @@ def page(out: Path, plan: Any, record: dict[str, Any]) -> str:
         lines += _mono(gen, mt, plan)
     if mt:
         rows = [f"{s}-{t}" for s, t in parse_pairs(plan.pairs)]
-        lines += ["", "## Translation", "", "### chrF against the reference translation", ""]
-        lines += _table(mt, "mt_chrf", [c for c in plan.conditions if c in mt], rows, digits=1)
+        shown = [c for c in first if c in mt]
+        lines += ["", "## Translation", "", "The monolingual regions' translation results are in the table above; all of them in `mt/`.", ""]
+        lines += ["### chrF against the reference translation", ""]
+        lines += _table(mt, "mt_chrf", shown, rows, digits=1)
         lines += ["", "### Share of translations in the target language", ""]
-        lines += _table(mt, "mt_fidelity", [c for c in plan.conditions if c in mt], rows)
+        lines += _table(mt, "mt_fidelity", shown, rows)
     lines += [
         "",
         "## Limits",
@@ -147,6 +149,11 @@ def page(out: Path, plan: Any, record: dict[str, Any]) -> str:
         "- The detector is 96-98% accurate on short texts of the 30 languages (bench/langid/RESULTS.md), weakest on Malay/Indonesian "
         "and Danish/Norwegian; a degenerate continuation (repeated punctuation, one word) may be identified as 'other' or as a "
         "related language.",
+        "- chrF has a floor: gibberish in the reference's script still shares character n-grams with it (the core-removed "
+        "model's Latin-script outputs score about 10-15), so compare chrF between conditions, not with zero.",
+        "- The detector always names one of the 30 languages unless the full model's best guess lies outside them: a "
+        "garbled output is often given some language of the 30 with low confidence, which counts as a failure of fidelity "
+        "unless it happens to be the prompt's language.",
         f"- chrF of a {plan.gen_tokens}-token continuation against the real text measures closeness to the UDHR wording (which a model may have "
         "memorised), not fluency.",
     ]
@@ -211,8 +218,8 @@ def _mono(gen: dict, mt: dict, plan: Any) -> list[str]:
         f"Continuation in the region's own language and, as the mean, in the other languages of {', '.join(plan.mono_gen_langs)}; "
         "translation into and out of the own language (with English). Differences to base with 95% intervals.",
         "",
-        "| region | fidelity, own | fidelity, others | chrF, own | chrF, others | mt chrF en->own | mt chrF own->en |",
-        "|---|---|---|---|---|---|---|",
+        "| region | fidelity, own | fidelity, others | chrF, own | chrF, others | mt chrF en->own | mt chrF own->en | mt fidelity en->own | mt fidelity own->en |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     into_worse = []
     for m in plan.monolingual:
@@ -224,8 +231,9 @@ def _mono(gen: dict, mt: dict, plan: Any) -> list[str]:
             _fmt(_diff(gen, m, [own], "chrf"), 1),
             _fmt(_diff(gen, m, others, "chrf"), 1),
         ]
-        for row in (f"en-{own}", f"{own}-en"):
-            cells.append(_fmt(_diff(mt, m, [row], "mt_chrf"), 1) if mt and row in mt["base"].values else "-")
+        for metric, digits in (("mt_chrf", 1), ("mt_fidelity", 2)):
+            for row in (f"en-{own}", f"{own}-en"):
+                cells.append(_fmt(_diff(mt, m, [row], metric), digits) if mt and row in mt["base"].values else "-")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
         if mt and f"en-{own}" in mt["base"].values and f"{own}-en" in mt["base"].values and "bottom" not in m:
             into, out_of = _diff(mt, m, [f"en-{own}"], "mt_chrf"), _diff(mt, m, [f"{own}-en"], "mt_chrf")
@@ -241,5 +249,12 @@ def _mono(gen: dict, mt: dict, plan: Any) -> list[str]:
         lines.append(
             f"- Translation into the region's own language lost more chrF than translation out of it for {n} of {len(into_worse)} "
             "monolingual regions (point values; see the intervals above)."
+        )
+        own_into = [m for m, _ in into_worse if _diff(mt, m, [f"en-{m.split('-')[1]}"], "mt_fidelity").hi < 0]
+        lines.append(
+            "- Translations from English into the region's own language came out in another language more often than base's "
+            f"(interval below 0) for {len(own_into)} of {len(into_worse)} monolingual regions"
+            + (": " + ", ".join(f"`{m}`" for m in own_into) if own_into else "")
+            + "."
         )
     return lines

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lm_eval_lingreg.bundled import DEFAULT_MODEL
 from lm_eval_lingreg.evaluation import DEFAULT_LIMIT
 from lm_eval_lingreg.languages import CORE_LANGUAGES, LANGUAGES
 
@@ -82,7 +83,7 @@ def run(lm: Any, plan: Plan, out: Path) -> dict[str, float]:
 
     root = _scores_root(lm, plan)
     bundled = Path(str(lm.pretrained)).resolve() == model_dir().resolve()
-    label = "gemma-3-270m" if bundled else str(lm.pretrained)  # as `lingreg score` labels them, so its runs reuse these files
+    label = DEFAULT_MODEL if bundled else str(lm.pretrained)  # as `lingreg score` labels them, so its runs reuse these files
     timing: dict[str, float] = {}
     for options in PROTOCOLS.values():  # every protocol's options checked before any scoring
         Scoring(plan.samples, checkpoints=tuple(plan.checkpoints), **options)
