@@ -464,7 +464,9 @@ def test_rules_and_baselines_that_no_run_could_meet_are_bad_input(tmp_path):
         b.write_text(json.dumps({"schema": "lm-eval-lingreg/baselines/v1", "values": [entry]}))
         with pytest.raises(ReportError, match=msg):
             load_baseline(b)
-    b.write_text('{"schema": "lm-eval-lingreg/baselines/v1", "values": [{"source": "s", "model": "m", "condition": "c", "language": "en", "metric": "token_perplexity", "value": 1e400}]}')
+    b.write_text(
+        '{"schema": "lm-eval-lingreg/baselines/v1", "values": [{"source": "s", "model": "m", "condition": "c", "language": "en", "metric": "token_perplexity", "value": 1e400}]}'
+    )
     with pytest.raises(ReportError, match="beyond the range of a float"):
         load_baseline(b)
 
@@ -474,7 +476,9 @@ def test_a_rule_with_nothing_to_check_fails(tmp_path):
     from lm_eval_lingreg.results import load_runs
 
     (tmp_path / "r").mkdir()
-    (tmp_path / "r" / "results.json").write_text(json.dumps({"results": {"lingreg_mt_en_fr": {"mt_chrf,none": 50.0}}, "config": {"lingreg": {"condition": "base"}}}))
+    (tmp_path / "r" / "results.json").write_text(
+        json.dumps({"results": {"lingreg_mt_en_fr": {"mt_chrf,none": 50.0}}, "config": {"lingreg": {"condition": "base"}}})
+    )
     rules = tmp_path / "rules.yaml"
     rules.write_text("rules:\n  - {condition: base, metric: chrf, min: 99}\n  - {condition: base, metric: mt_chrf, min: 0}\n")
     rows = apply_rules(load_runs([tmp_path / "r"]), load_rules(rules))
