@@ -406,6 +406,12 @@ def load_runs(paths: Iterable[str | os.PathLike], labels: Mapping[str, str] | No
     return runs
 
 
+def is_row(code: str) -> bool:
+    """A language code, or a translation pair SRC-TGT of two different ones."""
+    src, sep, tgt = code.partition("-")
+    return code in LANGUAGES if not sep else src in LANGUAGES and tgt in LANGUAGES and src != tgt
+
+
 def row_order(rows: Iterable[str]) -> list[str]:
     """Rows in table order: the languages as in `LANGUAGES`, then translation pairs by source, then target."""
     order = {iso: i for i, iso in enumerate(LANGUAGES)}

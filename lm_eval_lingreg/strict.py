@@ -27,7 +27,7 @@ from typing import Any
 
 from lm_eval_lingreg.errors import LingregError
 
-__all__ = ["read_text", "loads_json", "loads_yaml", "read_csv", "MAX_DIGITS"]
+__all__ = ["read_text", "loads_json", "loads_yaml", "read_csv", "read_number", "MAX_DIGITS"]
 
 #: Longest integer (or number literal) accepted, in characters.
 MAX_DIGITS = 100
@@ -225,3 +225,33 @@ def read_csv(text: str, error: type[LingregError], where: str) -> list[dict[str,
             raise error(f"{where}: row {i} has {len(r)} fields but the header has {len(header)}; quote fields that hold commas")
         out.append(dict(zip(header, r, strict=True)))
     return out
+
+
+def read_number(v: Any, what: str, where: str, error: type[LingregError], allow_inf: bool = False) -> float:
+    """A number as written in a rule or baseline: a finite number, or (where allowed) the word inf; never
+    1e400 (which a float reader turns into inf), 4_0 (which float() reads as 40) or a 5,000-digit string.
+    `what` shows the value in messages: "value {v}" or "`min: {v}`"."""
+
+    def show(x: Any) -> str:
+        return what.format(v=repr(x) if isinstance(x, str) else str(x)[:40])
+
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise error(f"{where}: {show(v)} is not a number")
+    if isinstance(v, str):
+        text = v.strip()
+        if allow_inf and text.lower() in ("inf", "+inf", "infinity"):
+            return math.inf
+        if "_" in text or len(text) > 100:
+            raise error(f"{where}: {show(text[:40])} is not a number as written here (digits, a point, an exponent)")
+        try:
+            v = float(text)
+        except ValueError as exc:
+            raise error(f"{where}: {show(text[:40])} is not a number") from exc
+    try:
+        value = float(v)
+    except OverflowError as exc:
+        raise error(f"{where}: {show(str(v)[:40] + '...')} is not a number (too large for a float)") from exc
+    if math.isinf(value):
+        hint = "; write inf if the reference really was infinite" if allow_inf else ""
+        raise error(f"{where}: {show(v)} is beyond the range of a float, not a number it can have{hint}")
+    return value

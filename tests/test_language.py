@@ -342,8 +342,8 @@ def test_results_with_impossible_generation_values_are_refused(tmp_path):
 
 
 def test_a_rule_on_a_generation_metric_compares_by_difference(tmp_path):
-    from lm_eval_lingreg.report import apply_rules, load_rules
     from lm_eval_lingreg.results import load_runs
+    from lm_eval_lingreg.rules import apply_rules, load_rules
 
     for label, v in (("base", 0.9), ("cut", 0.2)):
         (tmp_path / label).mkdir()
@@ -442,7 +442,8 @@ def test_per_output_values_must_agree_with_the_results(tmp_path):
 
 def test_rules_and_baselines_that_no_run_could_meet_are_bad_input(tmp_path):
     from lm_eval_lingreg.errors import ReportError
-    from lm_eval_lingreg.report import load_baseline, load_rules
+    from lm_eval_lingreg.report import load_baseline
+    from lm_eval_lingreg.rules import load_rules
 
     rules = tmp_path / "rules.yaml"
     for body, msg in (
@@ -472,8 +473,8 @@ def test_rules_and_baselines_that_no_run_could_meet_are_bad_input(tmp_path):
 
 
 def test_a_rule_with_nothing_to_check_fails(tmp_path):
-    from lm_eval_lingreg.report import apply_rules, load_rules
     from lm_eval_lingreg.results import load_runs
+    from lm_eval_lingreg.rules import apply_rules, load_rules
 
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "results.json").write_text(

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from lm_eval_lingreg.errors import ReportError
-from lm_eval_lingreg.report import apply_rules, baseline_from_runs, build_table, compare, load_baseline, load_rules, render_table
+from lm_eval_lingreg.report import baseline_from_runs, build_table, compare, load_baseline, render_table
 from lm_eval_lingreg.results import load_runs, read_run
+from lm_eval_lingreg.rules import apply_rules, load_rules
 
 from helpers import REPO
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from lm_eval_lingreg.errors import ReportError
-from lm_eval_lingreg.report import apply_rules, build_table, compare, load_rules, render_table
+from lm_eval_lingreg.report import build_table, compare, render_table
 from lm_eval_lingreg.results import load_runs, read_run
+from lm_eval_lingreg.rules import apply_rules, load_rules
 from lm_eval_lingreg.uncertainty import geomean_ratio_interval, ratio_interval, value_interval
 
 from helpers import lingreg

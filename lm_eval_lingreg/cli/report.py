@@ -121,7 +121,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Exit 0 when every check passes, 1 on a regression, 2 on bad input (raised before any verdict)."""
     from lm_eval_lingreg.errors import UsageError
-    from lm_eval_lingreg.report import apply_rules, check_tolerance, compare, fmt_value, load_baseline, load_rules
+    from lm_eval_lingreg.report import check_tolerance, compare, fmt_value, load_baseline
+    from lm_eval_lingreg.rules import apply_rules, load_rules
 
     if not args.baseline and not args.rules:
         raise UsageError("give --baseline and/or --rules to check against")

@@ -105,9 +105,9 @@ def section(out: Path, record: dict[str, Any]) -> str:
 
 def _rules_line(out: Path, plan: Plan) -> list[str]:
     """What the shipped CI rules say about these results (they cover the 1% regions)."""
-    from lm_eval_lingreg.report import apply_rules, load_rules
     from lm_eval_lingreg.resources import baselines_dir
     from lm_eval_lingreg.results import load_runs
+    from lm_eval_lingreg.rules import apply_rules, load_rules
 
     if 1 not in plan.ratios:
         return []
