@@ -40,6 +40,14 @@ def resolve_pretrained(pretrained: object) -> object:
     return pretrained
 
 
+def bundled_cache_error(path: object, reason: str) -> BundledModelError:
+    """The bundled model's cached copy exists but does not load: say so, and how to rebuild it."""
+    return BundledModelError(
+        f"the cached copy of the bundled model {DEFAULT_MODEL} at {path} cannot be loaded ({reason}); "
+        "rebuild it with `lingreg prepare --force` (about a minute)"
+    )
+
+
 def prepare(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
     """Convert the bundled model once and return its directory (cheap when already cached)."""
     if name != DEFAULT_MODEL:

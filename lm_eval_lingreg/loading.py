@@ -88,6 +88,10 @@ def load_model(pretrained: str | None = None, *, device: str = "auto", dtype: st
     except Exception as e:  # noqa: BLE001 - transformers, safetensors and torch raise many types for a bad model folder
         offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
         reason = f"{type(e).__name__}: " + (str(e).strip().splitlines()[0][:300] if str(e).strip() else "")
+        from lm_eval_lingreg.bundled import DEFAULT_MODEL, bundled_cache_error
+
+        if pretrained in (None, "", DEFAULT_MODEL):
+            raise bundled_cache_error(path, reason) from e
         raise ModelLoadError(
             f"cannot load model {pretrained!r}: {reason}. Give a local Hugging Face model directory"
             + (" (the hub is offline here: HF_HUB_OFFLINE=1)" if offline else " or a hub id")

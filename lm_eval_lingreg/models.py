@@ -97,6 +97,10 @@ class LingregLM(HFLM):
             raise
         except (OSError, RuntimeError, ValueError) as e:
             first = " ".join(str(e).split())[:300]
+            if pretrained in (None, "", DEFAULT_MODEL):
+                from lm_eval_lingreg.bundled import bundled_cache_error
+
+                raise bundled_cache_error(resolve_pretrained(pretrained), f"{type(e).__name__}: {first}") from e
             raise ModelLoadError(f"{self._model_name()}: cannot load model {pretrained!r}: {type(e).__name__}: {first}") from e
         self._rolling_bos = rolling_bos
         self._in_rolling = False

@@ -78,10 +78,10 @@ def output_lock(target: str | os.PathLike, wait: bool = False) -> Iterator[None]
         if same:
             break
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
     _HELD[key] = 1
-    try:
+    try:  # the pid is written inside the block whose end removes the lock: a failure (full disk) leaves nothing
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
         yield
     finally:
         del _HELD[key]
@@ -290,9 +290,15 @@ def _swap(target: Path, directory: bool, owned_by: str | None) -> Iterator[Path]
         os.chmod(tmp, (0o777 if directory else 0o666) & ~umask)
         if directory and target.is_dir():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.lingreg-old-{os.getpid()}-", dir=target.parent))
-            os.replace(target, old / "x")
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(target, old / "x")
+                try:
+                    os.replace(tmp, target)
+                except BaseException:
+                    os.replace(old / "x", target)  # the previous folder goes back: the target is never missing
+                    raise
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
     except BaseException as e:
@@ -301,8 +307,16 @@ def _swap(target: Path, directory: bool, owned_by: str | None) -> Iterator[Path]
         else:
             tmp.unlink(missing_ok=True)
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
-            raise OutputError(f"cannot write {target}: {e.strerror}") from e
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise OutputError(f"cannot write {target}: {e.strerror}" + ("; free some space, or write elsewhere" if full else "")) from e
+        if isinstance(e, Exception) and _full_disk(e):  # safetensors and torch report a full disk in their own types
+            raise OutputError(f"cannot write {target}: No space left on device; free some space, or write elsewhere") from e
         raise
+
+
+def _full_disk(e: BaseException) -> bool:
+    text = str(e)
+    return "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text
 
 
 def sort_safetensors_header(path: str | os.PathLike) -> None:

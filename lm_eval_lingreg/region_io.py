@@ -369,11 +369,16 @@ def resolve(spec: str | os.PathLike) -> Path:
     if not text.strip():
         raise RegionFileError("empty mask name; give a region file or the name of a shipped mask (e.g. core)")
     path = Path(text).expanduser()
+    shipped = shipped_masks()
     if path.exists():
+        if text in shipped and os.sep not in text and not text.startswith("."):
+            raise RegionFileError(
+                f"{text!r} is both a file here ({path.resolve()}) and the name of a shipped mask; write ./{text} for the file, "
+                f"or {masks_dir() / shipped[text]['file']} for the shipped mask"
+            )
         if not (path.is_file() or path.is_dir()):
             raise RegionFileError(f"{path} is not a regular file or folder (a pipe or device?); give a region file")
         return path
-    shipped = shipped_masks()
     if text in shipped:
         return masks_dir() / shipped[text]["file"]
     names = ", ".join(sorted(shipped)) or "none shipped in this install"

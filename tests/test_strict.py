@@ -168,3 +168,59 @@ def test_a_corpus_file_that_is_a_fifo_or_repeats_a_key_is_refused_not_skipped(tm
     (tmp_path / "ko.jsonl").write_text('{"text": "a", "text": "b"}\n')
     with pytest.raises(CorpusError, match="the key 'text' appears twice"):
         read_texts("ko", str(tmp_path))
+
+
+def test_a_broken_bundled_cache_names_the_cache_and_the_fix(tmp_path, monkeypatch):
+    from lm_eval_lingreg.bundled import is_prepared, model_dir
+    from lm_eval_lingreg.errors import BundledModelError
+    from lm_eval_lingreg.loading import load_model
+
+    monkeypatch.setenv("LINGREG_CACHE", str(tmp_path))
+    model_dir().mkdir(parents=True)
+    (model_dir() / "lingreg-bundled.json").write_text("{}")  # marked as converted, but its files are broken
+    (model_dir() / "config.json").write_text("{not json")
+    assert is_prepared()
+    with pytest.raises(BundledModelError, match=r"cached copy of the bundled model .*`lingreg prepare --force`"):
+        load_model(None, device="cpu")
+
+
+def test_a_local_file_named_like_a_shipped_mask_is_named_not_silently_preferred(tmp_path, monkeypatch):
+    from lm_eval_lingreg.errors import RegionFileError
+    from lm_eval_lingreg.region_io import resolve
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "core").write_bytes(b"x")
+    with pytest.raises(RegionFileError, match=r"'core' is both a file here .* write ./core for the file"):
+        resolve("core")
+    assert resolve("./core") == tmp_path / "core" or resolve("./core").resolve() == (tmp_path / "core").resolve()
+
+
+@pytest.fixture
+def full_fs(tmp_path):
+    """A real 96 KB tmpfs: too small for a tiny model's checkpoint (needs mount rights; skipped without them)."""
+    import subprocess
+
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()[:80]})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_full_disk_during_apply_is_a_named_error_and_leaves_nothing(full_fs, tiny_model_dir, tmp_path):
+    from lm_eval_lingreg.anatomy import scope_shapes
+    from lm_eval_lingreg.region_io import save_region
+    from lm_eval_lingreg.selection import select_random
+
+    from helpers import make_tiny
+
+    mask = save_region(select_random(scope_shapes(make_tiny("llama")), 0.01, seed=0), tmp_path / "m.safetensors")
+    proc = lingreg("apply", "--pretrained", tiny_model_dir, "--mask", mask, "--out", full_fs / "abl")
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot write {full_fs / 'abl'}: No space left on device; free some space" in proc.stderr
+    assert "this is a bug" not in proc.stderr
+    assert list(full_fs.iterdir()) == []  # no temporary, no lock, no half-written checkpoint
