@@ -8,11 +8,16 @@ indices) and write them back later, bit for bit. `SavedEntries` holds only those
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping
 
 import torch
 
 from lm_eval_lingreg.anatomy import named_parameters
+
+#: Per model, the edits that hold saved entries, oldest first: restoring one that a later, still open
+#: edit overlaps would write back values the later one then overwrites with the edited ones.
+_OPEN: weakref.WeakKeyDictionary[torch.nn.Module, list[SavedEntries]] = weakref.WeakKeyDictionary()
 
 
 def flat_view(param: torch.Tensor) -> torch.Tensor:
@@ -51,8 +56,35 @@ class SavedEntries:
         flat = flat_view(param)
         idx = _compact(idx, flat.numel(), flat.device)
         values = flat[idx.long()].clone()
+        if not self._entries:
+            _OPEN.setdefault(self.model, []).append(self)
         self._entries.append((name, idx, values))
         return values
+
+    def _later_overlapping(self) -> SavedEntries | None:
+        """A later edit of the same model, still open, that changed some of the same entries."""
+        stack = _OPEN.get(self.model, [])
+        if self not in stack:
+            return None
+        mine: dict[str, list[torch.Tensor]] = {}
+        for name, idx, _ in self._entries:
+            mine.setdefault(name, []).append(idx)
+        for later in stack[stack.index(self) + 1 :]:
+            for name, idx, _ in later._entries:
+                if any(torch.isin(idx.long(), m.to(idx.device).long()).any() for m in mine.get(name, [])):
+                    return later
+        return None
+
+    def check_restorable(self) -> None:
+        """Refuse, before anything changes, a restore that would not bring the model back exactly."""
+        from lm_eval_lingreg.errors import EditOrderError
+
+        later = self._later_overlapping()
+        if later is not None:
+            raise EditOrderError(
+                f"this edit ({self.num_entries:,} entries) changed entries that a later edit, still applied, changed again "
+                f"({later.num_entries:,} entries): restore the later one first (edits come off in the reverse order they went on)"
+            )
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
         return iter(self._entries)
@@ -68,13 +100,20 @@ class SavedEntries:
 
     @torch.no_grad()
     def restore(self, keep: bool = False) -> None:
-        """Write every saved value back; forget them unless `keep` (a frozen region restores often)."""
+        """Write every saved value back; forget them unless `keep` (a frozen region restores often).
+
+        Refused (`EditOrderError`, nothing changed) while a later edit of the same entries is still applied."""
+        if not keep:
+            self.check_restorable()
         params = named_parameters(self.model)
         for name, idx, values in reversed(self._entries):
             flat = flat_view(params[name])
             flat.index_copy_(0, idx.to(flat.device).long(), values.to(flat.device, flat.dtype))
         if not keep:
             self._entries.clear()
+            stack = _OPEN.get(self.model, [])
+            if self in stack:
+                stack.remove(self)
 
     @torch.no_grad()
     def verify(self) -> bool:

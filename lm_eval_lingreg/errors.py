@@ -91,3 +91,7 @@ def close_matches(name: str, names: Iterable[str]) -> str:
     same_but_case = [n for n in names if n.lower() == name.lower() and n != name]
     hint = same_but_case or difflib.get_close_matches(name, names, n=3, cutoff=0.6)
     return f" (did you mean {' or '.join(map(repr, hint))}?)" if hint else ""
+
+
+class EditOrderError(LingregError, RuntimeError):
+    """Edits of the same weights restored out of order (the model would not come back exactly)."""

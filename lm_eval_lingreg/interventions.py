@@ -221,6 +221,9 @@ class Applied:
         return sum(s["entries"] for s in self.summary)
 
     def restore(self) -> None:
+        """Remove the hooks and put every changed entry back; refused (nothing changed) while a later perturbation
+        of the same entries is still applied: restore that one first."""
+        self.saved.check_restorable()
         while self.hooks:
             self.hooks.pop().remove()
         self.saved.restore()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lm_eval_lingreg.anatomy import named_parameters
@@ -44,3 +45,27 @@ def test_zero_grads_only_touches_saved_entries(tiny_model):
     SavedEntries.of(tiny_model, {name: torch.tensor([0, 7])}).zero_grads()
     g = params[name].grad.view(-1)
     assert g[0] == 0 and g[7] == 0 and int((g == 0).sum()) == 2
+
+
+def test_two_perturbations_restored_in_any_order_leave_the_model_exact_or_are_refused():
+    from lm_eval_lingreg.errors import EditOrderError
+    from lm_eval_lingreg.interventions import perturb
+    from lm_eval_lingreg.perturbation import parse_spec
+
+    from helpers import make_tiny, snapshot
+
+    model = make_tiny("llama")
+    before = snapshot(model)
+    a = perturb(model, parse_spec("layer=0:dim=3:op=mul:value=4"))
+    b = perturb(model, parse_spec("layer=0:dim=3:op=add:value=1"))  # the same entries again
+    with pytest.raises(EditOrderError, match="restore the later one first"):
+        a.restore()
+    b.restore()
+    a.restore()
+    assert all(torch.equal(before[k], v) for k, v in snapshot(model).items())
+    # disjoint edits come off in any order
+    a = perturb(model, parse_spec("layer=0:dim=3:op=mul:value=4"))
+    b = perturb(model, parse_spec("layer=1:dim=5:op=mul:value=4"))
+    a.restore()
+    b.restore()
+    assert all(torch.equal(before[k], v) for k, v in snapshot(model).items())
