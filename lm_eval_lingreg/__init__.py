@@ -25,6 +25,8 @@ _PUBLIC = {
     "load_region": "region_io:load_region",
     "save_region": "region_io:save_region",
     "shipped_masks": "region_io:shipped_masks",
+    "scope_shapes": "anatomy:scope_shapes",
+    "prepare": "bundled:prepare",
     # scoring and selection
     "sum_gradients": "importance:sum_gradients",
     "importance": "importance:importance",
@@ -41,6 +43,7 @@ _PUBLIC = {
     "TrainConfig": "training:TrainConfig",
     "further_pretrain": "training:further_pretrain",
     "FrozenRegion": "freeze:FrozenRegion",
+    "FreezeCallback": "freeze:FreezeCallback",
     # evaluation through lm-eval
     "LingregLM": "models:LingregLM",
     "RegionAblatedLM": "models:RegionAblatedLM",

@@ -8,10 +8,10 @@ import sys
 import lm_eval_lingreg
 
 PUBLIC = [
-    "Region", "apply_region", "validate_region", "load_region", "save_region", "shipped_masks",
+    "Region", "apply_region", "validate_region", "load_region", "save_region", "shipped_masks", "scope_shapes", "prepare",
     "sum_gradients", "importance", "ScoreSet", "score_languages", "select_core", "select_monolingual", "select_random",
     "Perturbation", "parse_spec", "perturb",
-    "TrainConfig", "further_pretrain", "FrozenRegion",
+    "TrainConfig", "further_pretrain", "FrozenRegion", "FreezeCallback",
     "LingregLM", "RegionAblatedLM", "PerturbedLM", "evaluate_conditions",
     "Run", "read_run", "load_runs", "build_table", "render_table", "load_baseline", "compare", "load_rules", "apply_rules",
     "identify", "language_metrics", "chrf",
@@ -49,12 +49,30 @@ def test_the_readme_python_example_runs_on_the_public_surface(tiny_model_dir):
 
     model = make_tiny("llama")
     before = snapshot(model)
-    from lm_eval_lingreg.anatomy import scope_shapes
-
-    region = lr.select_random(scope_shapes(model), 0.1, seed=0)
+    region = lr.select_random(lr.scope_shapes(model), 0.1, seed=0)
     with lr.apply_region(region, model):
         assert any(not torch.equal(before[k], v) for k, v in snapshot(model).items())
     assert all(torch.equal(before[k], v) for k, v in snapshot(model).items())
     assert lr.identify("Tous les êtres humains naissent libres et égaux en dignité et en droits.")[0] == "fr"
     runs = lr.load_runs([__import__("helpers").REPO / "docs" / "results" / "regions" / "base"])
     assert "English (en)" in lr.render_table(lr.build_table(runs))
+
+
+def test_the_python_examples_in_the_docs_import_only_public_names():
+    import re
+
+    from helpers import REPO
+
+    pages = [REPO / "README.md", *sorted((REPO / "docs" / "guide").glob("*.md"))]
+    found = 0
+    for page in pages:
+        for block in re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.S):
+            for line in block.splitlines():
+                if "lm_eval_lingreg" not in line:
+                    continue
+                m = re.match(r"\s*from lm_eval_lingreg import (.+)$", line)
+                assert m, f"{page.name}: {line.strip()!r} reaches into a module; import from the package top level"
+                names = [n.strip() for n in m.group(1).split("#")[0].split(",")]
+                assert set(names) <= set(lm_eval_lingreg.__all__), (page.name, names)
+                found += 1
+    assert found >= 3
