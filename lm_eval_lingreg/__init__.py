@@ -29,7 +29,6 @@ _PUBLIC = {
     "prepare": "bundled:prepare",
     # scoring and selection
     "sum_gradients": "importance:sum_gradients",
-    "importance": "importance:importance",
     "ScoreSet": "scores:ScoreSet",
     "score_languages": "scores:score_languages",
     "select_core": "selection:select_core",

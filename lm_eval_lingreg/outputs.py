@@ -64,20 +64,7 @@ def output_lock(target: str | os.PathLike, wait: bool = False) -> Iterator[None]
             _HELD[key] -= 1
         return
     lock.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError as exc:
-            os.close(fd)
-            raise OutputError(f"{target} is being written by another lingreg process{_holder(lock)}; wait for it to finish, or choose another output") from exc
-        try:  # the file we locked may have been unlinked by its previous holder: lock the live one
-            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
+    fd = _acquire(lock, target, wait)
     _HELD[key] = 1
     try:  # the pid is written inside the block whose end removes the lock: a failure (full disk) leaves nothing
         os.ftruncate(fd, 0)
@@ -88,6 +75,38 @@ def output_lock(target: str | os.PathLike, wait: bool = False) -> Iterator[None]
         with contextlib.suppress(OSError):
             lock.unlink()
         os.close(fd)
+
+
+def _acquire(lock: Path, target: Path, wait: bool) -> int:
+    """The descriptor of the live lock file, flocked. A signal (Ctrl-C, SIGTERM) while acquiring leaves no lock file
+    behind unless another process holds it."""
+    fd = None
+    try:
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError as exc:
+                os.close(fd)
+                fd = None
+                raise OutputError(
+                    f"{target} is being written by another lingreg process{_holder(lock)}; wait for it to finish, or choose another output"
+                ) from exc
+            try:  # the file we locked may have been unlinked by its previous holder: lock the live one
+                same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+            os.close(fd)
+            fd = None
+    except BaseException:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours (or free): safe to remove
+                lock.unlink()
+            os.close(fd)
+        raise
 
 
 def _stale(target: Path) -> list[Path]:

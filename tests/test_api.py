@@ -9,7 +9,7 @@ import lm_eval_lingreg
 
 PUBLIC = [
     "Region", "apply_region", "validate_region", "load_region", "save_region", "shipped_masks", "scope_shapes", "prepare",
-    "sum_gradients", "importance", "ScoreSet", "score_languages", "select_core", "select_monolingual", "select_random",
+    "sum_gradients", "ScoreSet", "score_languages", "select_core", "select_monolingual", "select_random",
     "Perturbation", "parse_spec", "perturb",
     "TrainConfig", "further_pretrain", "FrozenRegion", "FreezeCallback",
     "LingregLM", "RegionAblatedLM", "PerturbedLM", "evaluate_conditions",
@@ -30,6 +30,14 @@ def test_importing_the_package_stays_cheap():
     code = "import sys, lm_eval_lingreg; print('torch' in sys.modules, 'lm_eval' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_no_public_name_hides_a_module_of_the_package():
+    from pathlib import Path
+
+    package = Path(lm_eval_lingreg.__file__).parent
+    modules = {p.stem for p in package.glob("*.py")} | {p.name for p in package.iterdir() if p.is_dir()}
+    assert not set(PUBLIC) & modules
 
 
 def test_an_unknown_name_is_an_attribute_error():
