@@ -43,8 +43,8 @@ def _on_task_manager(module) -> None:
 
     if _harness_finds_our_tasks(module):
         return
-    cls = module.TaskManager
-    if getattr(cls.__init__, "_lingreg", False):
+    cls = getattr(module, "TaskManager", None)
+    if cls is None or getattr(cls.__init__, "_lingreg", False):
         return
     import inspect
 
@@ -88,7 +88,9 @@ def _with_ours(include_path, ours: str) -> list:
     return paths if os.path.realpath(ours) in resolved else [ours, *paths]
 
 
-_CALLBACKS = {"lm_eval.api.registry": _on_registry, "lm_eval.tasks.manager": _on_task_manager}
+# lm-eval 0.4.11+ defines TaskManager in lm_eval.tasks.manager, 0.4.10 in lm_eval.tasks itself: watch both (the
+# wrapper is applied once)
+_CALLBACKS = {"lm_eval.api.registry": _on_registry, "lm_eval.tasks.manager": _on_task_manager, "lm_eval.tasks": _on_task_manager}
 
 
 class _Loader:

@@ -15,4 +15,7 @@ if [ "$rc" -eq 5 ]; then
   echo "error: pytest collected no tests" >&2
   exit 1
 fi
+if [ "$rc" -eq 0 ] && { [ "${CI:-}" = "true" ] || [ "${LINGREG_COMPAT:-}" = "1" ]; }; then
+  bash scripts/compat.sh || rc=$?  # the oldest supported lm-eval (about 1.5 min)
+fi
 exit "$rc"
