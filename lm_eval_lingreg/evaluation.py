@@ -137,6 +137,7 @@ def evaluate_conditions(
     return out
 
 
+@functools.cache  # the UDHR data ship with the package: a task's document count never changes
 def _documents_in(task: str) -> int:
     """Documents of one of this package's tasks (31 UDHR sections; 30 articles to continue; a pair's articles to translate)."""
     from lm_eval_lingreg.language_tasks import task_kind, task_row

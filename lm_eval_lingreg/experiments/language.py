@@ -53,36 +53,33 @@ def run(lm: Any, plan: Plan, out: Path) -> dict[str, float]:
     from lm_eval_lingreg.region_io import load_region
 
     regions = {m: load_region(m) for m in plan.core + plan.monolingual}
-    pairs = [mt_task(s, t) for s, t in parse_pairs(plan.pairs)]
-    common = {"batch_size": plan.batch_size}
+    first = {"base": None, **{m: regions[m] for m in plan.core}}
+    mono = {m: regions[m] for m in plan.monolingual}
     seconds = {}
     t0 = time.perf_counter()
-    first = {"base": None, **{m: regions[m] for m in plan.core}}
-    evaluate_conditions(
-        lm,
-        first,
-        tasks=[gen_task(i) for i in plan.gen_langs],
-        limit=plan.gen_limit,
-        output_dir=out / "gen",
-        gen_kwargs={"max_gen_toks": plan.gen_tokens},
-        **common,
-    )
-    mono = {m: regions[m] for m in plan.monolingual}
-    if mono:
-        evaluate_conditions(
-            lm,
-            mono,
-            tasks=[gen_task(i) for i in plan.mono_gen_langs],
-            limit=plan.gen_limit,
-            output_dir=out / "gen",
-            gen_kwargs={"max_gen_toks": plan.gen_tokens},
-            **common,
-        )
+    for conditions, langs in ((first, plan.gen_langs), (mono, plan.mono_gen_langs)):
+        if conditions:
+            evaluate_conditions(
+                lm,
+                conditions,
+                tasks=[gen_task(i) for i in langs],
+                limit=plan.gen_limit,
+                output_dir=out / "gen",
+                gen_kwargs={"max_gen_toks": plan.gen_tokens},
+                batch_size=plan.batch_size,
+            )
     seconds["generation"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    pairs = [mt_task(s, t) for s, t in parse_pairs(plan.pairs)]
     if pairs:
         evaluate_conditions(
-            lm, {**first, **mono}, tasks=pairs, limit=plan.mt_limit, output_dir=out / "mt", gen_kwargs={"max_gen_toks": plan.mt_tokens}, **common
+            lm,
+            {**first, **mono},
+            tasks=pairs,
+            limit=plan.mt_limit,
+            output_dir=out / "mt",
+            gen_kwargs={"max_gen_toks": plan.mt_tokens},
+            batch_size=plan.batch_size,
         )
     seconds["translation"] = time.perf_counter() - t0
     return seconds
