@@ -1,6 +1,6 @@
 """Writing outputs safely: a file or folder appears complete under its final name or not at all.
 
-- `atomic_path(target)` yields a temporary sibling and renames it over `target` on success; on
+- `atomic_path(target)` yields a temporary path beside `target` (inside a private folder for a file) and renames it over `target` on success; on
   any error (or Ctrl-C) the temporary is removed and `target` is untouched.
 - An existing non-empty folder is never replaced unless the caller passes `overwrite=True`;
   a folder holding the current directory, and a file where a folder is expected (or the
@@ -292,17 +292,16 @@ def _swap(target: Path, directory: bool, owned_by: str | None) -> Iterator[Path]
     prefix = f".{target.name}.lingreg-tmp-{os.getpid()}-"
     umask = os.umask(0)
     os.umask(umask)
-    try:
-        if directory:
-            tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
-        else:
-            fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
-            os.close(fd)
-            tmp = Path(name)
+    try:  # a file is written inside a private folder: whatever a library writes beside it (safetensors' own
+        # `.tmpXXXXXX`) then stays inside, and a killed run leaves one temporary that the next run removes
+        box = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
     except OSError as e:
         raise OutputError(f"cannot write {target}: {e.strerror or e}") from e
+    tmp = box if directory else box / target.name
     try:
         yield tmp
+        if not directory and (tmp.is_symlink() or not tmp.is_file()):
+            raise OutputError(f"cannot write {target}: the writer left no file")
         if owned_by:
             (tmp / OWNER_FILE).write_text(json.dumps({"command": owned_by}) + "\n", encoding="utf-8")
         # mkstemp/mkdtemp (and some writers) make 0600/0700; the result is meant to be shared
@@ -320,11 +319,9 @@ def _swap(target: Path, directory: bool, owned_by: str | None) -> Iterator[Path]
                 shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+            shutil.rmtree(box, ignore_errors=True)
     except BaseException as e:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        shutil.rmtree(box, ignore_errors=True)
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
             full = e.errno in (errno.ENOSPC, errno.EDQUOT)
             raise OutputError(f"cannot write {target}: {e.strerror}" + ("; free some space, or write elsewhere" if full else "")) from e

@@ -418,7 +418,9 @@ def test_ctrl_c_while_the_command_starts_is_no_traceback(delay):
     _, err = proc.communicate(timeout=60)
     assert "Traceback" not in err, err
     if proc.returncode != 2:  # the command may have finished (a clear error) before the signal
-        assert proc.returncode == 130 and "interrupted" in err, (proc.returncode, err)
+        # 130, or death by SIGINT where the interrupt landed in code that a C extension ran through PyRun_String
+        # (Python then re-raises the signal at exit whatever status was returned): a shell reads both as 130.
+        assert proc.returncode in (130, -signal.SIGINT) and "interrupted" in err, (proc.returncode, err)
 
 
 def test_a_dollar_label_is_text_in_a_plot_and_non_ascii_output_survives_an_ascii_terminal(tmp_path):
