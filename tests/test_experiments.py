@@ -102,6 +102,35 @@ def test_intervals_separate_the_core_region_from_its_controls(quick_regions):
     assert top.lo > 100 * bottom.hi and bottom.lo < 1.5
 
 
+def _language(out: Path) -> tuple[dict, dict]:
+    gen = {r.label: r for r in load_runs([out / "language" / "gen"])}
+    mt = {r.label: r for r in load_runs([out / "language" / "mt"])}
+    return gen, mt
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("reproduce-language")
+def test_the_core_region_stops_the_model_writing_the_prompts_language_while_a_random_one_does_not(quick_language):
+    gen, mt = _language(quick_language / "out")
+    langs = list(gen["base"].values)
+    fidelity = {c: {iso: gen[c].value(iso, "lang_fidelity") for iso in langs} for c in ("base", "core-top-1", "core-random-1")}
+    print(fidelity)
+    assert sorted(langs) == ["ar", "en", "zh"]
+    assert min(fidelity["base"].values()) >= 0.5, fidelity  # the unchanged model continues in the prompt's language
+    assert max(fidelity["core-top-1"].values()) == 0.0, fidelity  # the core 1% removed: no language of the prompt comes out
+    assert sum(fidelity["core-random-1"].values()) >= sum(fidelity["base"].values()) - 1, fidelity  # a random 1% barely changes it
+    assert mt["core-top-1"].value("en-zh", "mt_fidelity") < mt["base"].value("en-zh", "mt_fidelity")  # nor does it translate into Chinese
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("reproduce-language")
+def test_the_chinese_region_stops_chinese_output_while_its_bottom_control_does_not(quick_language):
+    gen, _ = _language(quick_language / "out")
+    base, mono, control = (gen[c].value("zh", "lang_fidelity") for c in ("base", "mono-zh-1", "mono-zh-bottom-1"))
+    assert base >= 0.5 and mono == 0.0 and control >= base - 0.25, (base, mono, control)  # 2 prompts: values are 0, 0.5 or 1
+    assert gen["mono-zh-1"].value("en", "lang_fidelity") >= gen["base"].value("en", "lang_fidelity") - 0.5  # English still comes out in English
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("reproduce-dimensions-forgetting")  # together about as long as the regions group
 def test_top_region_dimensions_break_the_model_far_more_than_random_ones(quick_dimensions):

@@ -64,6 +64,17 @@ def test_the_literal_readme_lm_eval_command_runs(plain, tmp_path):
     assert res["results"]["lingreg_ppl_en"]["token_perplexity,none"] > 1e6  # the core region zeroed: broken, as expected
 
 
+def test_the_literal_generation_command_runs_and_the_core_region_changes_the_language_written(plain, tmp_path):
+    """The guide's `lm_eval --model hf-region-ablated --model_args mask=core --tasks lingreg_gen_zh`, on the bundled model."""
+    argv = ["lm_eval", "--model", "hf-region-ablated", "--model_args", "mask=core", "--tasks", "lingreg_gen_zh", "--limit", "2"]
+    proc = _run(plain, *argv, "--output_path", tmp_path, "--log_samples", cwd=tmp_path)
+    assert proc.returncode == 0
+    res = json.loads(sorted(tmp_path.rglob("results*.json"))[-1].read_text())
+    items = res["lingreg_items"]["lingreg_gen_zh"]
+    assert len(items["output"]) == 2 and "zh" not in items["detected_lang"], items  # the core region removed: no Chinese comes out
+    assert res["results"]["lingreg_gen_zh"]["lang_fidelity,none"] == 0.0
+
+
 def test_every_lingreg_command_runs(plain, tiny_model_dir, tmp_path):
     tiny = str(tiny_model_dir)
     steps = [
