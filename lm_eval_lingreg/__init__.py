@@ -58,6 +58,7 @@ _PUBLIC = {
     "compare": "report:compare",
     "load_rules": "rules:load_rules",
     "apply_rules": "rules:apply_rules",
+    "gate": "rules:gate",
     # which language comes out
     "identify": "langid:identify",
     "language_metrics": "confusion:language_metrics",

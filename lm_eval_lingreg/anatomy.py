@@ -18,6 +18,34 @@ import torch
 
 from lm_eval_lingreg.errors import PerturbationError, RegionError, first
 
+__all__ = [
+    "DEFAULT_SCOPE",
+    "READERS",
+    "WRITERS",
+    "HEAD_NORMS",
+    "LAYER_PATTERN",
+    "layer_index",
+    "layer_module",
+    "base_model",
+    "named_parameters",
+    "compile_scope",
+    "in_scope",
+    "scope_shapes",
+    "hidden_size",
+    "model_name",
+    "editability_problems",
+    "model_fingerprint",
+    "Slot",
+    "short_module",
+    "is_norm",
+    "residual_slots",
+    "model_slots",
+    "gain_offset",
+    "Head",
+    "split_head",
+    "numel",
+]
+
 #: Parameters inside the transformer blocks: the paper's scope (embeddings, final norm and
 #: lm_head excluded).
 DEFAULT_SCOPE = r"layers\.\d+\."
@@ -27,7 +55,31 @@ READERS = frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "qkv_
 WRITERS = frozenset({"o_proj", "down_proj"})
 #: Per-head norms (Gemma-3, Qwen-3): they act on head_dim, not on the residual stream.
 HEAD_NORMS = frozenset({"q_norm", "k_norm"})
+#: A decoder layer in a dotted module or parameter name: `layers.<index>` at the start of the name or
+#: after a dot (group 1: the index). `layer_index` anchors it at the end of a name, before a suffix.
+LAYER_PATTERN = re.compile(r"(?:^|\.)layers\.(\d+)")
+#: A residual-stream tensor: the last `layers.<index>.` of the name, then its module and weight or bias.
 _SLOT_RE = re.compile(r"^(?:.*\.)?layers\.(\d+)\.(.+)\.(weight|bias)$")
+#: The variant `layer_module` reads: the first `layers.<index>.` anywhere in a name (as `DEFAULT_SCOPE`
+#: matches it), then the module, less a trailing `.weight` or `.bias`.
+_LAYER_MODULE_RE = re.compile(r"layers\.(\d+)\.(.+?)(?:\.weight|\.bias)?$")
+
+
+def layer_index(name: str, suffix: str = "") -> int | None:
+    """The decoder layer index of a name that ends in `layers.<index>` followed by `suffix` exactly, else None.
+
+    `layers` starts the name or follows a dot: `layer_index("model.layers.3")` is 3,
+    `layer_index("model.layers.3.mlp", ".mlp")` is 3, `layer_index("model.layers.3.mlp")` is None.
+    """
+    m = re.search(LAYER_PATTERN.pattern + re.escape(suffix) + "$", name)
+    return int(m.group(1)) if m else None
+
+
+def layer_module(name: str) -> tuple[int | None, str]:
+    """(layer index, module within the layer) of a parameter name, less a trailing `.weight`/`.bias`;
+    (None, name) when no `layers.<index>.` occurs in it."""
+    m = _LAYER_MODULE_RE.search(name)
+    return (int(m.group(1)), m.group(2)) if m else (None, name)
 
 
 def base_model(model: torch.nn.Module) -> torch.nn.Module:

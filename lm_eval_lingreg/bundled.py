@@ -18,6 +18,8 @@ from lm_eval_lingreg.errors import BundledModelError
 from lm_eval_lingreg.outputs import atomic_path, output_lock
 from lm_eval_lingreg.resources import cache_dir
 
+__all__ = ["DEFAULT_MODEL", "model_dir", "is_prepared", "resolve_pretrained", "bundled_cache_error", "prepare"]
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "gemma-3-270m"

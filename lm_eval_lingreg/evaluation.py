@@ -14,12 +14,26 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lm_eval_lingreg import progress
 from lm_eval_lingreg.errors import UsageError
 from lm_eval_lingreg.interventions import perturb
 from lm_eval_lingreg.outputs import check_writable, write_json
 from lm_eval_lingreg.perturbation import Perturbation
 from lm_eval_lingreg.regions import Region, apply
 from lm_eval_lingreg.results import DOCUMENTS, ITEMS, documents, items, task_name
+
+__all__ = [
+    "Condition",
+    "DEFAULT_LIMIT",
+    "UDHR_DOCUMENTS",
+    "documents_read",
+    "task_names",
+    "task_manager",
+    "check_labels",
+    "evaluate_conditions",
+    "ratio_table",
+    "demo",
+]
 
 Condition = Region | Sequence[Perturbation] | None
 #: UDHR documents per language read by default (main job, regions experiment); docs/EVALUATION.md says why.
@@ -103,9 +117,6 @@ def evaluate_conditions(
     `{"max_gen_toks": 16}`) override the generation tasks' own settings. With `output_dir`,
     each condition's results JSON is written atomically to `<output_dir>/<condition>/results.json`.
     """
-    import lm_eval
-    from lm_eval.utils import handle_non_serializable
-
     check_labels(list(conditions))
     names = list(tasks) if tasks is not None else task_names(langs)
     _check_tasks(names, limit, first)
@@ -113,6 +124,24 @@ def evaluate_conditions(
     if output_dir is not None:
         check_writable(output_dir, into=True)
     manager = task_manager()
+    per_condition = sum(limit or _documents_in(t) - first for t in names)
+    with progress.job(len(conditions) * per_condition, f"{len(conditions)} conditions x {len(names)} tasks"):
+        return _evaluate_each(lm, conditions, names, manager, which, batch_size, gen_kwargs, output_dir)
+
+
+def _evaluate_each(
+    lm: Any,
+    conditions: Mapping[str, Condition],
+    names: list[str],
+    manager: Any,
+    which: dict[str, Any],
+    batch_size: int | None,
+    gen_kwargs: Mapping[str, Any] | None,
+    output_dir: str | os.PathLike | None,
+) -> dict[str, dict]:
+    import lm_eval
+    from lm_eval.utils import handle_non_serializable
+
     out: dict[str, dict] = {}
     for label, cond in conditions.items():
         info, undo = _apply(lm, cond)

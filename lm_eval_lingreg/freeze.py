@@ -29,6 +29,8 @@ from transformers import TrainerCallback
 from lm_eval_lingreg.edits import SavedEntries
 from lm_eval_lingreg.regions import Region, validate
 
+__all__ = ["without_norms", "FrozenRegion", "merge_and_reimpose", "FreezeCallback"]
+
 
 def without_norms(region: Region) -> Region:
     """The region minus its entries in norm weights (any tensor whose name contains `norm`): the

@@ -29,6 +29,19 @@ from lm_eval_lingreg.anatomy import DEFAULT_SCOPE, in_scope, named_parameters
 from lm_eval_lingreg.errors import UsageError
 from lm_eval_lingreg.lm_loss import DEFAULT_MAX_LOGITS_MB, IGNORE, backward_weighted_nll, next_token_labels, pad_batch
 
+__all__ = [
+    "LOSS_NORMS",
+    "GRAD_DTYPES",
+    "GradientSum",
+    "check_loss_norm",
+    "grad_dtype_of",
+    "usable",
+    "micro_batches",
+    "sum_gradients",
+    "importance",
+    "global_importance",
+]
+
 LOSS_NORMS = ("sample", "batch-token")
 GRAD_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

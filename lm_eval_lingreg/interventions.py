@@ -9,18 +9,19 @@ entry bit for bit (it is also a context manager).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from lm_eval_lingreg.anatomy import base_model, editability_problems, model_slots, named_parameters
+from lm_eval_lingreg.anatomy import base_model, editability_problems, layer_index, model_slots, named_parameters
 from lm_eval_lingreg.edits import SavedEntries
 from lm_eval_lingreg.errors import PerturbationError, close_matches
 from lm_eval_lingreg.languages import CORE_LANGUAGES
 from lm_eval_lingreg.perturbation import GROUPS, Perturbation, spec_dicts, spec_sha256, spec_string
+
+__all__ = ["Target", "text_decoder", "decoder_layers", "MEAN_CALIBRATION", "activation_means", "resolve", "Applied", "check_all", "perturb"]
 
 
 @dataclass
@@ -111,9 +112,9 @@ def decoder_layers(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
     """{layer index: decoder layer module}: the modules whose output is the residual stream after each layer."""
     out = {}
     for name, module in text_decoder(model).named_modules():
-        m = re.search(r"(?:^|\.)layers\.(\d+)$", name)
-        if m and not isinstance(module, torch.nn.ModuleList):
-            out.setdefault(int(m.group(1)), module)
+        index = layer_index(name)
+        if index is not None and not isinstance(module, torch.nn.ModuleList):
+            out.setdefault(index, module)
     return out
 
 

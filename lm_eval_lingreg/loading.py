@@ -70,6 +70,32 @@ def torch_dtype(dtype: str, device: str = "cpu"):
     return getattr(torch, resolve_dtype(dtype, device))
 
 
+def check_model_folder(path: str | os.PathLike) -> None:
+    """Refuse a local model folder with an entry that is not a regular file or a folder: a FIFO (reading it
+    blocks), a socket or device, a broken or looping link. One error names the entry; a hub id (no such
+    folder) passes through."""
+    import stat
+    from pathlib import Path
+
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as e:
+        raise ModelLoadError(f"model folder {folder} cannot be listed ({e.strerror or e})") from e
+    for entry in entries:
+        try:
+            mode = entry.stat().st_mode  # follows links: a broken or looping one fails here
+        except OSError as e:
+            kind = "a broken or looping link" if entry.is_symlink() else f"unreadable ({e.strerror or e})"
+            raise ModelLoadError(f"model folder {folder}: {entry.name} is {kind}; replace it with the file itself or remove it") from e
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise ModelLoadError(
+                f"model folder {folder}: {entry.name} is not a regular file (a pipe, socket or device); replace it with the file itself or remove it"
+            )
+
+
 def load_model(pretrained: str | None = None, *, device: str = "auto", dtype: str = "float32", device_map: str | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) on the chosen device; `pretrained` None = the bundled model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -82,6 +108,14 @@ def load_model(pretrained: str | None = None, *, device: str = "auto", dtype: st
         kwargs["device_map"] = device_map
     else:
         device = resolve_device(device)
+    try:
+        check_model_folder(path)
+    except ModelLoadError as e:
+        from lm_eval_lingreg.bundled import DEFAULT_MODEL, bundled_cache_error
+
+        if pretrained in (None, "", DEFAULT_MODEL):
+            raise bundled_cache_error(path, str(e)) from e
+        raise
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -21,10 +21,12 @@ from typing import Any
 
 from lm_eval.models.huggingface import HFLM
 
-from lm_eval_lingreg import __version__
+from lm_eval_lingreg import __version__, progress
 from lm_eval_lingreg.bundled import DEFAULT_MODEL, resolve_pretrained
 from lm_eval_lingreg.errors import LingregError, ModelLoadError, close_matches
 from lm_eval_lingreg.perturbation import KEYS as PERTURBATION_KEYS
+
+__all__ = ["TokenCountedLoglik", "ROLLING_BOS", "LingregLM", "RegionAblatedLM", "PerturbedLM"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,7 @@ class LingregLM(HFLM):
             raise ModelLoadError(f"{self._model_name()}: cannot load model {pretrained!r}: {type(e).__name__}: {first}") from e
         self._rolling_bos = rolling_bos
         self._in_rolling = False
+        self._docs_to_tick = 0
         self._costs = {"tokens": 0, "seconds": 0.0}
         param = next(self._model.parameters())
         self._lingreg_info: dict[str, Any] = {
@@ -137,20 +140,31 @@ class LingregLM(HFLM):
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         t0 = time.perf_counter()
         self._in_rolling = True
+        self._docs_to_tick = len(requests)
         try:
-            lls = super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+            lls = super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm or progress.active())
+            progress.tick(self._docs_to_tick)  # a document of several windows ticked once per window: the rest now
             # get_rolling_token_windows predicts every token of the encoded string once.
             out = [TokenCountedLoglik(ll, len(self.tok_encode(req.args[0]))) for ll, req in zip(lls, requests, strict=True)]
         finally:
             self._in_rolling = False
+            self._docs_to_tick = 0
         self._costs["tokens"] += sum(x.n_tokens for x in out)
         self._costs["seconds"] += time.perf_counter() - t0
+        return out
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        out = super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm or progress.active(), override_bs=override_bs)
+        if self._in_rolling:  # a window at a time: at most the documents of this call
+            n = min(len(requests), self._docs_to_tick)
+            self._docs_to_tick -= n
+            progress.tick(n)
         return out
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         t0 = time.perf_counter()
         try:
-            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+            return super().generate_until(requests, disable_tqdm=disable_tqdm or progress.active())
         finally:
             self._costs["generation_seconds"] = self._costs.get("generation_seconds", 0.0) + time.perf_counter() - t0
 
@@ -158,6 +172,7 @@ class LingregLM(HFLM):
         out = super()._model_generate(context, max_length, stop, **generation_kwargs)
         # every row of a batch runs until the last one stops: these are the tokens computed
         self._costs["tokens_generated"] = self._costs.get("tokens_generated", 0) + (out.shape[1] - context.shape[1]) * out.shape[0]
+        progress.tick(out.shape[0])
         return out
 
     @contextlib.contextmanager

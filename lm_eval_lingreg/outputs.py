@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
+import importlib.util
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,8 @@ from pathlib import Path
 from lm_eval_lingreg.errors import OutputError
 
 _HELD: dict[str, int] = {}  # lock files this process holds, with their nesting depth
+#: Whether this platform has flock (every Unix). Where it has not (Windows), the lock is filelock's.
+_FLOCK = importlib.util.find_spec("fcntl") is not None
 LOCK_SUFFIX = ".lingreg-lock"
 #: A temporary or a replaced output of ours: `.<target>.lingreg-tmp-<pid>-<random>` or `.lingreg-old-`.
 _TEMPORARY = re.compile(r"^\.(?P<target>.+)\.lingreg-(?:tmp|old)-\d+-[^/]+$")
@@ -64,17 +67,57 @@ def output_lock(target: str | os.PathLike, wait: bool = False) -> Iterator[None]
             _HELD[key] -= 1
         return
     lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(lock, target, wait)
-    _HELD[key] = 1
-    try:  # the pid is written inside the block whose end removes the lock: a failure (full disk) leaves nothing
+    if not _FLOCK:
+        with _portable_lock(lock, target, wait):
+            _HELD[key] = 1
+            try:
+                yield
+            finally:
+                del _HELD[key]
+        return
+    fd = None
+    try:  # taken inside the block whose end removes it: a signal or a full disk right after leaves no lock file
+        fd = _acquire(lock, target, wait)
+        _HELD[key] = 1
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         yield
     finally:
-        del _HELD[key]
+        if fd is not None:
+            _HELD.pop(key, None)
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            os.close(fd)
+
+
+def _flock(fd: int, wait: bool = False) -> None:
+    """flock `fd` exclusively; `BlockingIOError` if another holder has it, unless `wait`."""
+    import fcntl  # Unix only: imported here, so that this module (and loading a region) imports everywhere
+
+    fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+
+
+def _refused(lock: Path, target: Path) -> OutputError:
+    return OutputError(f"{target} is being written by another lingreg process{_holder(lock)}; wait for it to finish, or choose another output")
+
+
+@contextlib.contextmanager
+def _portable_lock(lock: Path, target: Path, wait: bool) -> Iterator[None]:
+    """The lock where flock is missing (Windows): filelock's, its file removed afterwards. The pid is not
+    written into it there (the locked file cannot be written through another handle)."""
+    from filelock import FileLock, Timeout
+
+    held = FileLock(str(lock), timeout=-1 if wait else 0)
+    try:
+        held.acquire()
+    except Timeout as exc:
+        raise _refused(lock, target) from exc
+    try:
+        yield
+    finally:
+        held.release()
         with contextlib.suppress(OSError):
             lock.unlink()
-        os.close(fd)
 
 
 def _acquire(lock: Path, target: Path, wait: bool) -> int:
@@ -85,13 +128,11 @@ def _acquire(lock: Path, target: Path, wait: bool) -> int:
         while True:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                _flock(fd, wait)
             except BlockingIOError as exc:
                 os.close(fd)
                 fd = None
-                raise OutputError(
-                    f"{target} is being written by another lingreg process{_holder(lock)}; wait for it to finish, or choose another output"
-                ) from exc
+                raise _refused(lock, target) from exc
             try:  # the file we locked may have been unlinked by its previous holder: lock the live one
                 same = os.fstat(fd).st_ino == os.stat(lock).st_ino
             except FileNotFoundError:
@@ -103,7 +144,7 @@ def _acquire(lock: Path, target: Path, wait: bool) -> int:
     except BaseException:
         if fd is not None:
             with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours (or free): safe to remove
+                _flock(fd)  # ours (or free): safe to remove
                 lock.unlink()
             os.close(fd)
         raise
@@ -136,9 +177,15 @@ OWNER_FILE = ".lingreg-output.json"
 
 def owner(folder: Path) -> str | None:
     """The command that wrote `folder` as a whole, if one did."""
-    try:
-        data = json.loads((folder / OWNER_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    from lm_eval_lingreg.errors import LingregError
+    from lm_eval_lingreg.strict import loads_json, read_text
+
+    path = folder / OWNER_FILE
+    if path.is_symlink():  # a link can point at another folder's record
+        return None
+    try:  # strictly, and never a blocking read: a FIFO, a folder or a repeated key there is no claim of ours
+        data = loads_json(read_text(path, OutputError, "output record", max_bytes=2**16), OutputError, str(path), finite=True)
+    except LingregError:
         return None
     return data.get("command") if isinstance(data, dict) else None
 
@@ -151,8 +198,19 @@ def _held(lock: Path) -> bool:
         fd = os.open(lock, os.O_RDWR)
     except OSError:
         return False
+    if not _FLOCK:
+        os.close(fd)
+        from filelock import FileLock, Timeout
+
+        probe = FileLock(str(lock), timeout=0)
+        try:
+            probe.acquire()
+        except Timeout:
+            return True
+        probe.release()
+        return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _flock(fd)
     except BlockingIOError:
         return True
     finally:
@@ -292,13 +350,16 @@ def _swap(target: Path, directory: bool, owned_by: str | None) -> Iterator[Path]
     prefix = f".{target.name}.lingreg-tmp-{os.getpid()}-"
     umask = os.umask(0)
     os.umask(umask)
-    try:  # a file is written inside a private folder: whatever a library writes beside it (safetensors' own
-        # `.tmpXXXXXX`) then stays inside, and a killed run leaves one temporary that the next run removes
-        box = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
-    except OSError as e:
-        raise OutputError(f"cannot write {target}: {e.strerror or e}") from e
+    # A file is written inside a private folder: whatever a library writes beside it (safetensors' own `.tmpXXXXXX`)
+    # stays inside, and a killed run leaves one temporary that the next run removes. The folder is named first and
+    # made inside the block that removes it, so a signal at any moment leaves nothing.
+    box = target.parent / f"{prefix}{secrets.token_hex(6)}"
     tmp = box if directory else box / target.name
     try:
+        try:
+            box.mkdir(mode=0o700)
+        except OSError as e:
+            raise OutputError(f"cannot write {target}: {e.strerror or e}") from e
         yield tmp
         if not directory and (tmp.is_symlink() or not tmp.is_file()):
             raise OutputError(f"cannot write {target}: the writer left no file")
@@ -307,8 +368,9 @@ def _swap(target: Path, directory: bool, owned_by: str | None) -> Iterator[Path]
         # mkstemp/mkdtemp (and some writers) make 0600/0700; the result is meant to be shared
         os.chmod(tmp, (0o777 if directory else 0o666) & ~umask)
         if directory and target.is_dir():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.lingreg-old-{os.getpid()}-", dir=target.parent))
+            old = target.parent / f".{target.name}.lingreg-old-{os.getpid()}-{secrets.token_hex(6)}"
             try:
+                old.mkdir(mode=0o700)
                 os.replace(target, old / "x")
                 try:
                     os.replace(tmp, target)

@@ -51,6 +51,8 @@ from typing import TYPE_CHECKING, Any
 
 from lm_eval_lingreg.errors import PerturbationError
 
+__all__ = ["OPS", "ON", "SCALES", "GROUPS", "KEYS", "Perturbation", "MAX_INT", "MAX_RANGE", "parse_spec", "spec_dicts", "spec_sha256", "spec_string"]
+
 if TYPE_CHECKING:
     from lm_eval_lingreg.regions import Region
 

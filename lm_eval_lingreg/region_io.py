@@ -32,6 +32,31 @@ from lm_eval_lingreg.outputs import atomic_path, sort_safetensors_header
 from lm_eval_lingreg.regions import MAX_TENSOR_NUMEL, Region, check_name
 from lm_eval_lingreg.resources import masks_dir
 
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "ENCODING",
+    "TORCH_SUFFIXES",
+    "FORMATS",
+    "MAX_DENSE_GB",
+    "encode_indices",
+    "decode_indices",
+    "save_safetensors",
+    "load_safetensors",
+    "torch_load",
+    "load_torch",
+    "save_torch",
+    "check_backed",
+    "load_official_dir",
+    "save_official_dir",
+    "shipped_masks",
+    "resolve",
+    "load_region",
+    "format_for",
+    "save_region",
+    "file_sha256",
+]
+
 FORMAT = "lm-eval-lingreg/region"
 FORMAT_VERSION = "1"
 ENCODING = "delta-leb128"
@@ -200,7 +225,7 @@ def _shape(shape: Any, name: str, path: Path) -> tuple[int, ...]:
 # torch formats -------------------------------------------------------------------------
 
 
-def _torch_load(path: Path, error: type[Exception] = RegionFileError, advice: str = "Save masks as a dict of tensors, or use the .safetensors format.") -> Any:
+def torch_load(path: Path, error: type[Exception] = RegionFileError, advice: str = "Save masks as a dict of tensors, or use the .safetensors format.") -> Any:
     """`torch.load(weights_only=True)`: tensors and plain containers only, never pickled code; one clear `error` otherwise."""
     if not path.is_file():
         raise error(f"{path} is not a regular file (a pipe or device?)")
@@ -217,7 +242,7 @@ def _torch_load(path: Path, error: type[Exception] = RegionFileError, advice: st
 
 def load_torch(path: str | os.PathLike) -> Region:
     path = Path(path)
-    obj = _torch_load(path)
+    obj = torch_load(path)
     if not isinstance(obj, dict):
         raise RegionFileError(f"{path}: expected a dict of parameter name -> tensor, got {type(obj).__name__}")
     metadata = obj.pop("__metadata__", None) or {}
@@ -234,7 +259,7 @@ def load_torch(path: str | os.PathLike) -> Region:
             raise RegionFileError(f"{path}: key {name!r} is not a parameter name")
         if not isinstance(t, torch.Tensor):
             raise RegionFileError(f"{path}: entry {name!r} is a {type(t).__name__}, expected a tensor")
-        _check_backed(t, name, path)
+        check_backed(t, name, path)
         if t.dtype == torch.bool:
             indices[name] = torch.nonzero(t.reshape(-1)).reshape(-1)
             shapes[name] = tuple(t.shape)
@@ -298,7 +323,7 @@ def save_torch(region: Region, path: str | os.PathLike, overwrite: bool = False,
     return Path(path)
 
 
-def _check_backed(t: torch.Tensor, name: str, path: Path, error: type[Exception] = RegionFileError) -> None:
+def check_backed(t: torch.Tensor, name: str, path: Path, error: type[Exception] = RegionFileError) -> None:
     """A tensor's declared size must be backed by its data: an expanded (stride-0) 1-byte tensor can claim billions of entries."""
     if t.numel() > MAX_TENSOR_NUMEL or t.untyped_storage().nbytes() < t.numel() * t.element_size():
         raise error(
@@ -321,10 +346,10 @@ def load_official_dir(path: str | os.PathLike) -> Region:
         raise RegionFileError(f"{path}: directory holds no <parameter name>.pt files (the official code's layout)")
     masks = {}
     for f in files:
-        t = _torch_load(f)
+        t = torch_load(f)
         if not isinstance(t, torch.Tensor) or t.dtype != torch.bool:
             raise RegionFileError(f"{f}: expected a bool tensor, got {getattr(t, 'dtype', type(t).__name__)}")
-        _check_backed(t, f.name, path)
+        check_backed(t, f.name, path)
         masks[f.name[: -len(".pt")]] = t
     meta_file = path / "region.json"
     metadata: Any = {}

@@ -16,16 +16,24 @@ from typing import Any
 
 import torch
 
-from lm_eval_lingreg.anatomy import (  # noqa: F401 - re-exported: regions was their home
-    DEFAULT_SCOPE,
-    editability_problems,
-    model_name,
-    named_parameters,
-    numel,
-    scope_shapes,
-)
+from lm_eval_lingreg.anatomy import editability_problems, layer_module, model_name, named_parameters, numel
 from lm_eval_lingreg.edits import SavedEntries
-from lm_eval_lingreg.errors import RegionError, RegionMismatchError, first  # noqa: F401 - re-exported
+from lm_eval_lingreg.errors import RegionError, RegionMismatchError, first
+
+__all__ = [
+    "MAX_TENSOR_NUMEL",
+    "MAX_NAME",
+    "check_name",
+    "check_shape",
+    "Region",
+    "validate",
+    "check_value",
+    "apply",
+    "restore",
+    "summarize",
+    "totals_by",
+    "jaccard",
+]
 
 #: Largest tensor a region may describe (entries); far above any single weight of a 70B model.
 MAX_TENSOR_NUMEL = 2**36
@@ -287,15 +295,12 @@ def restore(region: Region, model: torch.nn.Module, saved: SavedEntries) -> None
 
 # inspection ------------------------------------------------------------------------------
 
-_LAYER = re.compile(r"layers\.(\d+)\.(.+?)(?:\.weight|\.bias)?$")
-
 
 def summarize(region: Region) -> list[dict[str, Any]]:
     """Selected entries per (layer, module), with the share of that module's entries."""
     rows = []
     for name, shape in region.shapes.items():
-        m = _LAYER.search(name)
-        layer, module = (int(m.group(1)), m.group(2)) if m else (None, name)
+        layer, module = layer_module(name)
         n = int(region.indices[name].numel()) if name in region.indices else 0
         rows.append({"name": name, "layer": layer, "module": module, "selected": n, "entries": numel(shape), "share": n / max(1, numel(shape))})
     return rows

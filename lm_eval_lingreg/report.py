@@ -18,6 +18,22 @@ from lm_eval_lingreg.languages import LANGUAGES
 from lm_eval_lingreg.results import LOWER_IS_BETTER, MEAN_METRICS, METRICS, Run, check_metric, geomean, is_row, row_name, row_order, run_by_label
 from lm_eval_lingreg.strict import read_number
 
+__all__ = [
+    "BASELINE_SCHEMA",
+    "BASELINE_FIELDS",
+    "check_convention",
+    "build_table",
+    "summary_label",
+    "compare_values",
+    "fmt_short",
+    "fmt_value",
+    "render_table",
+    "load_baseline",
+    "baseline_from_runs",
+    "check_tolerance",
+    "compare",
+]
+
 BASELINE_SCHEMA = "lm-eval-lingreg/baselines/v1"
 BASELINE_FIELDS = ("source", "citation", "model", "condition", "language", "metric", "value", "kind", "note", "convention")
 

@@ -18,6 +18,39 @@ from typing import Any
 from lm_eval_lingreg.errors import ReportError
 from lm_eval_lingreg.languages import LANGUAGES
 
+__all__ = [
+    "PPL_METRICS",
+    "GEN_METRICS",
+    "MT_METRICS",
+    "MEAN_METRICS",
+    "METRICS",
+    "MEAN_RANGE",
+    "MAX_RESULTS_BYTES",
+    "LOWER_IS_BETTER",
+    "ITEMS",
+    "KIND_METRICS",
+    "task_name",
+    "geomean",
+    "safe_exp",
+    "per_language",
+    "number",
+    "DOCUMENTS",
+    "documents",
+    "items",
+    "Items",
+    "SIZES",
+    "Documents",
+    "Run",
+    "read_run",
+    "find_results",
+    "load_runs",
+    "is_row",
+    "row_order",
+    "row_name",
+    "check_metric",
+    "run_by_label",
+]
+
 PPL_METRICS = ("bits_per_byte", "byte_perplexity", "word_perplexity", "token_perplexity")
 #: Metrics of the generation tasks (`lingreg_gen_<iso>`): shares of outputs (0-1) and mean sentence chrF (0-100).
 GEN_METRICS = ("lang_fidelity", "line_pass", "word_pass", "chrf")

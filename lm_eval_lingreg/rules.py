@@ -1,7 +1,7 @@
 """Regression rules: expectations on runs (a value, or a comparison with a base run, within bounds) and their verdicts.
 
 A rules file (YAML, read strictly) lists rules; `apply_rules` judges every matching run and language.
-`lingreg check --rules` prints the verdicts and decides the exit code.
+`gate` is the regression gate of `lingreg check`: baseline values and rules judged together, one verdict.
 """
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ import fnmatch
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lm_eval_lingreg.errors import ReportError
+from lm_eval_lingreg.errors import ReportError, UsageError
 from lm_eval_lingreg.languages import LANGUAGES
-from lm_eval_lingreg.report import check_convention, compare_values
+from lm_eval_lingreg.report import check_convention, compare, compare_values, fmt_value
 from lm_eval_lingreg.results import METRICS, Run, is_row, row_name, row_order
 from lm_eval_lingreg.strict import read_number
 
-__all__ = ["Rule", "load_rules", "apply_rules"]
+__all__ = ["Rule", "load_rules", "apply_rules", "Verdict", "gate"]
 
 _RULE_KEYS = {"name", "condition", "metric", "ratio_to", "min", "max", "languages", "exclude", "ci"}
 
@@ -212,3 +212,52 @@ def _judge(rule: Rule, run: Run, base: Run | None, iso: str) -> dict[str, Any]:
     else:
         why = ""
     return row | {"value": v, "ok": not why, "why": why}
+
+
+@dataclass
+class Verdict:
+    """What a gate found: each failed check in one line, how many were checked, and baseline values with no run to judge."""
+
+    failures: list[str] = field(default_factory=list)
+    checked: int = 0
+    skipped: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def gate(
+    runs: Sequence[Run],
+    baseline: Sequence[Mapping[str, Any]] | None = None,
+    rules: Sequence[Rule] | None = None,
+    rtol: float = 0.05,
+    atol: float = 0.0,
+    ci: float | None = None,
+    strict: bool = False,
+    both_ways: bool = False,
+    allow_mixed: bool = False,
+) -> Verdict:
+    """Judge `runs` against baseline values (worse than `rtol`/`atol`, missing with `strict`, NaN; better too with
+    `both_ways`) and against `rules`. A gate that checks nothing is bad input, never a pass."""
+    if baseline is None and rules is None:
+        raise UsageError("give a baseline and/or rules to check against")
+    v = Verdict()
+    for r in compare(runs, baseline, rtol=rtol, atol=atol, ci=ci, allow_mixed=allow_mixed) if baseline else []:
+        if r["status"] == "missing" and not strict:
+            v.skipped += 1
+            continue
+        v.checked += 1
+        if r["status"] in ("worse", "missing", "nan") or (both_ways and r["status"] == "better"):
+            v.failures.append(
+                f"{r['condition']} {r['language']} {r['metric']}: {'NaN' if r['status'] == 'nan' else fmt_value(r['got'])} vs baseline {fmt_value(r['value'])} ({r['status']}"
+                + (f", {r['rel']:+.1%}" if r["rel"] == r["rel"] else "")
+                + ")"
+            )
+    for r in apply_rules(runs, rules, allow_mixed=allow_mixed) if rules else []:
+        v.checked += 1
+        if not r["ok"]:
+            v.failures.append(f"rule '{r['rule']}': {r['run']} {r['language']} = {fmt_value(r['value'])} ({r['why']})")
+    if not v.failures and not v.checked:
+        raise UsageError("nothing was checked: no baseline value or rule matches these runs (check their labels with `lingreg table`)")
+    return v

@@ -36,6 +36,26 @@ from lm_eval_lingreg.importance import global_importance
 from lm_eval_lingreg.lm_loss import DEFAULT_MAX_LOGITS_MB
 from lm_eval_lingreg.outputs import atomic_path, check_writable, clean_folder, output_lock, sort_safetensors_header
 
+__all__ = [
+    "FORMAT",
+    "config_sha",
+    "score_path",
+    "save_scores",
+    "read_header",
+    "differences",
+    "ScoreSet",
+    "LABELS",
+    "Scoring",
+    "check_score_targets",
+    "score_languages",
+    "PAPER_SCORING",
+    "checkpoint_path",
+    "OFFICIAL_CHECKPOINT",
+    "IMPORTED_FINGERPRINT",
+    "official_checkpoint",
+    "import_official",
+]
+
 log = logging.getLogger(__name__)
 FORMAT = "lm-eval-lingreg/scores"
 
@@ -102,7 +122,20 @@ class ScoreSet:
             raise ScoreFileError(f"scores directory {self.directory} not found; create it with `lingreg score --out {self.directory}`")
         from lm_eval_lingreg.languages import LANGUAGES
 
-        available = sorted(p.stem for p in self.directory.glob("*.safetensors") if p.stem in LANGUAGES and p.is_file())
+        import stat
+
+        entries = sorted(self.directory.glob("*.safetensors"))
+        for p in entries:  # a FIFO, folder or broken link is an error, never a language silently left out
+            try:
+                regular = stat.S_ISREG(p.stat().st_mode)
+            except OSError:
+                regular = False
+            if not regular:
+                raise ScoreFileError(
+                    f"{p} is not a regular file (a pipe, folder, or broken or looping link); a score file is a <lang>.safetensors "
+                    f"file written by `lingreg score`: replace or remove it"
+                )
+        available = sorted(p.stem for p in entries if p.stem in LANGUAGES)
         if not available and not langs:
             raise ScoreFileError(f"{self.directory} holds no score files (<lang>.safetensors); create them with `lingreg score --out {self.directory}`")
         self.langs = langs or available
@@ -477,7 +510,7 @@ def import_official(
     same `model_label` form a score set from which `lingreg extract` builds regions."""
     from lm_eval_lingreg.anatomy import compile_scope
     from lm_eval_lingreg.languages import parse_languages
-    from lm_eval_lingreg.region_io import _check_backed, _torch_load
+    from lm_eval_lingreg.region_io import check_backed, torch_load
     from lm_eval_lingreg.regions import check_name
 
     langs = parse_languages(lang)
@@ -496,10 +529,10 @@ def import_official(
         name = f.name[: -len(".pt")].removeprefix("module.")
         if not pattern.search(name):
             continue
-        t = _torch_load(f, ScoreFileError, advice)
+        t = torch_load(f, ScoreFileError, advice)
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             raise ScoreFileError(f"{f}: expected a floating-point tensor of scores, got {getattr(t, 'dtype', type(t).__name__)}")
-        _check_backed(t, name, f, ScoreFileError)
+        check_backed(t, name, f, ScoreFileError)
         if not bool(torch.isfinite(t).all()):
             raise ScoreFileError(f"{f}: the scores are not all finite; the official run that wrote it diverged")
         try:

@@ -13,6 +13,8 @@ import torch
 from lm_eval_lingreg.errors import RegionError
 from lm_eval_lingreg.regions import Region
 
+__all__ = ["check_ratio", "select_random", "WHICH", "select_tensor", "select_core", "select_monolingual", "select_monolingual_all"]
+
 
 def _generator(seed: int) -> torch.Generator:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
@@ -20,7 +22,7 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _check_ratio(ratio: float) -> float:
+def check_ratio(ratio: float) -> float:
     ratio = float(ratio)
     if not 0.0 < ratio <= 1.0:
         raise RegionError(f"ratio must be in (0, 1], got {ratio} (for 1% pass 0.01)")
@@ -29,7 +31,7 @@ def _check_ratio(ratio: float) -> float:
 
 def select_random(shapes: Mapping[str, tuple[int, ...]], ratio: float, seed: int = 0, metadata: Mapping | None = None) -> Region:
     """Uniformly random `int(ratio * numel)` entries of each tensor, reproducible from `seed`."""
-    ratio = _check_ratio(ratio)
+    ratio = check_ratio(ratio)
     gen = _generator(seed)
     indices = {}
     for name, shape in shapes.items():
@@ -77,7 +79,7 @@ def select_core(
 
     `get(lang, name)` returns s_l of one tensor, so score files are read one tensor at a time.
     """
-    ratio = _check_ratio(ratio)
+    ratio = check_ratio(ratio)
     gen = _generator(seed)
     indices, shapes = {}, {}
     informative = False
@@ -123,7 +125,7 @@ def select_monolingual_all(
     only: Sequence[str] | None = None,
 ) -> dict[str, Region]:
     """The monolingual regions of every language of `langs` (or of `only`), each language's k entries chosen once."""
-    ratio = _check_ratio(ratio)
+    ratio = check_ratio(ratio)
     if which not in ("top", "bottom"):
         raise RegionError(f"a monolingual region is built from top or bottom entries, not {which!r}")
     if len(set(langs)) < 2:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,17 +28,39 @@ from typing import Any
 
 import torch
 
-from lm_eval_lingreg.anatomy import DEFAULT_SCOPE, base_model, compile_scope, in_scope, scope_shapes
+from lm_eval_lingreg.anatomy import DEFAULT_SCOPE, base_model, compile_scope, in_scope, layer_index, scope_shapes
 from lm_eval_lingreg.errors import RegionError, RegionFileError
 from lm_eval_lingreg.regions import Region
-from lm_eval_lingreg.selection import _check_ratio, select_tensor
+from lm_eval_lingreg.selection import check_ratio, select_tensor
+
+__all__ = [
+    "SOURCES",
+    "LAPE_TOP_RATE",
+    "LAPE_FILTER_RATE",
+    "LAPE_BAR_RATE",
+    "select_magnitude",
+    "activation_pass",
+    "input_norms",
+    "select_wanda",
+    "activation_probabilities",
+    "check_lape_rates",
+    "lape_neurons",
+    "load_lape",
+    "down_projs",
+    "lape_region",
+    "load_coordinates",
+    "coordinates_region",
+    "MAX_PROMPT_TOKENS",
+    "detect_super_weights",
+    "shapes_of",
+]
 
 SOURCES = ("magnitude", "wanda", "lape", "super-weight")
 #: LAPE's published thresholds (RUCAIBox/Language-Specific-Neurons, identify.py).
 LAPE_TOP_RATE = 0.01
 LAPE_FILTER_RATE = 0.95
 LAPE_BAR_RATE = 0.95
-_DOWN_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.down_proj\.weight$")
+_DOWN_PROJ = ".mlp.down_proj.weight"  # after layers.<n>: the FFN down projection LAPE and super weights address
 
 
 def _which(which: str) -> str:
@@ -53,7 +74,7 @@ def _which(which: str) -> str:
 
 def select_magnitude(model: torch.nn.Module, ratio: float, which: str = "top", scope: str = DEFAULT_SCOPE, metadata: Mapping | None = None) -> Region:
     """Per tensor, the `int(ratio * numel)` entries of largest (or smallest) |W|."""
-    ratio, which = _check_ratio(ratio), _which(which)
+    ratio, which = check_ratio(ratio), _which(which)
     indices, shapes = {}, {}
     for name, p in in_scope(model, scope).items():
         shapes[name] = tuple(p.shape)
@@ -192,7 +213,7 @@ def select_wanda(
     """Top (or bottom) entries of |W_ij| * ||X_j||: `int(ratio * numel)` per tensor, or with `per_row`
     `int(ratio * in_features)` in each output row (Wanda's comparison group). In-scope tensors that
     are not linear weights (norm gains) have no input features and get no entry."""
-    ratio, which = _check_ratio(ratio), _which(which)
+    ratio, which = check_ratio(ratio), _which(which)
     params = in_scope(model, scope)
     indices, shapes = {}, {}
     for name, p in params.items():
@@ -226,9 +247,9 @@ def _mlp_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """(name, mlp) of each decoder layer, in layer order, with `act_fn`, `gate_proj`, `down_proj`."""
     out = []
     for name, module in base_model(model).named_modules():
-        m = re.search(r"(?:^|\.)layers\.(\d+)\.mlp$", name)
-        if m and all(hasattr(module, a) for a in ("act_fn", "gate_proj", "down_proj")):
-            out.append((int(m.group(1)), name, module))
+        index = layer_index(name, ".mlp")
+        if index is not None and all(hasattr(module, a) for a in ("act_fn", "gate_proj", "down_proj")):
+            out.append((index, name, module))
     if not out:
         raise RegionError("LAPE needs gated FFN blocks (layers.<n>.mlp with act_fn, gate_proj, down_proj), as in Llama, Gemma, Qwen and Mistral")
     return [(n, mod) for _, n, mod in sorted(out, key=lambda t: t[0])]
@@ -309,14 +330,14 @@ def lape_neurons(
 
 def load_lape(path: str | os.PathLike) -> list[list[torch.Tensor]]:
     """A LAPE `*.neuron.pth` file: per language, per layer, a 1-D integer tensor of neuron indices."""
-    from lm_eval_lingreg.region_io import _check_backed, _torch_load
+    from lm_eval_lingreg.region_io import check_backed, torch_load
 
     path = Path(path)
     if not path.exists():
         raise RegionFileError(f"{path}: no such LAPE neuron file")
     if not path.is_file():
         raise RegionFileError(f"{path} is not a regular file (a pipe or device?); give a LAPE *.neuron.pth file")
-    data = _torch_load(path, RegionFileError, "LAPE files hold a list (languages) of lists (layers) of index tensors.")
+    data = torch_load(path, RegionFileError, "LAPE files hold a list (languages) of lists (layers) of index tensors.")
     if not isinstance(data, (list, tuple)) or not data or not all(isinstance(lang, (list, tuple)) for lang in data):
         raise RegionFileError(f"{path}: not a LAPE neuron file: expected a list (one per language) of lists (one per layer) of index tensors")
     layers = {len(lang) for lang in data}
@@ -329,7 +350,7 @@ def load_lape(path: str | os.PathLike) -> list[list[torch.Tensor]]:
             if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
                 got = f"a {t.dim()}-D {t.dtype} tensor" if isinstance(t, torch.Tensor) else type(t).__name__
                 raise RegionFileError(f"{path}: language {li}, layer {layer}: expected a 1-D integer tensor of neuron indices, got {got}")
-            _check_backed(t, f"language {li}, layer {layer}", path)
+            check_backed(t, f"language {li}, layer {layer}", path)
             t = t.to(torch.long)
             if t.numel() and int(t.min()) < 0:
                 raise RegionFileError(f"{path}: language {li}, layer {layer}: negative neuron index {int(t.min())}")
@@ -338,8 +359,8 @@ def load_lape(path: str | os.PathLike) -> list[list[torch.Tensor]]:
     return out
 
 
-def _down_projs(shapes: Mapping[str, tuple[int, ...]]) -> dict[int, str]:
-    out = {int(m.group(1)): n for n in shapes if (m := _DOWN_RE.search(n))}
+def down_projs(shapes: Mapping[str, tuple[int, ...]]) -> dict[int, str]:
+    out = {i: n for n in shapes if (i := layer_index(n, _DOWN_PROJ)) is not None}
     if not out:
         raise RegionError("no layers.<n>.mlp.down_proj.weight among the model's parameters (in scope): LAPE and super weights address FFN down projections")
     return out
@@ -354,7 +375,7 @@ def lape_region(
 ) -> Region:
     """The region of LAPE neurons: their `down_proj` columns (and with `gate_up` their `gate_proj` and
     `up_proj` rows), for the languages at positions `langs` of the file (default: the union of all)."""
-    downs = _down_projs(shapes)
+    downs = down_projs(shapes)
     chosen = list(range(len(neurons))) if langs is None else list(langs)
     for i in chosen:
         if not 0 <= i < len(neurons):
@@ -421,7 +442,7 @@ def load_coordinates(path: str | os.PathLike) -> list[tuple[int, int, int]]:
 
 def coordinates_region(coords: Iterable[tuple[int, int, int]], shapes: Mapping[str, tuple[int, ...]], metadata: Mapping | None = None) -> Region:
     """Single `down_proj` entries: (layer, row, col) is `layers.<layer>.mlp.down_proj.weight[row, col]`."""
-    downs = _down_projs(shapes)
+    downs = down_projs(shapes)
     coords = sorted({tuple(int(v) for v in c) for c in coords})
     indices: dict[str, list[int]] = {}
     for layer, row, col in coords:

@@ -33,6 +33,24 @@ from lm_eval_lingreg.outputs import save_model
 from lm_eval_lingreg.regions import Region
 from lm_eval_lingreg.scan import ProbeSet, probe_perplexity
 
+__all__ = [
+    "TrainConfig",
+    "PAPER_PRESET",
+    "paper_preset",
+    "pack",
+    "documents",
+    "split_blocks",
+    "watch_probe",
+    "loss_backward",
+    "OFFICIAL_NO_DECAY",
+    "train",
+    "parse_lora",
+    "further_pretrain",
+    "save_checkpoint",
+    "resolve_freeze",
+    "condition_label",
+]
+
 log = logging.getLogger(__name__)
 
 
@@ -40,28 +58,42 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Everything that defines a training run (recorded with its results)."""
 
-    lang: str
-    data: str | None = None  # None: eld sentences (offline); a dir/file; or datasets:<path>[:<config>]
-    steps: int = 300
-    lr: float = 5e-5
-    batch_size: int = 4
-    seq_len: int = 128
-    grad_accum: int = 1
-    warmup: int = 10
-    schedule: str = "cosine"  # cosine | linear | constant
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    train_scope: str = "all"  # "all" or a regex on parameter names
-    eval_every: int = 25
-    eval_langs: Sequence[str] = field(default_factory=lambda: ["en", "zh", "ar"])
-    eval_blocks: int = 8
-    heldout: float = 0.1  # share of the target text kept for held-out evaluation
-    unit: str = "blocks"  # blocks: packed seq_len-token blocks; documents: BOS + text + EOS, at most seq_len tokens, padded
-    betas: tuple[float, float] = (0.9, 0.999)
-    decay: str = "matrices"  # weight decay on matrices only, or on "all" parameters (the official code)
-    freeze_norms: bool = True  # False: a frozen region's norm-weight entries train (the official code)
-    mixed_bf16: bool = False  # bf16 autocast forward over fp32 weights (the official bf16 run)
+    lang: str = field(metadata={"help": "the language trained on (ISO code)"})
+    data: str | None = field(
+        default=None,
+        metadata={"help": "training text: 'eld' (default, offline sentences), a directory of <iso>.txt/.jsonl, a file, or datasets:<path>[:<config>]"},
+    )
+    steps: int = field(default=300, metadata={"help": "optimizer steps"})
+    lr: float = field(default=5e-5, metadata={"help": "peak learning rate, as in the paper"})
+    batch_size: int = field(default=4, metadata={"help": "samples per micro-batch"})
+    seq_len: int = field(default=128, metadata={"help": "tokens per packed block, or the longest document kept"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    warmup: int = field(default=10, metadata={"help": "linear warmup steps"})
+    schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule after warmup: cosine, linear or constant"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradients are clipped to this norm"})
+    seed: int = field(default=0, metadata={"help": "random seed: data order, held-out split, random regions"})
+    train_scope: str = field(default="all", metadata={"help": "'all' or a regex on parameter names to train"})
+    eval_every: int = field(default=25, metadata={"help": "held-out evaluation every N steps"})
+    eval_langs: Sequence[str] = field(
+        default_factory=lambda: ["en", "zh", "ar"], metadata={"help": "languages whose held-out perplexity is tracked besides the target"}
+    )
+    eval_blocks: int = field(default=8, metadata={"help": "held-out blocks per watched language"})
+    heldout: float = field(default=0.1, metadata={"help": "share of the target text kept for held-out evaluation"})
+    unit: str = field(
+        default="blocks",
+        metadata={"help": "blocks: packed --seq-len blocks; documents: BOS + text + EOS, at most --seq-len tokens (longer ones dropped), padded"},
+    )
+    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "AdamW betas; the official code: 0.9,0.95"})
+    decay: str = field(
+        default="matrices", metadata={"help": "which parameters weight decay applies to: matrices, or all: every one but biases, the official grouping"}
+    )
+    freeze_norms: bool = field(
+        default=True, metadata={"help": "freeze the region's entries in norm weights too; the official code never froze norms: --no-freeze-norms"}
+    )
+    mixed_bf16: bool = field(
+        default=False, metadata={"help": "bf16 autocast forward over float32 weights, as the official bf16 run; slow on CPUs without native bf16"}
+    )
 
     def __post_init__(self) -> None:
         problems = []

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,11 +71,12 @@ def main() -> None:
         "aliases": {"core": "core-top-1", "bottom": "core-bottom-1", "random": "core-random-1"},
         "masks": {},
     }
+    staging = Path(tempfile.mkdtemp(prefix="lingreg-masks-"))  # the command never writes into the shipped folder it reads
     for name, cmd in jobs.items():
         out = MASKS / f"{name}.safetensors"
-        lingreg(*cmd, "--out", str(out))
+        lingreg(*cmd, "--out", str(staging / out.name))
         portable = "lingreg " + " ".join(cmd[:3] + ["<scores>"] + cmd[4:]) + f" --out masks/{out.name}"
-        region = load_region(out).with_metadata(command=portable)  # no paths of the machine that made it
+        region = load_region(staging / out.name).with_metadata(command=portable)  # no paths of the machine that made it
         save_region(region, out)
         manifest["masks"][name] = {
             "file": out.name,
@@ -91,6 +94,7 @@ def main() -> None:
         manifest["masks"][alias] = {**manifest["masks"][target], "alias_of": target}
     (MASKS / "MANIFEST.json").write_text(json.dumps(manifest, indent=1, sort_keys=False) + "\n")
     total = sum(m["bytes"] for k, m in manifest["masks"].items() if "alias_of" not in m)
+    shutil.rmtree(staging, ignore_errors=True)
     print(f"wrote {len(jobs)} masks ({total / 1e6:.1f} MB) and masks/MANIFEST.json")
 
 

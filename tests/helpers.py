@@ -118,3 +118,46 @@ def lm_eval_results(out_dir: Path) -> dict:
     files = sorted(out_dir.rglob("results*.json"))
     assert files, f"no results JSON under {out_dir}"
     return json.loads(files[-1].read_text())
+
+
+def region_on_dims(model: torch.nn.Module):
+    """Norm entry 7 (layer 0), column 7 of q_proj (layer 1, 2 of its 32 rows), row 7 of o_proj (layer 0, 5 entries), row 3 of down_proj."""
+    from lm_eval_lingreg.anatomy import scope_shapes
+    from lm_eval_lingreg.regions import Region
+
+    shapes = scope_shapes(model)
+    q = shapes["model.layers.1.self_attn.q_proj.weight"]
+    o = shapes["model.layers.0.self_attn.o_proj.weight"]
+    d = shapes["model.layers.1.mlp.down_proj.weight"]
+    idx = {
+        "model.layers.0.input_layernorm.weight": [7],
+        "model.layers.1.self_attn.q_proj.weight": [0 * q[1] + 7, 5 * q[1] + 7],
+        "model.layers.0.self_attn.o_proj.weight": [7 * o[1] + c for c in range(5)],
+        "model.layers.1.mlp.down_proj.weight": [3 * d[1] + 1],
+        "model.layers.1.self_attn.k_proj.weight": [],
+    }
+    return Region.from_indices(idx, shapes, {"kind": "test"})
+
+
+def random_region(model: torch.nn.Module, ratio: float = 0.05, seed: int = 0):
+    """A random region over the model's scope."""
+    from lm_eval_lingreg.anatomy import scope_shapes
+    from lm_eval_lingreg.selection import select_random
+
+    return select_random(scope_shapes(model), ratio, seed=seed)
+
+
+def check_frozen_exact_and_rest_moved(model: torch.nn.Module, before: dict[str, torch.Tensor], region, min_moved: float = 0.9) -> None:
+    """The region's entries are bit-identical to `before`; at least `min_moved` of the other in-scope entries changed."""
+    from lm_eval_lingreg.anatomy import named_parameters
+
+    params = named_parameters(model)
+    moved = total = 0
+    for name, p in params.items():
+        if name not in region.indices:
+            continue
+        m = region.mask(name)
+        assert torch.equal(p[m], before[name][m]), f"{name}: frozen entries changed"
+        moved += int((p[~m] != before[name][~m]).sum())
+        total += int((~m).sum())
+    assert moved / total >= min_moved, f"only {moved}/{total} trainable in-scope entries changed"

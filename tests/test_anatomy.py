@@ -10,6 +10,8 @@ from lm_eval_lingreg.anatomy import (
     gain_offset,
     hidden_size,
     in_scope,
+    layer_index,
+    layer_module,
     model_fingerprint,
     model_slots,
     named_parameters,
@@ -26,6 +28,21 @@ def test_scope_covers_blocks_but_not_embeddings_or_final_norm(tiny_model):
     assert all(".layers." in n for n in names)
     assert "model.layers.0.mlp.down_proj.weight" in names and "model.layers.1.input_layernorm.weight" in names
     assert not any("embed" in n or n == "model.norm.weight" or "lm_head" in n for n in names)
+
+
+def test_layer_names_are_read_one_way_everywhere(tiny_model):
+    assert layer_index("model.layers.3") == 3 and layer_index("layers.12") == 12
+    assert layer_index("model.layers.3.mlp", ".mlp") == 3 and layer_index("model.layers.3.mlp") is None
+    assert layer_index("model.layers.0.mlp.down_proj.weight", ".mlp.down_proj.weight") == 0
+    assert layer_index("model.layers.0.mlp.down_proj.weight.x", ".mlp.down_proj.weight") is None  # the suffix ends the name
+    assert layer_index("model.layers.0.mlpXdown_proj", ".mlp.down_proj") is None  # the suffix is literal, not a pattern
+    assert layer_index("model.sublayers.3") is None and layer_index("model.layers.x") is None  # `layers` starts a name part
+    assert layer_module("model.layers.1.mlp.down_proj.weight") == (1, "mlp.down_proj")
+    assert layer_module("model.layers.1.self_attn.o_proj.bias") == (1, "self_attn.o_proj")
+    assert layer_module("layers.2.input_layernorm") == (2, "input_layernorm")
+    assert layer_module("model.embed_tokens.weight") == (None, "model.embed_tokens.weight")
+    downs = {n: layer_index(n, ".mlp.down_proj.weight") for n in scope_shapes(tiny_model)}
+    assert sorted(i for i in downs.values() if i is not None) == list(range(tiny_model.config.num_hidden_layers))
 
 
 def test_bad_or_empty_scope_is_one_clear_error(tiny_model):

@@ -13,7 +13,7 @@ PUBLIC = [
     "Perturbation", "parse_spec", "perturb",
     "TrainConfig", "further_pretrain", "FrozenRegion", "FreezeCallback",
     "LingregLM", "RegionAblatedLM", "PerturbedLM", "evaluate_conditions",
-    "Run", "read_run", "load_runs", "build_table", "render_table", "load_baseline", "compare", "load_rules", "apply_rules",
+    "Run", "read_run", "load_runs", "build_table", "render_table", "load_baseline", "compare", "load_rules", "apply_rules", "gate",
     "identify", "language_metrics", "chrf",
     "LingregError",
 ]  # fmt: skip

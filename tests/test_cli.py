@@ -162,7 +162,7 @@ def test_params_scan_and_generate(tiny_model_dir, tmp_path):
 def test_dims_json_and_plot(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from test_dimensions import region_on_dims
+    from helpers import region_on_dims
 
     mask = save_region(region_on_dims(AutoModelForCausalLM.from_pretrained(tiny_model_dir)), tmp_path / "r.safetensors")
     proc = lingreg(

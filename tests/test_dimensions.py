@@ -2,25 +2,9 @@
 
 from __future__ import annotations
 
-from lm_eval_lingreg.anatomy import scope_shapes
 from lm_eval_lingreg.dimensions import dimension_counts, mean_abs_activations
-from lm_eval_lingreg.regions import Region
 
-
-def region_on_dims(model) -> Region:
-    """Norm entry 7 (layer 0), column 7 of q_proj (layer 1, 2 of its 32 rows), row 7 of o_proj (layer 0, 5 entries), row 3 of down_proj."""
-    shapes = scope_shapes(model)
-    q = shapes["model.layers.1.self_attn.q_proj.weight"]
-    o = shapes["model.layers.0.self_attn.o_proj.weight"]
-    d = shapes["model.layers.1.mlp.down_proj.weight"]
-    idx = {
-        "model.layers.0.input_layernorm.weight": [7],
-        "model.layers.1.self_attn.q_proj.weight": [0 * q[1] + 7, 5 * q[1] + 7],
-        "model.layers.0.self_attn.o_proj.weight": [7 * o[1] + c for c in range(5)],
-        "model.layers.1.mlp.down_proj.weight": [3 * d[1] + 1],
-        "model.layers.1.self_attn.k_proj.weight": [],
-    }
-    return Region.from_indices(idx, shapes, {"kind": "test"})
+from helpers import region_on_dims
 
 
 def test_dimension_counts_are_exact(tiny_model):

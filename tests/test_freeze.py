@@ -4,33 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from lm_eval_lingreg.anatomy import named_parameters, scope_shapes
+from lm_eval_lingreg.anatomy import named_parameters
 from lm_eval_lingreg.freeze import FreezeCallback, FrozenRegion, merge_and_reimpose
-from lm_eval_lingreg.selection import select_random
 from lm_eval_lingreg.training import pack
 
-from helpers import SENTENCES, make_tiny, tiny_tokenizer
-
-
-def _region(model, ratio=0.05, seed=0):
-    return select_random(scope_shapes(model), ratio, seed=seed)
-
-
-def _check_frozen_exact_and_rest_moved(model, before, region, min_moved=0.9):
-    params = named_parameters(model)
-    moved = total = 0
-    for name, p in params.items():
-        if name not in region.indices:
-            continue
-        m = region.mask(name)
-        assert torch.equal(p[m], before[name][m]), f"{name}: frozen entries changed"
-        moved += int((p[~m] != before[name][~m]).sum())
-        total += int((~m).sum())
-    assert moved / total >= min_moved, f"only {moved}/{total} trainable in-scope entries changed"
+from helpers import SENTENCES, check_frozen_exact_and_rest_moved, make_tiny, random_region, tiny_tokenizer
 
 
 def test_adamw_with_weight_decay_never_moves_frozen_entries(tiny_model):
-    region = _region(tiny_model)
+    region = random_region(tiny_model)
     before = {n: p.detach().clone() for n, p in named_parameters(tiny_model).items()}
     opt = torch.optim.AdamW(tiny_model.parameters(), lr=1e-2, weight_decay=0.5, betas=(0.9, 0.99))
     frozen = FrozenRegion(tiny_model, region).attach(opt)
@@ -41,7 +23,7 @@ def test_adamw_with_weight_decay_never_moves_frozen_entries(tiny_model):
         opt.step()
         opt.zero_grad()
         assert frozen.verify()
-    _check_frozen_exact_and_rest_moved(tiny_model, before, region)
+    check_frozen_exact_and_rest_moved(tiny_model, before, region)
     frozen.detach()  # after detaching, the region trains like the rest
     tiny_model(input_ids=ids, labels=ids).loss.backward()
     opt.step()
@@ -49,7 +31,7 @@ def test_adamw_with_weight_decay_never_moves_frozen_entries(tiny_model):
 
 
 def test_memory_is_the_frozen_entries_only(tiny_model):
-    region = _region(tiny_model, 0.01)
+    region = random_region(tiny_model, 0.01)
     frozen = FrozenRegion(tiny_model, region)
     assert frozen.num_frozen == region.num_selected
     assert frozen.nbytes == region.num_selected * (4 + 4)  # int32 index + fp32 value per entry
@@ -63,7 +45,7 @@ def test_trainer_callback_keeps_region(tiny_model, tmp_path):
     tok = tiny_tokenizer()
     blocks = pack(tok, SENTENCES * 10, 24)
     data = [{"input_ids": torch.tensor(b), "labels": torch.tensor(b)} for b in blocks]
-    region = _region(tiny_model)
+    region = random_region(tiny_model)
     before = {n: p.detach().clone() for n, p in named_parameters(tiny_model).items()}
     args = TrainingArguments(
         output_dir=str(tmp_path),
@@ -78,14 +60,14 @@ def test_trainer_callback_keeps_region(tiny_model, tmp_path):
         disable_tqdm=True,
     )
     Trainer(model=tiny_model, args=args, train_dataset=data, callbacks=[FreezeCallback(region)]).train()
-    _check_frozen_exact_and_rest_moved(tiny_model, before, region, min_moved=0.5)
+    check_frozen_exact_and_rest_moved(tiny_model, before, region, min_moved=0.5)
 
 
 def test_lora_merge_then_reimpose(tmp_path):
     from peft import LoraConfig, get_peft_model
 
     model = make_tiny("llama")
-    region = _region(model, 0.1)
+    region = random_region(model, 0.1)
     before = {n: p.detach().clone() for n, p in named_parameters(model).items()}
     frozen = FrozenRegion(model, region)
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))

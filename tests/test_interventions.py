@@ -82,7 +82,7 @@ def test_dimension_touches_exactly_its_rows_columns_and_norm_entries(tiny_model,
 
 
 def test_region_kind_changes_the_region_entries(tiny_model, tmp_path):
-    from lm_eval_lingreg.regions import scope_shapes
+    from lm_eval_lingreg.anatomy import scope_shapes
     from lm_eval_lingreg.selection import select_random
 
     region = select_random(scope_shapes(tiny_model), 0.05, seed=1)

@@ -12,6 +12,7 @@ from helpers import REPO, lingreg
 
 RESULTS = REPO / "docs" / "results" / "regions"
 SHIPPED = REPO / "masks" / "core-top-1.safetensors"
+BASELINE = REPO / "baselines" / "rules-bundled.yaml"
 
 
 @pytest.fixture
@@ -27,7 +28,10 @@ def work(tmp_path, tiny_model_dir):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "ko.txt").write_text("안녕하세요\n" * 4)
-    return {"model": model, "mask": mask, "results": results, "rules": rules, "corpus": corpus, "tmp": tmp_path}
+    repro = tmp_path / "repro"
+    shutil.copytree(RESULTS.parent / "regions", repro / "regions")
+    files = {"repro": repro, "repro_file": repro / "regions" / "base" / "results.json", "repro_record": repro / "regions" / "experiment.json"}
+    return {"model": model, "mask": mask, "results": results, "rules": rules, "corpus": corpus, "tmp": tmp_path, **files}
 
 
 CASES = [
@@ -50,6 +54,21 @@ CASES = [
     ("plot-over-results", lambda w: ["plot", w["results"], "-o", w["results"] / "base" / "results.json"], "results"),
     ("table-over-results", lambda w: ["table", w["results"], "-o", w["results"] / "base" / "results.json"], "results"),
     ("baseline-over-rules", lambda w: ["check", w["results"], "--rules", w["rules"]], None),
+    # forget's -o is a path object, not text: the same rule (its masks in --conditions, its corpus read whole)
+    ("forget-holding-a-condition-mask", lambda w: ["forget", "--pretrained", w["model"], "--conditions", f"none,{w['mask']}", "-o", w["tmp"]], "mask"),
+    ("forget-over-the-corpus", lambda w: ["forget", "--pretrained", w["model"], "--data", w["corpus"], "-o", w["corpus"], "--overwrite"], "corpus"),
+    # reproduce writes its report and baseline from the experiment folders under --out: neither may land on them
+    (
+        "reproduce-baseline-over-results",
+        lambda w: ["reproduce", "--from-results", "--only", "regions", "--out", w["repro"], "--baseline", w["repro_file"]],
+        "results",
+    ),
+    ("reproduce-doc-over-a-record", lambda w: ["reproduce", "--from-results", "--only", "regions", "--out", w["repro"], "--doc", w["repro_record"]], "results"),
+    # what the package ships and the bundled model's cache are read by defaults: never an output, named or not
+    ("scan-default-mask-over-the-shipped-file", lambda w: ["scan", "--layer", "0", "--op", "zero", "--dims", "top:1", "-o", SHIPPED], None),
+    ("dims-into-the-shipped-masks", lambda w: ["dims", w["mask"], "--json", SHIPPED.parent / "new.json"], None),
+    ("demo-over-the-shipped-masks", lambda w: ["demo", "--output-path", SHIPPED.parent, "--overwrite"], None),
+    ("reproduce-doc-over-a-shipped-baseline", lambda w: ["reproduce", "--from-results", "--only", "regions", "--out", w["repro"], "--doc", BASELINE], None),
 ]
 
 
@@ -57,10 +76,11 @@ CASES = [
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_an_output_that_is_or_holds_or_lies_inside_an_input_is_refused(work, name, cmd, what, overwrite):
     args = cmd(work)
-    if overwrite and args[0] in ("apply", "train", "mask"):
+    if overwrite and args[0] in ("apply", "train", "mask", "forget", "reproduce") and "--overwrite" not in args:
         args = [*args, "--overwrite"]
     before = {p: p.read_bytes() for p in work["tmp"].rglob("*") if p.is_file()}
-    shipped = SHIPPED.read_bytes()
+    shipped = {p: p.read_bytes() for p in (SHIPPED, BASELINE)}
+    masks = sorted(p.name for p in SHIPPED.parent.iterdir())
     proc = lingreg(*args)
     if what is None and args[0] == "check":
         assert proc.returncode == 0  # reading only: nothing to refuse
@@ -69,7 +89,7 @@ def test_an_output_that_is_or_holds_or_lies_inside_an_input_is_refused(work, nam
     assert "is one of the inputs" in proc.stderr or "holds one of the inputs" in proc.stderr or "lies inside" in proc.stderr, proc.stderr
     after = {p: p.read_bytes() for p in work["tmp"].rglob("*") if p.is_file()}
     assert after == before, "an input changed"
-    assert SHIPPED.read_bytes() == shipped
+    assert {p: p.read_bytes() for p in (SHIPPED, BASELINE)} == shipped and sorted(p.name for p in SHIPPED.parent.iterdir()) == masks
 
 
 def test_an_output_beside_the_inputs_is_fine(work):

@@ -84,6 +84,36 @@ def test_the_lock_refuses_a_second_writer_and_disappears_afterwards(tmp_path):
     assert not target.exists()
 
 
+def test_where_flock_is_missing_the_lock_is_filelock_s_with_the_same_behaviour(tmp_path, monkeypatch):
+    """Windows has no fcntl: the lock is then filelock's. Here (flock under filelock too) it refuses the same holder."""
+    from lm_eval_lingreg import outputs
+
+    monkeypatch.setattr(outputs, "_FLOCK", False)
+    target = tmp_path / "scores"
+    lock = tmp_path / ".scores.lingreg-lock"
+    with output_lock(target):
+        with output_lock(target):  # re-entrant in this process
+            assert lock.exists() and outputs._held(lock)
+    assert not lock.exists()
+    with open(lock, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        with pytest.raises(OutputError, match="being written by another lingreg process"):
+            write_json(target, {})
+        assert outputs._held(lock) and outputs.clean_folder(tmp_path) == []
+    assert not target.exists() and not outputs._held(lock)
+    assert outputs.clean_folder(tmp_path) == [lock] and list(tmp_path.iterdir()) == []
+    write_json(target, {"x": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores"]
+
+
+def test_loading_a_region_imports_where_there_is_no_fcntl():
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['fcntl'] = None\nfrom lm_eval_lingreg.region_io import load_region, save_region\nprint('imported')"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["imported"]
+
+
 def test_outputs_get_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)

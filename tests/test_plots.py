@@ -11,7 +11,7 @@ from lm_eval_lingreg.errors import ReportError
 from lm_eval_lingreg.plots import plot_curves, plot_dimensions, plot_heatmap, plot_region_density
 from lm_eval_lingreg.results import load_runs
 
-from test_dimensions import region_on_dims
+from helpers import region_on_dims
 
 REGIONS = Path(__file__).resolve().parent / "data" / "results" / "regions"
 

@@ -141,3 +141,21 @@ def test_a_base_run_without_the_metric_says_how_to_fix_the_rule(tmp_path):
     rules = load_rules(RULES)
     rows = apply_rules(load_runs([tmp_path / "base", REGIONS / "core-top-1"]), rules)
     assert any("base has no token_perplexity (plain `hf` does not report it): set `metric: bits_per_byte`" in r["why"] for r in rows)
+
+
+def test_the_gate_is_one_library_call_with_the_same_verdict_as_the_command(tmp_path):
+    """`gate` decides what `lingreg check` prints: each failed rule is one failure; a gate given nothing to check is bad input."""
+    from lm_eval_lingreg import gate
+    from lm_eval_lingreg.errors import UsageError
+
+    from helpers import lingreg
+
+    runs = load_runs([REGIONS])
+    assert gate(runs, rules=load_rules(RULES)).passed
+    (tmp_path / "fail.yaml").write_text("- {condition: base, metric: token_perplexity, languages: [en, zh], max: 2}\n")
+    v = gate(runs, rules=load_rules(tmp_path / "fail.yaml"))
+    assert (v.passed, v.checked, len(v.failures)) == (False, 2, 2), v
+    proc = lingreg("check", REGIONS, "--rules", tmp_path / "fail.yaml")
+    assert proc.returncode == 1 and proc.stdout.startswith("FAIL: 2 of 2 checks failed") and v.failures[0] in proc.stdout
+    with pytest.raises(UsageError, match="give a baseline and/or rules"):
+        gate(runs)

@@ -10,8 +10,7 @@ from lm_eval_lingreg.errors import RegionError, TrainingError, UsageError
 from lm_eval_lingreg.selection import select_random
 from lm_eval_lingreg.training import TrainConfig, further_pretrain, parse_lora, resolve_freeze, save_checkpoint, train
 
-from helpers import SENTENCES, make_tiny, tiny_tokenizer
-from test_freeze import _check_frozen_exact_and_rest_moved, _region
+from helpers import SENTENCES, check_frozen_exact_and_rest_moved, make_tiny, random_region, tiny_tokenizer
 
 
 @pytest.fixture
@@ -44,14 +43,14 @@ def _cfg(text_dir, **kw):
 
 def test_train_loop_keeps_region_and_tracks_curves(tiny_model, text_dir):
     tok = tiny_tokenizer()
-    region = _region(tiny_model)
+    region = random_region(tiny_model)
     before = {n: p.detach().clone() for n, p in named_parameters(tiny_model).items()}
     rec = train(tiny_model, tok, _cfg(text_dir), freeze=region, progress=False)
     assert [c["step"] for c in rec["curves"]] == [0, 2, 4]
     assert set(rec["curves"][-1]["perplexity"]) == {"en", "fr"}
     assert rec["frozen"]["exact"] and rec["frozen"]["entries"] == region.num_selected
     assert rec["tokens"] == 4 * 2 * 2 * 32
-    _check_frozen_exact_and_rest_moved(tiny_model, before, region, min_moved=0.5)
+    check_frozen_exact_and_rest_moved(tiny_model, before, region, min_moved=0.5)
     assert all(p.requires_grad for p in tiny_model.parameters())  # flags put back
 
 
@@ -84,11 +83,11 @@ def test_bad_config_is_one_clear_error():
 
 def test_lora_route_merges_and_keeps_the_frozen_entries(tiny_model, text_dir):
     tok = tiny_tokenizer()
-    region = _region(tiny_model, 0.1)
+    region = random_region(tiny_model, 0.1)
     before = {n: p.detach().clone() for n, p in named_parameters(tiny_model).items()}
     merged, rec = further_pretrain(tiny_model, tok, _cfg(text_dir, steps=2), freeze=region, lora=parse_lora("r=4,alpha=8"))
     assert not hasattr(merged, "peft_config") and rec["frozen"]["exact"] and rec["lora"]["r"] == 4
-    _check_frozen_exact_and_rest_moved(merged, before, region, min_moved=0.3)
+    check_frozen_exact_and_rest_moved(merged, before, region, min_moved=0.3)
 
 
 @pytest.mark.parametrize(("text", "message"), [("rank=4", "expected comma-separated"), ("r=x", "not a number"), ("r=0", "r must be >= 1")])
@@ -148,37 +147,37 @@ def test_checkpoint_is_atomic_and_refuses_to_replace_a_folder(tiny_model, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
-def test_the_paper_preset_sets_the_official_recipe_exactly():
+def test_the_paper_preset_is_a_whole_recipe_that_scales_only_its_warmup():
+    from dataclasses import fields
+
+    from lm_eval_lingreg.cli.train import PRESETTABLE
     from lm_eval_lingreg.training import PAPER_PRESET, paper_preset
 
-    assert PAPER_PRESET == {
-        "lr": 5e-5,
-        "betas": (0.9, 0.95),
-        "weight_decay": 0.001,
-        "decay": "all",
-        "warmup": 100,
-        "schedule": "cosine",
-        "train_scope": "all",
-        "unit": "documents",
-        "seq_len": 512,
-        "freeze_norms": False,
-        "mixed_bf16": True,
-    }
+    # every entry of the recipe is a TrainConfig field that a flag can set, and a config made from it keeps it as it is
+    assert set(PAPER_PRESET) == set(PRESETTABLE) and set(PAPER_PRESET) <= {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(lang="en", **PAPER_PRESET)
+    assert {k: getattr(cfg, k) for k in PAPER_PRESET} == PAPER_PRESET
+    for steps in (5000, 300, 3):  # only the warmup follows the step count
+        assert paper_preset(steps) == {**PAPER_PRESET, "warmup": paper_preset(steps)["warmup"]}
     assert paper_preset(5000)["warmup"] == 100 and paper_preset(300)["warmup"] == 30 and paper_preset(3)["warmup"] == 1
+    # the recipe itself, as the paper's released code sets it: the specification this preset implements
+    official = {"lr": 5e-5, "betas": (0.9, 0.95), "weight_decay": 0.001, "decay": "all", "warmup": 100, "schedule": "cosine"}
+    official |= {"train_scope": "all", "unit": "documents", "seq_len": 512, "freeze_norms": False, "mixed_bf16": True}
+    assert PAPER_PRESET == official
 
 
 @pytest.mark.parametrize("command", ["train", "forget"])
 def test_preset_paper_on_the_command_line_and_explicit_flags_win(command):
     from lm_eval_lingreg.cli import build_parser
     from lm_eval_lingreg.cli.train import _train_config
+    from lm_eval_lingreg.training import PAPER_PRESET, paper_preset
 
     parser = build_parser()
     extra = ["--out", "x"] if command == "train" else []
     cfg = _train_config(parser.parse_args([command, "--lang", "ko", "--steps", "200", "--preset", "paper", *extra]), "ko")
-    assert (cfg.betas, cfg.weight_decay, cfg.decay, cfg.warmup, cfg.schedule, cfg.train_scope) == ((0.9, 0.95), 0.001, "all", 20, "cosine", "all")
-    assert (cfg.unit, cfg.seq_len, cfg.freeze_norms, cfg.mixed_bf16, cfg.lr) == ("documents", 512, False, True, 5e-5)
+    assert {k: getattr(cfg, k) for k in PAPER_PRESET} == paper_preset(200) and cfg.warmup == 20
     cfg = _train_config(parser.parse_args([command, "--lang", "ko", "--preset", "paper", "--freeze-norms", "--seq-len", "64", "--warmup", "0", *extra]), "ko")
-    assert cfg.freeze_norms and cfg.seq_len == 64 and cfg.warmup == 0 and cfg.betas == (0.9, 0.95)
+    assert cfg.freeze_norms and cfg.seq_len == 64 and cfg.warmup == 0 and cfg.betas == PAPER_PRESET["betas"]
     plain = _train_config(parser.parse_args([command, "--lang", "ko", *extra]), "ko")
     assert (plain.betas, plain.decay, plain.unit, plain.freeze_norms, plain.mixed_bf16) == ((0.9, 0.999), "matrices", "blocks", True, False)
 
@@ -195,7 +194,7 @@ def test_paper_recipe_trains_documents_decays_every_parameter_and_leaves_norms_f
     from lm_eval_lingreg.training import _decays
 
     assert not _decays("model.layers.0.self_attn.q_proj.bias", torch.nn.Parameter(torch.zeros(2)), "all")  # the official grouping
-    region = _region(model, ratio=0.2)
+    region = random_region(model, ratio=0.2)
     before = {n: p.detach().clone() for n, p in named_parameters(model).items()}
     rec = train(model, tok, cfg, freeze=region, progress=False)
     assert rec["config"]["unit"] == "documents" and rec["config"]["mixed_bf16"] and rec["frozen"]["exact"]

@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted before the command started; nothing was written", file=sys.stderr)
         return 130
     _setup_logging(args.verbose, args.quiet)
+    from lm_eval_lingreg import progress
+
+    progress.configure(enabled=not args.quiet, harness_bars=args.verbose)  # one bar over a whole evaluation; lm-eval's own with -v
     handlers = {}
     for sig in (signal.SIGTERM, signal.SIGHUP):
         try:

@@ -6,7 +6,9 @@ import argparse
 import math
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from lm_eval_lingreg.bundled import DEFAULT_MODEL
 from lm_eval_lingreg.errors import UsageError
@@ -123,6 +125,26 @@ def model_options(p: argparse.ArgumentParser, dtype: str = "float32", device_map
             choices=["auto", "balanced", "sequential"],
             help="spread a model too big for one device over GPUs and CPU (accelerate); overrides --device",
         )
+
+
+def dense_option(p: argparse.ArgumentParser) -> None:
+    """--max-dense-gb: the cap on a region written one byte per entry."""
+    from lm_eval_lingreg.region_io import MAX_DENSE_GB
+
+    p.add_argument(
+        "--max-dense-gb",
+        type=positive_float,
+        default=MAX_DENSE_GB,
+        help=f".pt and official outputs hold one byte per covered entry: refuse more than this many GB (default {MAX_DENSE_GB:g})",
+    )
+
+
+def resolve_preset(args: argparse.Namespace, defaults: Mapping[str, Any], preset: Mapping[str, Any]) -> None:
+    """Fill in each option of `defaults` not given on the command line (None): explicit flags win over the
+    preset, the preset over the defaults."""
+    for key, default in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, preset.get(key, default))
 
 
 def label_option(p: argparse.ArgumentParser) -> None:

@@ -121,8 +121,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Exit 0 when every check passes, 1 on a regression, 2 on bad input (raised before any verdict)."""
     from lm_eval_lingreg.errors import UsageError
-    from lm_eval_lingreg.report import check_tolerance, compare, fmt_value, load_baseline
-    from lm_eval_lingreg.rules import apply_rules, load_rules
+    from lm_eval_lingreg.report import check_tolerance, load_baseline
+    from lm_eval_lingreg.rules import gate, load_rules
 
     if not args.baseline and not args.rules:
         raise UsageError("give --baseline and/or --rules to check against")
@@ -130,35 +130,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     level = _level(args.ci)
     baseline = load_baseline(args.baseline) if args.baseline else None
     rules = load_rules(args.rules) if args.rules else None
-    runs = _runs(args)
-    failures, checked, skipped = [], 0, 0
-    for r in compare(runs, baseline, rtol=args.rtol, atol=args.atol, ci=level, allow_mixed=args.allow_mixed_bos) if baseline else []:
-        if r["status"] == "missing" and not args.strict:
-            skipped += 1
-            continue
-        checked += 1
-        if r["status"] in ("worse", "missing", "nan") or (args.both_ways and r["status"] == "better"):
-            failures.append(
-                f"{r['condition']} {r['language']} {r['metric']}: {'NaN' if r['status'] == 'nan' else fmt_value(r['got'])} vs baseline {fmt_value(r['value'])} ({r['status']}"
-                + (f", {r['rel']:+.1%}" if r["rel"] == r["rel"] else "")
-                + ")"
-            )
-    for r in apply_rules(runs, rules, allow_mixed=args.allow_mixed_bos) if rules else []:
-        checked += 1
-        if not r["ok"]:
-            failures.append(f"rule '{r['rule']}': {r['run']} {r['language']} = {fmt_value(r['value'])} ({r['why']})")
-    note = f" ({skipped} baseline values for conditions or languages not in these runs were skipped; --strict fails on them)" if skipped else ""
-    if failures:
-        print(f"FAIL: {len(failures)} of {checked} checks failed{note}")
-        for f in failures[: args.max_report]:
-            print("  - " + f)
-        if len(failures) > args.max_report:
-            print(f"  ... and {len(failures) - args.max_report} more")
-        return 1
-    if not checked:
-        raise UsageError("nothing was checked: no baseline value or rule matches these runs (check their labels with `lingreg table`)")
-    print(f"PASS: {checked} checks{note}")
-    return 0
+    v = gate(_runs(args), baseline, rules, args.rtol, args.atol, level, args.strict, args.both_ways, args.allow_mixed_bos)
+    note = f" ({v.skipped} baseline values for conditions or languages not in these runs were skipped; --strict fails on them)" if v.skipped else ""
+    if v.passed:
+        print(f"PASS: {v.checked} checks{note}")
+        return 0
+    print(f"FAIL: {len(v.failures)} of {v.checked} checks failed{note}")
+    for f in v.failures[: args.max_report]:
+        print("  - " + f)
+    if len(v.failures) > args.max_report:
+        print(f"  ... and {len(v.failures) - args.max_report} more")
+    return 1
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

@@ -3,21 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 from lm_eval_lingreg.bundled import DEFAULT_MODEL
 from lm_eval_lingreg.cli import _args
 
-#: Options a preset may set: flags given explicitly win over the preset, the preset over the defaults.
+#: Options a preset may set: their flags default to None, so that one given explicitly wins (`_args.resolve_preset`).
 PRESETTABLE = ("lr", "warmup", "schedule", "weight_decay", "train_scope", "seq_len", "unit", "betas", "decay", "freeze_norms", "mixed_bf16")
+
+
+def _defaults(command: str) -> dict[str, Any]:
+    """The training options' defaults for `command`: TrainConfig's, but `lingreg forget` runs shorter on shorter
+    blocks and trains the transformer blocks."""
+    from lm_eval_lingreg.training import TrainConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    if command == "forget":
+        from lm_eval_lingreg.anatomy import DEFAULT_SCOPE
+
+        defaults |= {"steps": 80, "seq_len": 64, "train_scope": DEFAULT_SCOPE, "eval_every": 20}
+    return defaults
 
 
 def _train_config(args: argparse.Namespace, lang: str):
     from lm_eval_lingreg.languages import parse_languages
     from lm_eval_lingreg.training import TrainConfig, paper_preset
 
-    preset = paper_preset(args.steps) if args.preset == "paper" else {}
-    chosen = {k: getattr(args, k) if getattr(args, k) is not None else preset.get(k, args.defaults[k]) for k in PRESETTABLE}
+    defaults = _defaults(args.command)
+    _args.resolve_preset(args, {k: defaults[k] for k in PRESETTABLE}, paper_preset(args.steps) if args.preset == "paper" else {})
     return TrainConfig(
         lang=lang,
         data=args.data,
@@ -28,7 +43,7 @@ def _train_config(args: argparse.Namespace, lang: str):
         eval_every=args.eval_every,
         eval_langs=parse_languages(args.watch_langs),
         eval_blocks=args.eval_blocks,
-        **chosen,
+        **{k: getattr(args, k) for k in PRESETTABLE},
     )
 
 
@@ -92,21 +107,22 @@ def _betas(text: str) -> tuple[float, float]:
     return b1, b2
 
 
-def _training_options(s: argparse.ArgumentParser, steps: int, seq_len: int, scope: str, eval_every: int) -> None:
-    defaults = {
-        "lr": 5e-5,
-        "warmup": 10,
-        "schedule": "cosine",
-        "weight_decay": 0.01,
-        "train_scope": scope,
-        "seq_len": seq_len,
-        "unit": "blocks",
-        "betas": (0.9, 0.999),
-        "decay": "matrices",
-        "freeze_norms": True,
-        "mixed_bf16": False,
-    }
-    s.set_defaults(defaults=defaults)
+def _shown(value: Any) -> str:
+    """A default as the help shows it: 5e-5, 0.9,0.999, yes/no."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}".replace("e-0", "e-")
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(_shown, value))
+    return str(value)
+
+
+def _training_options(s: argparse.ArgumentParser, command: str) -> None:
+    """The options that make `command`'s TrainConfig: defaults and help from the dataclass's fields. Options the
+    preset may set default to None (PRESETTABLE)."""
+    from lm_eval_lingreg.training import TrainConfig
+
     s.add_argument(
         "--preset",
         choices=["paper"],
@@ -114,47 +130,35 @@ def _training_options(s: argparse.ArgumentParser, steps: int, seq_len: int, scop
         help="the official recipe: AdamW betas 0.9,0.95, weight decay 0.001 on every parameter, warmup 100 (a tenth of runs under 1,000 steps), "
         "cosine, every parameter trained, bf16 autocast, documents of at most 512 tokens, norm weights never frozen; explicit flags win",
     )
-    s.add_argument(
-        "--data", default=None, help="training text: 'eld' (default, offline sentences), a directory of <iso>.txt/.jsonl, a file, or datasets:<path>[:<config>]"
-    )
-    s.add_argument("--steps", type=_args.positive_int, default=steps, help=f"optimizer steps (default {steps})")
-    s.add_argument("--lr", type=_args.positive_float, default=None, help="peak learning rate (default 5e-5, as in the paper)")
-    s.add_argument("--batch-size", type=_args.positive_int, default=4, help="samples per micro-batch (default 4)")
-    s.add_argument(
-        "--unit",
-        choices=["blocks", "documents"],
-        default=None,
-        help="blocks: packed --seq-len blocks (default); documents: BOS + text + EOS, longer ones dropped",
-    )
-    s.add_argument("--seq-len", type=_args.positive_int, default=None, help=f"tokens per packed block, or the longest document kept (default {seq_len})")
-    s.add_argument("--grad-accum", type=_args.positive_int, default=1, help="micro-batches per optimizer step (default 1)")
-    s.add_argument("--warmup", type=_args.nonneg_int, default=None, help="linear warmup steps (default 10)")
-    s.add_argument("--schedule", choices=["cosine", "linear", "constant"], default=None, help="learning-rate schedule after warmup (default cosine)")
-    s.add_argument("--weight-decay", type=_args.nonneg_float, default=None, help="AdamW weight decay (default 0.01)")
-    s.add_argument(
-        "--decay",
-        choices=["matrices", "all"],
-        default=None,
-        help="which parameters weight decay applies to (default matrices; all: every one but biases, the official grouping)",
-    )
-    s.add_argument("--betas", type=_betas, default=None, help="AdamW betas (default 0.9,0.999; the official code: 0.9,0.95)")
-    s.add_argument(
-        "--freeze-norms",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="freeze the region's entries in norm weights too (default yes; the official code never froze norms: --no-freeze-norms)",
-    )
-    s.add_argument(
-        "--mixed-bf16",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="bf16 autocast forward over float32 weights, as the official bf16 run (default no; slow on CPUs without native bf16)",
-    )
-    s.add_argument("--seed", type=_args.seed, default=0)
-    s.add_argument("--train-scope", default=None, help=f"'all' or a regex on parameter names to train (default {scope!r})")
-    s.add_argument("--eval-every", type=_args.positive_int, default=eval_every, help=f"held-out evaluation every N steps (default {eval_every})")
-    s.add_argument("--watch-langs", default="en,zh,ar", help="languages whose held-out perplexity is tracked besides the target (default en,zh,ar)")
-    s.add_argument("--eval-blocks", type=_args.positive_int, default=8, help="held-out blocks per watched language (default 8)")
+    settings = {  # TrainConfig field -> its option's parsing, in the order --help lists them
+        "data": {},
+        "steps": {"type": _args.positive_int},
+        "lr": {"type": _args.positive_float},
+        "batch_size": {"type": _args.positive_int},
+        "unit": {"choices": ["blocks", "documents"]},
+        "seq_len": {"type": _args.positive_int},
+        "grad_accum": {"type": _args.positive_int},
+        "warmup": {"type": _args.nonneg_int},
+        "schedule": {"choices": ["cosine", "linear", "constant"]},
+        "weight_decay": {"type": _args.nonneg_float},
+        "decay": {"choices": ["matrices", "all"]},
+        "betas": {"type": _betas},
+        "freeze_norms": {"action": argparse.BooleanOptionalAction},
+        "mixed_bf16": {"action": argparse.BooleanOptionalAction},
+        "seed": {"type": _args.seed},
+        "train_scope": {},
+        "eval_every": {"type": _args.positive_int},
+        "eval_langs": {"dest": "watch_langs"},  # a comma-separated list on the command line
+        "eval_blocks": {"type": _args.positive_int},
+    }
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    defaults = _defaults(command) | {"eval_langs": ",".join(fields["eval_langs"].default_factory())}
+    for name, kwargs in settings.items():
+        dest = kwargs.pop("dest", name)
+        default = defaults[name]
+        shown = "" if default is None else f" (default {repr(default) if name == 'train_scope' else _shown(default)})"
+        parsed = None if name in PRESETTABLE else default
+        s.add_argument("--" + dest.replace("_", "-"), dest=dest, default=parsed, help=fields[name].metadata["help"] + shown, **kwargs)
     _args.model_options(s)
 
 
@@ -169,7 +173,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--out", required=True, help="output checkpoint directory (standard HF, safetensors)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    _training_options(s, 300, 128, "all", 25)
+    _training_options(s, "train")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("forget", help="the catastrophic-forgetting experiment: train under each freezing condition, harness before and after")
@@ -186,5 +190,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "-o", "--output", type=Path, default=Path("lingreg-forget"), help="output directory (default ./lingreg-forget; a rerun replaces its own earlier output)"
     )
     s.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder that an earlier forget did not write")
-    _training_options(s, 80, 64, r"layers\.\d+\.", 20)
+    _training_options(s, "forget")
     s.set_defaults(func=cmd_forget)

@@ -14,7 +14,6 @@ timings, command), so its page can be rewritten from the results alone. `reprodu
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +44,20 @@ def write_record(out: Path, name: str, plan: dict[str, Any], seconds: dict[str, 
     return record
 
 
+def read_json(path: Path, what: str = "results file") -> Any:
+    """A JSON file an experiment wrote, read strictly (a regular file, unique keys, bounded numbers): never a
+    blocking read of a FIFO, never a guess; an error names the file."""
+    from lm_eval_lingreg.strict import loads_json, read_text
+
+    hint = "; rerun the experiment without --from-results"
+    return loads_json(read_text(path, UsageError, what), UsageError, str(path), hint=hint)
+
+
 def read_record(out: Path) -> dict[str, Any]:
     path = out / RECORD
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise UsageError(f"no {path}: run the experiment first (without --from-results)")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        record = None
+    record = read_json(path, "experiment record")
     if not isinstance(record, dict) or not all(isinstance(record.get(k), t) for k, t in (("plan", dict), ("seconds", dict), ("command", str))):
         raise UsageError(f"{path} is not an experiment record (plan, seconds, command); rerun the experiment without --from-results")
     return record

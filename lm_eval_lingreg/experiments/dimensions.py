@@ -10,13 +10,13 @@ Steps 4 and 5 (and the activations) are optional in the plan.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lm_eval_lingreg.experiments import read_json
 from lm_eval_lingreg.languages import CORE_LANGUAGES, LANGUAGES
 
 NAME = "dimensions"
@@ -127,7 +127,7 @@ def _harness_and_generations(lm: Any, plan: Plan, out: Path, scan_dim: dict, sca
 
 
 def _load(out: Path, name: str) -> Any:
-    return json.loads((out / name).read_text(encoding="utf-8"))
+    return read_json(out / name)
 
 
 def _split(scan: dict, prefix: str = "") -> tuple[list[float], list[float]]:

@@ -236,13 +236,12 @@ def _choice(widths: dict, plan: Plan) -> list[str]:
 
 
 def _precision_part(out: Path, plan: Plan) -> list[str]:
-    import json
-
     from tabulate import tabulate
 
+    from lm_eval_lingreg.experiments import read_json
     from lm_eval_lingreg.report import fmt_short as fmt
 
-    f32, b16 = (json.loads((out / f"precision-{d}.json").read_text()) for d in ("float32", "bfloat16"))
+    f32, b16 = (read_json(out / f"precision-{d}.json") for d in ("float32", "bfloat16"))
     p32, p16 = f32["perplexity"], b16["perplexity"]
     rows, ok_all = [], True
     for c in map(label, plan.precision_conditions):

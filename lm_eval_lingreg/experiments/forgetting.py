@@ -6,7 +6,6 @@ the 30-language harness before and after training.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -17,12 +16,13 @@ from typing import Any
 import torch
 
 from lm_eval_lingreg import __version__
+from lm_eval_lingreg.anatomy import DEFAULT_SCOPE
+from lm_eval_lingreg.experiments import read_json
 from lm_eval_lingreg.languages import LANGUAGES
 from lm_eval_lingreg.results import geomean
 
 NAME = "forgetting"
 FIGURE = "forget-curves.png"
-BLOCKS = r"layers\.\d+\."
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Plan:
             steps=self.steps,
             seq_len=self.seq_len,
             eval_every=max(1, self.steps // 4),
-            train_scope=BLOCKS,
+            train_scope=DEFAULT_SCOPE,
             eval_langs=self.watch_langs,
             eval_blocks=self.watch_blocks,
         )
@@ -189,7 +189,7 @@ def section(out: Path, record: dict[str, Any]) -> str:
     """The forgetting page (markdown) from `out/summary.json`."""
     from lm_eval_lingreg.evaluation import documents_read
 
-    s = json.loads((out / "summary.json").read_text())
+    s = read_json(out / "summary.json")
     cfg, target = s["config"], s["target"]
     wall = record["seconds"].get("wall")
     L: list[str] = []

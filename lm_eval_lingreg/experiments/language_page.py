@@ -6,11 +6,11 @@ its 95% paired bootstrap interval over prompts excludes zero.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
+from lm_eval_lingreg.experiments import read_json
 from lm_eval_lingreg.languages import LANGUAGES
 
 LEVEL = 0.95
@@ -76,7 +76,7 @@ def _samples(out: Path, conds: list[str], iso: str) -> list[str]:
     """The first continuation of one language under each condition, as the runs recorded it."""
     lines = [f"First continuation in {LANGUAGES[iso].name} (prompt and output as recorded in `gen/<condition>/results.json`):", ""]
     for c in conds:
-        data = json.loads((out / "gen" / c / "results.json").read_text(encoding="utf-8"))
+        data = read_json(out / "gen" / c / "results.json")
         items = data.get("lingreg_items", {}).get(f"lingreg_gen_{iso}")
         if not items:
             continue

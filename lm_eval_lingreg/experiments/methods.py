@@ -15,13 +15,14 @@ On one model and the same calibration text (the core region's: eld sentences of 
 
 from __future__ import annotations
 
-import json
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lm_eval_lingreg.experiments import read_json
 from lm_eval_lingreg.languages import CORE_LANGUAGES, LANGUAGES
 
 NAME = "methods"
@@ -62,9 +63,9 @@ def random_neurons_like(neurons: list[list[Any]], shapes: dict, seed: int) -> li
     """One 'language' of random neurons: as many per layer as the union of `neurons` holds."""
     import torch
 
-    from lm_eval_lingreg.sources import _down_projs
+    from lm_eval_lingreg.sources import down_projs
 
-    downs = _down_projs(shapes)
+    downs = down_projs(shapes)
     gen = torch.Generator().manual_seed(seed)
     out = []
     for layer in range(len(neurons[0])):
@@ -74,7 +75,7 @@ def random_neurons_like(neurons: list[list[Any]], shapes: dict, seed: int) -> li
 
 
 def run(lm: Any, plan: Plan, out: Path) -> dict[str, float]:
-    from lm_eval_lingreg.anatomy import scope_shapes
+    from lm_eval_lingreg.anatomy import layer_index, scope_shapes
     from lm_eval_lingreg.corpora import make_samples
     from lm_eval_lingreg.evaluation import evaluate_conditions
     from lm_eval_lingreg.outputs import write_json
@@ -118,7 +119,7 @@ def run(lm: Any, plan: Plan, out: Path) -> dict[str, float]:
     overlap = {a: {b: jaccard(regions[a], regions[b])[0] for b in DEFINITIONS} for a in DEFINITIONS}
     inside = []
     for f in found:
-        name = next(n for n in shapes if n.endswith(f"layers.{f['layer']}.mlp.down_proj.weight"))
+        name = next(n for n in shapes if layer_index(n, ".mlp.down_proj.weight") == f["layer"])
         flat = f["row"] * shapes[name][1] + f["col"]
         inside.append({**f, "in_core": name in core.indices and bool((core.indices[name] == flat).any())})
     conditions: dict[str, Any] = {"base": None, **regions, "random-1pct": random_like(core, plan.seed)}
@@ -159,9 +160,9 @@ def section(out: Path, record: dict[str, Any]) -> str:
     from lm_eval_lingreg.results import geomean, per_language
 
     plan = plan_from(record)
-    info = json.loads((out / "methods.json").read_text())
+    info = read_json(out / "methods.json")
     secs = record["seconds"]
-    harness = {p.name: json.loads((p / "results.json").read_text()) for p in sorted((out / "harness").iterdir()) if (p / "results.json").is_file()}
+    harness = {p.name: read_json(p / "results.json") for p in sorted((out / "harness").iterdir()) if os.path.lexists(p / "results.json")}
     ppl = {c: per_language(r, "token_perplexity") for c, r in harness.items()}
     conds = [c for c in ["core", "wanda", "magnitude", "lape", "random-1pct", "random-neurons", "super-weight", "random-entries"] if c in ppl]
     ratio = {c: {iso: ppl[c][iso] / ppl["base"][iso] for iso in plan.eval_langs} for c in conds}
@@ -218,7 +219,7 @@ def _selectivity(out: Path, plan: Plan, info: dict) -> list[str]:
     folder = out / "selectivity"
     if not folder.is_dir():
         return []
-    res = {p.name: per_language(json.loads((p / "results.json").read_text()), "token_perplexity") for p in folder.iterdir() if (p / "results.json").is_file()}
+    res = {p.name: per_language(read_json(p / "results.json"), "token_perplexity") for p in folder.iterdir() if os.path.lexists(p / "results.json")}
     lines = [
         "",
         "## Language-specific definitions: LAPE neurons of one language vs the paper's monolingual region",

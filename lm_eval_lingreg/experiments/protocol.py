@@ -17,7 +17,6 @@ Score files and region files stay in a cache folder (`scores_dir`), outside the 
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -27,6 +26,7 @@ from typing import Any
 
 from lm_eval_lingreg.bundled import DEFAULT_MODEL
 from lm_eval_lingreg.evaluation import DEFAULT_LIMIT
+from lm_eval_lingreg.experiments import read_json
 from lm_eval_lingreg.languages import CORE_LANGUAGES, LANGUAGES
 
 NAME = "protocol"
@@ -163,7 +163,7 @@ def section(out: Path, record: dict[str, Any]) -> str:
     from lm_eval_lingreg.results import geomean
 
     plan = Plan(**record["plan"])
-    agreement = json.loads((out / "agreement.json").read_text(encoding="utf-8"))
+    agreement = read_json(out / "agreement.json")
     ratio = _ratios(out, plan)
     seconds = record["seconds"]
     mono = [f"mono-{iso}" for iso in plan.langs]

@@ -58,12 +58,11 @@ def plan_from(record: dict[str, Any]) -> Plan:
 
 
 def _ratios(out: Path, plan: Plan) -> tuple[dict, dict, dict]:
-    import json
-
+    from lm_eval_lingreg.experiments import read_json
     from lm_eval_lingreg.results import per_language
 
     names = ["base", *plan.core, *plan.monolingual, *plan.controls]
-    results = {c: json.loads((out / c / "results.json").read_text()) for c in names}
+    results = {c: read_json(out / c / "results.json") for c in names}
     ppl = {c: per_language(r, "token_perplexity") for c, r in results.items()}
     bpb = {c: per_language(r, "bits_per_byte") for c, r in results.items()}
     ratio = {c: {iso: ppl[c][iso] / ppl["base"][iso] for iso in plan.langs} for c in names}
