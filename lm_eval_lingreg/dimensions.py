@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lm_eval_lingreg.anatomy import residual_slots
+from lm_eval_lingreg.anatomy import base_model, residual_slots
 from lm_eval_lingreg.errors import CorpusError, RegionError
 from lm_eval_lingreg.regions import Region
 
@@ -113,14 +113,28 @@ def mean_abs_activations(model: torch.nn.Module, tokenizer: Any, texts: Sequence
     Returns `mean_abs` (averaged over layers 1..L, i.e. after the first block), `per_layer`
     ([layers+1][hidden]), `rank` (1 = largest) and the ratio of the largest to the median.
     """
+    from lm_eval_lingreg.capture import body, hooked
+    from lm_eval_lingreg.interventions import decoder_layers
+
+    names = {id(m): n for n, m in base_model(model).named_modules()}
+    layers = decoder_layers(model)
+    states: dict[int, torch.Tensor] = {}
+
+    def keep(i: int):
+        def fn(x: torch.Tensor) -> None:
+            states[i] = x[0].float().abs().cpu()
+
+        return fn
+
     sums: torch.Tensor | None = None
     n = 0
-    for text in texts:
-        ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_tokens).input_ids
-        out = model(input_ids=ids.to(model.device), output_hidden_states=True)
-        h = torch.stack([s[0].float().abs().cpu() for s in out.hidden_states])  # [L+1, T, H]
-        sums = h.sum(1) if sums is None else sums + h.sum(1)
-        n += h.shape[1]
+    with hooked(model, {names[id(m)]: keep(i) for i, m in layers.items()}, "input"):  # each layer's input, then the normed output
+        for text in texts:
+            ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_tokens).input_ids
+            last = body(model)(input_ids=ids.to(model.device), use_cache=False).last_hidden_state
+            h = torch.stack([*(states[i] for i in sorted(layers)), last[0].float().abs().cpu()])  # [L+1, T, H]
+            sums = h.sum(1) if sums is None else sums + h.sum(1)
+            n += h.shape[1]
     if sums is None:
         raise CorpusError("no calibration texts for the activation statistics")
     per_layer = sums / n

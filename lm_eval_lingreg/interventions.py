@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from lm_eval_lingreg.anatomy import base_model, editability_problems, layer_index, model_slots, named_parameters
+from lm_eval_lingreg.capture import add_hook
 from lm_eval_lingreg.edits import SavedEntries
 from lm_eval_lingreg.errors import PerturbationError, close_matches
 from lm_eval_lingreg.languages import CORE_LANGUAGES
@@ -145,8 +146,8 @@ MEAN_CALIBRATION = {"langs": tuple(CORE_LANGUAGES), "samples": 8, "source": "eld
 def activation_means(model: torch.nn.Module, tokenizer: Any, layers: Mapping[int, torch.nn.Module], dims: Sequence[int]) -> dict[int, torch.Tensor]:
     """{layer: signed mean of the residual stream's `dims` after that layer} over every token of the calibration
     sentences (`MEAN_CALIBRATION`, with BOS), measured on the model as it is now (earlier perturbations included)."""
+    from lm_eval_lingreg.capture import activation_pass
     from lm_eval_lingreg.corpora import make_samples
-    from lm_eval_lingreg.sources import activation_pass
 
     samples = [s for lang in MEAN_CALIBRATION["langs"] for s in make_samples(tokenizer, lang, MEAN_CALIBRATION["samples"]).input_ids]
     names = {id(m): n for n, m in base_model(model).named_modules()}
@@ -165,14 +166,13 @@ def activation_means(model: torch.nn.Module, tokenizer: Any, layers: Mapping[int
 def _activation_hook(p: Perturbation, layer: int, means: Mapping[int, torch.Tensor] | None = None):
     dims = list(p.dims)
 
-    def hook(_module, _args, out):
-        h = out[0] if isinstance(out, tuple) else out
+    def hook(h: torch.Tensor) -> torch.Tensor:
         h = h.clone()
         x = means[layer].to(h.dtype).to(h.device).expand_as(h[..., dims]) if means is not None else _operate(p, h[..., dims])
         if not bool(torch.isfinite(x).all()):
             raise PerturbationError(f"{p} overflows {h.dtype} at layer {layer} (the activation becomes inf or NaN); use a smaller value")
         h[..., dims] = x
-        return (h, *out[1:]) if isinstance(out, tuple) else h
+        return h
 
     return hook
 
@@ -268,7 +268,7 @@ def perturb(model: torch.nn.Module, perturbations: Perturbation | Sequence[Pertu
             if p.on == "activation":
                 layers = _activation_layers(p, model)
                 means = activation_means(model, tokenizer, layers, p.dims) if p.op == "mean" else None
-                applied.hooks += [m.register_forward_hook(_activation_hook(p, la, means)) for la, m in layers.items()]
+                applied.hooks += [add_hook(m, _activation_hook(p, la, means), "output") for la, m in layers.items()]
                 applied.summary.append({"perturbation": str(p), "entries": 0, "activation_layers": sorted(layers)})
                 if means is not None:
                     cal = MEAN_CALIBRATION

@@ -120,9 +120,9 @@ class ScoreSet:
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise ScoreFileError(f"scores directory {self.directory} not found; create it with `lingreg score --out {self.directory}`")
-        from lm_eval_lingreg.languages import LANGUAGES
-
         import stat
+
+        from lm_eval_lingreg.languages import LANGUAGES
 
         entries = sorted(self.directory.glob("*.safetensors"))
         for p in entries:  # a FIFO, folder or broken link is an error, never a language silently left out

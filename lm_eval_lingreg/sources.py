@@ -22,13 +22,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lm_eval_lingreg.anatomy import DEFAULT_SCOPE, base_model, compile_scope, in_scope, layer_index, scope_shapes
+from lm_eval_lingreg.capture import activation_pass, body, hooked
 from lm_eval_lingreg.errors import RegionError, RegionFileError
 from lm_eval_lingreg.regions import Region
 from lm_eval_lingreg.selection import check_ratio, select_tensor
@@ -39,7 +39,6 @@ __all__ = [
     "LAPE_FILTER_RATE",
     "LAPE_BAR_RATE",
     "select_magnitude",
-    "activation_pass",
     "input_norms",
     "select_wanda",
     "activation_probabilities",
@@ -83,82 +82,6 @@ def select_magnitude(model: torch.nn.Module, ratio: float, which: str = "top", s
 
 
 # activation statistics ------------------------------------------------------------------------
-
-
-def _body(model: torch.nn.Module) -> torch.nn.Module:
-    """The decoder without the output head (a 262K-vocabulary head is most of a forward's cost)."""
-    base = base_model(model)
-    body = getattr(base, getattr(base, "base_model_prefix", ""), None)
-    return body if isinstance(body, torch.nn.Module) and body is not base else base
-
-
-@contextmanager
-def _hooks(handles: list) -> Any:
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def activation_pass(
-    model: torch.nn.Module,
-    samples: Sequence[Sequence[int]],
-    collect: Mapping[str, Callable[[torch.Tensor, torch.Tensor], None]],
-    kind: str,
-    batch_size: int = 4,
-    pad_id: int = 0,
-    progress: Callable[[int], None] | None = None,
-) -> int:
-    """One forward pass of the model body over `samples` (no head, no gradient), calling
-    `collect[module](values, keep)` for each named module with its input (`kind="input"`) or output
-    (`kind="output"`) flattened to (tokens, features) and the boolean mask of real (non-padding)
-    tokens. Returns the number of real tokens."""
-    from lm_eval_lingreg.lm_loss import pad_batch
-
-    if batch_size < 1:
-        raise RegionError(f"batch size must be at least 1, got {batch_size}")
-    modules = dict(base_model(model).named_modules())
-    missing = [m for m in collect if m not in modules]
-    if missing:
-        raise RegionError(f"no module {missing[0]!r} in this model")
-    keep: dict[str, torch.Tensor] = {}
-
-    def hook_for(name: str):
-        def pre(_module, args):
-            x = args[0]
-            collect[name](x.reshape(-1, x.shape[-1]), keep["mask"])
-
-        def post(_module, _args, out):
-            y = out[0] if isinstance(out, tuple) else out
-            collect[name](y.reshape(-1, y.shape[-1]), keep["mask"])
-
-        return pre, post
-
-    handles = []
-    for name in collect:
-        pre, post = hook_for(name)
-        handles.append(modules[name].register_forward_pre_hook(pre) if kind == "input" else modules[name].register_forward_hook(post))
-    body = _body(model)
-    device = next(model.parameters()).device
-    tokens = 0
-    was_training = model.training
-    model.eval()
-    try:
-        with _hooks(handles), torch.no_grad():
-            for start in range(0, len(samples), batch_size):
-                chunk = [list(s) for s in samples[start : start + batch_size] if len(s)]
-                if not chunk:
-                    continue
-                ids, attn = pad_batch(chunk, pad_id)
-                keep["mask"] = attn.reshape(-1).bool().to(device)
-                body(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False)
-                tokens += int(attn.sum())
-                if progress:
-                    progress(len(chunk))
-    finally:
-        model.train(was_training)
-    return tokens
 
 
 def _linear_modules(model: torch.nn.Module, scope: str) -> dict[str, str]:
@@ -483,26 +406,17 @@ def detect_super_weights(model: torch.nn.Module, input_ids: Sequence[int], spike
     mlps = _mlp_modules(model)
     stats: dict[int, dict[str, Any]] = {}
 
-    def watcher(layer: int):
-        def pre(_m, args):
-            x = args[0].detach().float().abs().reshape(-1, args[0].shape[-1])
-            v, flat = x.max(0).values.max(0)
-            stats.setdefault(layer, {})["in"] = (float(v), int(flat))
+    def watcher(layer: int, side: str):
+        def fn(x: torch.Tensor) -> None:
+            v, flat = x.detach().float().abs().reshape(-1, x.shape[-1]).max(0).values.max(0)
+            stats.setdefault(layer, {})[side] = (float(v), int(flat))
 
-        def post(_m, _a, out):
-            y = out.detach().float().abs().reshape(-1, out.shape[-1])
-            v, flat = y.max(0).values.max(0)
-            stats.setdefault(layer, {})["out"] = (float(v), int(flat))
+        return fn
 
-        return pre, post
-
-    handles = []
-    for i, (_, mlp) in enumerate(mlps):
-        pre, post = watcher(i)
-        handles += [mlp.down_proj.register_forward_pre_hook(pre), mlp.down_proj.register_forward_hook(post)]
-    device = next(model.parameters()).device
-    with _hooks(handles), torch.no_grad():
-        _body(model)(input_ids=torch.tensor([list(input_ids)], device=device), use_cache=False)
+    downs = [f"{name}.down_proj" for name, _ in mlps]
+    ins, outs = ({d: watcher(i, side) for i, d in enumerate(downs)} for side in ("in", "out"))
+    with hooked(model, ins, "input"), hooked(model, outs, "output"), torch.no_grad():
+        body(model)(input_ids=torch.tensor([list(input_ids)], device=next(model.parameters()).device), use_cache=False)
     outs = torch.tensor([stats[i]["out"][0] for i in range(len(mlps))])
     median = float(outs.median())
     found = []

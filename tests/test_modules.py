@@ -1,5 +1,6 @@
 """The package's modules: each public module says what it exports, no module reaches into another's private
-names, and decoder layers are found in names by one pattern, anatomy's."""
+names, decoder layers are found in names by one pattern, anatomy's, and activations are captured and changed through
+one primitive, capture's forward hooks."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from helpers import REPO
 PACKAGE = REPO / "lm_eval_lingreg"
 PUBLIC_MODULES = [
     "regions", "region_io", "scores", "selection", "results", "report", "training", "freeze", "models",
-    "evaluation", "perturbation", "interventions", "importance", "anatomy", "bundled", "sources",
+    "evaluation", "perturbation", "interventions", "importance", "anatomy", "bundled", "sources", "capture", "progress",
+    "rules", "langid", "confusion", "strict", "language_tasks", "udhr",
 ]  # fmt: skip
 
 
@@ -61,3 +63,12 @@ def test_only_anatomy_spells_the_decoder_layer_pattern():
         if p.name != "anatomy.py" and any(s in p.read_text(encoding="utf-8") for s in (r"layers\.\d", r"layers\.(\d"))
     ]
     assert not spelled
+
+
+def test_only_capture_hooks_the_forward_pass():
+    hooking = [
+        str(p.relative_to(REPO))
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if p.name != "capture.py" and any(s in p.read_text(encoding="utf-8") for s in ("register_forward_hook", "register_forward_pre_hook", "output_hidden_states"))
+    ]
+    assert not hooking
