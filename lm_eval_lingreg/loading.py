@@ -70,6 +70,10 @@ def torch_dtype(dtype: str, device: str = "cpu"):
     return getattr(torch, resolve_dtype(dtype, device))
 
 
+#: Suffixes of the files a model folder holds: a folder with one of these names stands where a file is expected.
+_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt", ".py", ".jinja", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".tiktoken")
+
+
 def check_model_folder(path: str | os.PathLike) -> None:
     """Refuse a local model folder with an entry that is not a regular file or a folder: a FIFO (reading it
     blocks), a socket or device, a broken or looping link. One error names the entry; a hub id (no such
@@ -90,6 +94,8 @@ def check_model_folder(path: str | os.PathLike) -> None:
         except OSError as e:
             kind = "a broken or looping link" if entry.is_symlink() else f"unreadable ({e.strerror or e})"
             raise ModelLoadError(f"model folder {folder}: {entry.name} is {kind}; replace it with the file itself or remove it") from e
+        if stat.S_ISDIR(mode) and entry.suffix.lower() in _FILE_SUFFIXES:
+            raise ModelLoadError(f"model folder {folder}: {entry.name} is a folder where a file is expected; replace it with the file itself or remove it")
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             raise ModelLoadError(
                 f"model folder {folder}: {entry.name} is not a regular file (a pipe, socket or device); replace it with the file itself or remove it"

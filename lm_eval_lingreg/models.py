@@ -51,6 +51,10 @@ _FROM_PRETRAINED = {
 }
 
 
+#: HFLM arguments that differ across the supported lm-eval versions, and whether this one takes them.
+_HFLM_TAKES = {k: k in inspect.signature(HFLM.__init__).parameters for k in ("softmax_dtype", "dtype")}
+
+
 class TokenCountedLoglik(float):
     """A rolling log-likelihood that also carries how many tokens it scored."""
 
@@ -84,10 +88,12 @@ class LingregLM(HFLM):
                 f"rolling_bos={rolling_bos!r}: use context (score the document's own tokens, default) or score (lm-eval's own, also p(BOS|BOS))"
             )
         self._check_args(kwargs)
+        if "torch_dtype" in kwargs and "dtype" not in kwargs and _HFLM_TAKES["dtype"]:
+            kwargs["dtype"] = kwargs.pop("torch_dtype")  # the name older transformers used; HFLM takes `dtype`
         dtype = kwargs.get("dtype")
         if isinstance(dtype, str) and dtype not in ("auto", "float32", "bfloat16", "float16", "float64"):
             raise ModelLoadError(f"dtype={dtype!r}: use auto, float32, bfloat16 or float16")
-        if dtype in ("bfloat16", "float16") and "softmax_dtype" not in kwargs:
+        if dtype in ("bfloat16", "float16") and "softmax_dtype" not in kwargs and _HFLM_TAKES["softmax_dtype"]:
             kwargs["softmax_dtype"] = "float32"  # half-precision weights, fp32 log-softmax: honest log-likelihoods
         try:
             super().__init__(pretrained=resolve_pretrained(pretrained), **kwargs)

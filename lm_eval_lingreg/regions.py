@@ -60,7 +60,11 @@ def check_shape(name: str, shape: object) -> tuple[int, ...]:
     """A declared tensor shape: a list of non-negative whole numbers, at most MAX_TENSOR_NUMEL entries."""
     if not isinstance(shape, (list, tuple)) or len(shape) > 8 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise RegionError(f"{name}: shape {str(shape)[:80]} is not a list of non-negative whole numbers")
-    if numel(shape) > MAX_TENSOR_NUMEL or any(d > MAX_TENSOR_NUMEL for d in shape):
+    if any(d > MAX_TENSOR_NUMEL for d in shape):  # checked first: a 4,000-digit size is no float to format
+        big = next(d for d in shape if d > MAX_TENSOR_NUMEL)
+        size = str(big) if len(str(big)) <= 20 else f"a number of {len(str(big)):,} digits"
+        raise RegionError(f"{name}: declared shape has a size of {size}, more than any real parameter tensor ({MAX_TENSOR_NUMEL:.3g} entries)")
+    if numel(shape) > MAX_TENSOR_NUMEL:
         raise RegionError(f"{name}: declared shape {list(shape)} has {numel(shape):.3g} entries, more than any real parameter tensor ({MAX_TENSOR_NUMEL:.3g})")
     return tuple(int(d) for d in shape)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from lm_eval_lingreg.interventions import check_all, perturb
 from lm_eval_lingreg.lm_loss import next_token_labels, pad_batch, token_nll
 from lm_eval_lingreg.perturbation import Perturbation
 from lm_eval_lingreg.resources import tasks_dir
+from lm_eval_lingreg.strict import parse_whole, shown
 from lm_eval_lingreg.results import geomean, safe_exp
 
 
@@ -112,24 +114,24 @@ def pick_dimensions(spec: str, ranked: Sequence[int] | None, hidden: int, seed: 
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         kind, _, n = part.partition(":")
         if kind in ("top", "random"):
-            if not n.isdigit() or int(n) < 1:
-                raise UsageError(f"--dims {part!r}: expected {kind}:<count>, e.g. {kind}:20")
+            count = parse_whole(n, UsageError, f"--dims {kind}:<count> (e.g. {kind}:20)", minimum=1)
             if kind == "top":
                 if ranked is None:
                     raise UsageError("--dims top:N needs a region to rank dimensions (--mask)")
-                out += [(f"top{i + 1}", d) for i, d in enumerate(ranked[: int(n)])]
+                out += [(f"top{i + 1}", d) for i, d in enumerate(ranked[:count])]
             else:
-                n_random = int(n)
-        elif part.isdigit():
-            if int(part) >= hidden:
-                raise UsageError(f"--dims {part}: out of range (hidden size {hidden})")
-            out.append(("given", int(part)))
+                n_random = count
+        elif re.fullmatch(r"\s*[0-9]+\s*", part):
+            d = parse_whole(part, UsageError, "--dims")
+            if d >= hidden:
+                raise UsageError(f"--dims {d}: out of range (hidden size {hidden})")
+            out.append(("given", d))
         else:
-            raise UsageError(f"--dims {part!r}: use top:N, random:N or dimension numbers, comma-separated")
+            raise UsageError(f"--dims {shown(part)}: use top:N, random:N or dimension numbers, comma-separated")
     if n_random:
         out += [("random", d) for d in random_dims(hidden, n_random, [d for _, d in out] + list(ranked[:n_random] if ranked else []), seed)]
     if not out:
-        raise UsageError(f"--dims {spec!r}: no candidate dimensions")
+        raise UsageError(f"--dims {shown(spec)}: no candidate dimensions")
     return out
 
 

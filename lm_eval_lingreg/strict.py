@@ -27,7 +27,7 @@ from typing import Any
 
 from lm_eval_lingreg.errors import LingregError
 
-__all__ = ["read_text", "loads_json", "loads_yaml", "read_csv", "read_number", "MAX_DIGITS"]
+__all__ = ["read_text", "loads_json", "loads_yaml", "read_csv", "read_number", "parse_whole", "shown", "MAX_DIGITS"]
 
 #: Longest integer (or number literal) accepted, in characters.
 MAX_DIGITS = 100
@@ -225,6 +225,25 @@ def read_csv(text: str, error: type[LingregError], where: str) -> list[dict[str,
             raise error(f"{where}: row {i} has {len(r)} fields but the header has {len(header)}; quote fields that hold commas")
         out.append(dict(zip(header, r, strict=True)))
     return out
+
+
+def shown(text: str, limit: int = 40) -> str:
+    """A value as a message shows it: quoted, at most `limit` characters and the length beyond that."""
+    return repr(text) if len(text) <= limit else f"{text[: limit // 2]!r}... ({len(text):,} characters)"
+
+
+def parse_whole(text: str, error: type[LingregError], what: str, minimum: int = 0) -> int:
+    """A whole number as written on a command line or in a spec: ASCII digits only (not `²`, `1_000`,
+    `+3` or `1e3`), at most `MAX_DIGITS` of them, at least `minimum`; `what` names the option in the error."""
+    t = text.strip()
+    if not re.fullmatch(r"[0-9]+", t):
+        raise error(f"{what}: {shown(t)} is not a whole number (digits 0-9)")
+    if len(t) > MAX_DIGITS:
+        raise error(f"{what}: a number of {len(t):,} digits is beyond any value it can have (at most {MAX_DIGITS} digits)")
+    n = int(t)
+    if n < minimum:
+        raise error(f"{what}: must be at least {minimum}, got {n}")
+    return n
 
 
 def read_number(v: Any, what: str, where: str, error: type[LingregError], allow_inf: bool = False) -> float:

@@ -321,3 +321,39 @@ def test_commands_are_split_as_a_shell_reads_them(tmp_path):
         (7, "lm_eval --model hf --tasks x", "# needs a GPU"),
         (8, "echo '# not a comment'", ""),
     ]
+
+
+def _python_blocks(page: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.S)
+
+
+@pytest.mark.slow
+def test_the_python_examples_run_as_written_on_the_bundled_model(bundled_model_dir, tmp_path, monkeypatch):
+    """README.md and the guides' Python blocks, exactly as written, on the bundled model; the training fragment gets the
+    `model`, `args`, `ds` and `optimizer` it names from a real Trainer set-up."""
+    import shutil
+
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(REPO / "docs" / "results" / "regions", tmp_path / "lingreg-demo")  # what the README's table reads
+    pages = [REPO / "README.md", *(REPO / "docs" / "guide" / name for name in ("language.md", "regions.md", "training.md"))]
+    blocks = {page.name: block for page in pages for block in _python_blocks(page)}
+    assert sorted(blocks) == ["README.md", "language.md", "regions.md", "training.md"]
+    for name in ("README.md", "language.md", "regions.md"):
+        exec(compile(blocks[name], name, "exec"), {})  # noqa: S102 - the project's own documentation
+    assert (tmp_path / "random1.safetensors").is_file()
+    from transformers import AutoModelForCausalLM
+
+    from lm_eval_lingreg import prepare
+
+    model = AutoModelForCausalLM.from_pretrained(prepare())
+    setup = {
+        "model": model,
+        "args": TrainingArguments(output_dir=str(tmp_path / "trainer"), report_to=[], use_cpu=True),
+        "ds": [],
+        "Trainer": Trainer,
+        "optimizer": torch.optim.SGD(model.parameters(), lr=0.0),
+    }
+    exec(compile(blocks["training.md"], "training.md", "exec"), setup)  # noqa: S102

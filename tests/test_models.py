@@ -242,6 +242,9 @@ def test_half_precision_weights_get_an_fp32_log_softmax(tiny_model_dir):
     assert lm.softmax_dtype == torch.float32 and lm._lingreg_info["dtype"] == "bfloat16"
     with pytest.raises(ModelLoadError, match="rolling_bos"):
         LingregLM(pretrained=str(tiny_model_dir), rolling_bos="maybe")
+    # the older name of the argument, torch_dtype, is the same request: half-precision weights, fp32 log-softmax
+    lm = LingregLM(pretrained=str(tiny_model_dir), device="cpu", torch_dtype="bfloat16")
+    assert next(lm.model.parameters()).dtype == torch.bfloat16 and lm.softmax_dtype == torch.float32
 
 
 def test_perturbed_model_sets_an_activation_to_its_calibration_mean(tiny_model_dir):

@@ -69,6 +69,7 @@ def test_only_capture_hooks_the_forward_pass():
     hooking = [
         str(p.relative_to(REPO))
         for p in sorted(PACKAGE.rglob("*.py"))
-        if p.name != "capture.py" and any(s in p.read_text(encoding="utf-8") for s in ("register_forward_hook", "register_forward_pre_hook", "output_hidden_states"))
+        if p.name != "capture.py"
+        and any(s in p.read_text(encoding="utf-8") for s in ("register_forward_hook", "register_forward_pre_hook", "output_hidden_states"))
     ]
     assert not hooking
