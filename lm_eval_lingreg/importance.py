@@ -20,6 +20,7 @@ code, whose DeepSpeed ZeRO-2 run accumulated and saved bf16).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -87,6 +88,44 @@ def micro_batches(samples: Sequence[list[int]], batch_size: int, loss_norm: str)
         yield ordered[start : start + batch_size]
 
 
+def _loss_weights(keep: torch.Tensor, loss_norm: str) -> torch.Tensor:
+    """Per-token weights of the loss: each sample's mean token loss (1/n on each of its n predicted tokens) for
+    `sample`, the micro-batch's mean token loss for `batch-token`."""
+    if loss_norm == "sample":
+        return (keep / keep.sum(1, keepdim=True)).to(torch.float32)
+    return (keep / keep.sum().clamp(min=1)).to(torch.float32)
+
+
+@contextlib.contextmanager
+def _summing_into(model: torch.nn.Module, targets: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> Iterator[None]:
+    """While the block runs: only `targets` take gradients, each added into its `grads` buffer as it is computed
+    (then dropped), in eval mode; afterwards every flag, hook and mode is as it was."""
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    hooks = []
+    was_training = model.training
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for name, p in targets.items():
+            p.requires_grad_(True)
+            p.grad = None
+
+            def accumulate(param: torch.Tensor, buf: torch.Tensor = grads[name]) -> None:
+                buf.add_(param.grad.to(buf.dtype))
+                param.grad = None
+
+            hooks.append(p.register_post_accumulate_grad_hook(accumulate))
+        model.eval()  # no dropout: the estimate is of the deployed model
+        yield
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+        for p in model.parameters():
+            p.requires_grad_(flags[id(p)])
+            p.grad = None
+
+
 def sum_gradients(
     model: torch.nn.Module,
     samples: Sequence[list[int]],
@@ -117,45 +156,19 @@ def sum_gradients(
         grads, tokens, done = start.grads, start.tokens, start.samples
     else:
         grads, tokens, done = {n: torch.zeros(p.shape, dtype=dtype, device=p.device) for n, p in targets.items()}, 0, 0
-    flags = {id(p): p.requires_grad for p in model.parameters()}
-    hooks = []
-    was_training = model.training
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for name, p in targets.items():
-            p.requires_grad_(True)
-            p.grad = None
-
-            def accumulate(param: torch.Tensor, buf: torch.Tensor = grads[name]) -> None:
-                buf.add_(param.grad.to(buf.dtype))
-                param.grad = None
-
-            hooks.append(p.register_post_accumulate_grad_hook(accumulate))
-        model.eval()  # no dropout: the estimate is of the deployed model
+    with _summing_into(model, targets, grads):
         device = next(iter(targets.values())).device
         for batch in micro_batches(samples, batch_size, loss_norm):
             ids, attn = pad_batch(batch, pad_id)
             ids, attn = ids.to(device), attn.to(device)
             labels = next_token_labels(ids, attn)
             keep = labels != IGNORE
-            if loss_norm == "sample":  # each sample's mean token loss: weight 1/n on each of its n predicted tokens
-                weights = (keep / keep.sum(1, keepdim=True)).to(torch.float32)
-            else:  # the micro-batch's mean token loss
-                weights = (keep / keep.sum().clamp(min=1)).to(torch.float32)
             if bool(keep.any()):
-                backward_weighted_nll(model, ids, attn, labels, weights, max_logits_mb)
+                backward_weighted_nll(model, ids, attn, labels, _loss_weights(keep, loss_norm), max_logits_mb)
             tokens += int(keep.sum())
             done += ids.shape[0]
             if progress is not None:
                 progress(done, tokens)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-        for p in model.parameters():
-            p.requires_grad_(flags[id(p)])
-            p.grad = None
     return GradientSum(grads, done, tokens)
 
 

@@ -140,24 +140,7 @@ def page(out: Path, plan: Any, record: dict[str, Any]) -> str:
         lines += _table(mt, "mt_chrf", shown, rows, digits=1)
         lines += ["", "### Share of translations in the target language", ""]
         lines += _table(mt, "mt_fidelity", shown, rows)
-    lines += [
-        "",
-        "## Limits",
-        "",
-        f"- {plan.gen_limit} prompts per language and {plan.mt_limit} per direction: per-language intervals are wide, and the means over "
-        "languages carry most of the evidence. More prompts: `lingreg reproduce --only language` with a larger plan, or "
-        "`lm_eval --tasks lingreg_gen --log_samples` on all 30 articles.",
-        "- The detector is 96-98% accurate on short texts of the 30 languages (bench/langid/RESULTS.md), weakest on Malay/Indonesian "
-        "and Danish/Norwegian; a degenerate continuation (repeated punctuation, one word) may be identified as 'other' or as a "
-        "related language.",
-        "- chrF has a floor: gibberish in the reference's script still shares character n-grams with it (the core-removed "
-        "model's Latin-script outputs score about 10-15), so compare chrF between conditions, not with zero.",
-        "- The detector always names one of the 30 languages unless the full model's best guess lies outside them: a "
-        "garbled output is often given some language of the 30 with low confidence, which counts as a failure of fidelity "
-        "unless it happens to be the prompt's language.",
-        f"- chrF of a {plan.gen_tokens}-token continuation against the real text measures closeness to the UDHR wording (which a model may have "
-        "memorised), not fluency.",
-    ]
+    lines += _limits(plan)
     return "\n".join(lines) + "\n"
 
 
@@ -301,3 +284,24 @@ def _claims(gen: dict, plan: Any, langs: list[str]) -> list[str]:
 
 def _names(conds: list[str]) -> str:
     return ", ".join(f"`{c}`" for c in conds)
+
+
+def _limits(plan: Any) -> list[str]:
+    return [
+        "",
+        "## Limits",
+        "",
+        f"- {plan.gen_limit} prompts per language and {plan.mt_limit} per direction: per-language intervals are wide, and the means over "
+        "languages carry most of the evidence. More prompts: `lingreg reproduce --only language` with a larger plan, or "
+        "`lm_eval --tasks lingreg_gen --log_samples` on all 30 articles.",
+        "- The detector is 96-98% accurate on short texts of the 30 languages (bench/langid/RESULTS.md), weakest on Malay/Indonesian "
+        "and Danish/Norwegian; a degenerate continuation (repeated punctuation, one word) may be identified as 'other' or as a "
+        "related language.",
+        "- chrF has a floor: gibberish in the reference's script still shares character n-grams with it (the core-removed "
+        "model's Latin-script outputs score about 10-15), so compare chrF between conditions, not with zero.",
+        "- The detector always names one of the 30 languages unless the full model's best guess lies outside them: a "
+        "garbled output is often given some language of the 30 with low confidence, which counts as a failure of fidelity "
+        "unless it happens to be the prompt's language.",
+        f"- chrF of a {plan.gen_tokens}-token continuation against the real text measures closeness to the UDHR wording (which a model may have "
+        "memorised), not fluency.",
+    ]
