@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-__all__ = ["configure", "job", "active", "tick"]
+__all__ = ["configure", "job", "active", "harness_quiet", "tick"]
 
 _SETTINGS = {"enabled": False, "harness_bars": False}
 _BAR: Any = None
@@ -26,8 +26,13 @@ def configure(enabled: bool, harness_bars: bool = False) -> None:
 
 
 def active() -> bool:
-    """Whether a job bar is open: the wrappers then tick it and keep lm-eval's per-batch bars off."""
+    """Whether a job bar is open: the wrappers then tick it."""
     return _BAR is not None
+
+
+def harness_quiet() -> bool:
+    """Whether lm-eval's own bars are to be off now: a job bar is open and `-v` did not ask for them."""
+    return _BAR is not None and not _SETTINGS["harness_bars"]
 
 
 def tick(n: int = 1) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import json
 from pathlib import Path
 
@@ -258,6 +260,16 @@ def test_demo_prints_a_per_language_table(tiny_model_dir, tmp_path):
     assert proc.returncode == 0
     assert "English" in proc.stdout and "Chinese" in proc.stdout and "random-0.01" in proc.stdout
     assert (tmp_path / "base" / "results.json").is_file() and (tmp_path / "random-0.01" / "results.json").is_file()
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_one_progress_bar_over_the_whole_job_and_lm_evals_own_only_with_v(tiny_model_dir, tmp_path, verbose):
+    args = ["demo", "--pretrained", tiny_model_dir, "--langs", "en,zh", "--limit", "1", "--output-path", tmp_path, "--device", "cpu"]
+    proc = lingreg(*(["-v"] if verbose else []), *args)
+    assert proc.returncode == 0
+    bar = re.findall(r"2 conditions x 2 tasks: +100%\|[^|]*\| 4/4", proc.stderr)  # base and the random region, 2 documents each
+    assert bar, proc.stderr[-2000:]
+    assert ("Running loglikelihood requests" in proc.stderr) is verbose
 
 
 def test_demo_rejects_unknown_languages_and_masks_for_another_model(tiny_model_dir, tmp_path):

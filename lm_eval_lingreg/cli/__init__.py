@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     finally:
+        progress.configure(enabled=False)  # a library caller in the same process gets no bars it did not ask for
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
 
