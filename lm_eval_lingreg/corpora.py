@@ -90,7 +90,7 @@ def read_texts(lang: str, data: str | None = None, split: str = "train", column:
             if f.exists() or f.is_symlink():  # named like the corpus: read it or say why not, never skip it
                 return _read_file(f, column), str(f)
         raise CorpusError(f"{path}: no {lang}.txt or {lang}.jsonl calibration file for {LANGUAGES[lang].name}")
-    if path.is_file():
+    if path.exists() or path.is_symlink():  # a FIFO or a broken link: read_text says what it is, not "not found"
         return _read_file(path, column), str(path)
     raise CorpusError(f"calibration data {data!r} not found: give a directory, a file, 'eld', or 'datasets:<path>[:<config>]'")
 

@@ -120,8 +120,8 @@ def write_shipped(folder: str | os.PathLike) -> list[Path]:
 def write_pair_tasks(pairs: Sequence[tuple[str, str]], folder: str | os.PathLike, overwrite: bool = False) -> list[Path]:
     """Translation task YAMLs for `pairs` in `folder` (for `lm_eval --include_path folder`), each
     including the shipped template by its absolute path. Pairs that ship with the package are left
-    out (two tasks of one name would clash). Every file is written atomically."""
-    from lm_eval_lingreg.outputs import write_text
+    out (two tasks of one name would clash). The set is written as a whole: into a temporary folder
+    first, moved in only when every file is written; a failure (a full disk) leaves no file of it."""
     from lm_eval_lingreg.resources import tasks_dir
 
     pairs = [p for p in parse_pairs([f"{s}-{t}" for s, t in pairs]) if p not in SHIPPED_PAIRS]
@@ -135,9 +135,55 @@ def write_pair_tasks(pairs: Sequence[tuple[str, str]], folder: str | os.PathLike
     existing = [str(p) for p, _ in targets if p.exists()]
     if existing and not overwrite:
         raise UsageError(f"{existing[0]} already exists ({len(existing)} of the files do); pass --overwrite to replace them")
-    for path, text in targets:  # every target was checked first: an error leaves no file half the set
-        write_text(path, text)
+    _write_all(folder, targets)
     return [p for p, _ in targets]
+
+
+def _write_all(folder: Path, targets: Sequence[tuple[Path, str]]) -> None:
+    """Write every `(path, text)` in `folder`, or none: staged in a temporary folder beside them, moved in
+    once all are written; on any failure the staged files, the files this run moved in and the folders it
+    created are removed."""
+    import contextlib
+    import errno
+    import shutil
+    import tempfile
+
+    from lm_eval_lingreg.errors import OutputError
+    from lm_eval_lingreg.outputs import output_lock
+
+    created = []  # innermost first: only these are removed on failure
+    f = folder.absolute()
+    while not f.exists() and not f.is_symlink():
+        created.append(f)
+        f = f.parent
+    moved: list[Path] = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with output_lock(folder / "lingreg-tasks"):  # a staging folder of a live run is never cleaned away
+            staging = Path(tempfile.mkdtemp(prefix=f".lingreg-tasks.lingreg-tmp-{os.getpid()}-", dir=folder))
+            try:
+                for path, text in targets:
+                    (staging / path.name).write_text(text, encoding="utf-8")
+                for path, _ in targets:
+                    new = not path.exists()
+                    os.replace(staging / path.name, path)
+                    if new:
+                        moved.append(path)
+            except BaseException:
+                for path in moved:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                raise
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    except BaseException as e:
+        for d in created:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        if isinstance(e, OSError) and not isinstance(e, OutputError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise OutputError(f"cannot write the task files to {folder}: {e.strerror}" + ("; free some space, or write elsewhere" if full else "")) from e
+        raise
 
 
 def _check_folder(folder: str | os.PathLike) -> Path:

@@ -148,7 +148,7 @@ class LingregLM(HFLM):
         self._in_rolling = True
         self._docs_to_tick = len(requests)
         try:
-            lls = super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm or progress.active())
+            lls = super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm or progress.harness_quiet())
             progress.tick(self._docs_to_tick)  # a document of several windows ticked once per window: the rest now
             # get_rolling_token_windows predicts every token of the encoded string once.
             out = [TokenCountedLoglik(ll, len(self.tok_encode(req.args[0]))) for ll, req in zip(lls, requests, strict=True)]
@@ -160,7 +160,7 @@ class LingregLM(HFLM):
         return out
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
-        out = super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm or progress.active(), override_bs=override_bs)
+        out = super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm or progress.harness_quiet(), override_bs=override_bs)
         if self._in_rolling:  # a window at a time: at most the documents of this call
             n = min(len(requests), self._docs_to_tick)
             self._docs_to_tick -= n
@@ -170,7 +170,7 @@ class LingregLM(HFLM):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         t0 = time.perf_counter()
         try:
-            return super().generate_until(requests, disable_tqdm=disable_tqdm or progress.active())
+            return super().generate_until(requests, disable_tqdm=disable_tqdm or progress.harness_quiet())
         finally:
             self._costs["generation_seconds"] = self._costs.get("generation_seconds", 0.0) + time.perf_counter() - t0
 
@@ -208,7 +208,7 @@ class RegionAblatedLM(LingregLM):
     OWN_ARGS = frozenset({"mask", "mask_value"})
 
     def __init__(self, pretrained: Any = None, mask: str | None = None, mask_value: float | str = 0.0, **kwargs: Any) -> None:
-        from lm_eval_lingreg.region_io import file_sha256, load_region, resolve
+        from lm_eval_lingreg.region_io import file_sha256, held_value, load_region, resolve
         from lm_eval_lingreg.regions import apply
 
         region = path = None
@@ -225,7 +225,7 @@ class RegionAblatedLM(LingregLM):
             mask=str(mask),
             mask_path=str(path),
             mask_sha256=file_sha256(path),
-            mask_value=float(mask_value),
+            mask_value=held_value(mask_value, region, self._model),  # as the weights hold it: 0.1 in bfloat16 is 0.10009765625
             entries_changed=saved.num_entries,
             tensors_changed=sum(1 for i in region.indices.values() if i.numel()),
             mask_metadata=region.metadata,

@@ -151,20 +151,56 @@ def _json_field(header: dict, key: str, path: Path, kind: type, default: Any = N
         if default is not None:
             return default
         raise RegionFileError(f"{path}: header lacks {key!r}; not a complete region file")
-    try:
-        value = json.loads(header[key], object_pairs_hook=_unique_keys)
-    except (json.JSONDecodeError, RecursionError, TypeError, ValueError) as exc:
-        raise RegionFileError(f"{path}: header field {key!r} is not valid JSON (or repeats a key)") from exc
+    from lm_eval_lingreg.strict import loads_json
+
+    if not isinstance(header[key], str):
+        raise RegionFileError(f"{path}: header field {key!r} must be JSON text, got {type(header[key]).__name__}")
+    value = loads_json(header[key], RegionFileError, f"{path}: header field {key!r}", finite=True)
     if not isinstance(value, kind):
         raise RegionFileError(f"{path}: header field {key!r} must be a JSON {'object' if kind is dict else kind.__name__}, got {type(value).__name__}")
     return value
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise ValueError("duplicate keys")
-    return dict(pairs)
+#: Largest safetensors header read (the JSON before the data); a region's is a few kilobytes per tensor.
+MAX_HEADER_BYTES = 100 * 2**20
+
+
+def read_safetensors_header(path: Path, error: type[Exception] = RegionFileError) -> dict[str, Any]:
+    """The JSON header of a .safetensors file (8-byte little-endian length, then JSON), read strictly:
+    a repeated key (safetensors itself keeps the last `__metadata__` or tensor entry silently), a number
+    beyond a float's range or a length past the end of the file is an error naming the file."""
+    import stat
+
+    from lm_eval_lingreg.strict import loads_json
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # never blocks on a FIFO
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise error(f"{path} is not a regular file (a pipe or device?)")
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise error(f"{path}: {st.st_size} bytes, too short for a .safetensors file")
+            n = int.from_bytes(prefix, "little")
+            if n > MAX_HEADER_BYTES or n > st.st_size - 8:
+                raise error(
+                    f"{path}: cannot read as a .safetensors file: its header declares {n:,} bytes (file: {st.st_size:,} bytes, limit {MAX_HEADER_BYTES:,})"
+                )
+            raw = f.read(n)
+    except OSError as e:
+        raise error(f"{path} cannot be read ({e.strerror or e})") from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: cannot read as a .safetensors file: its header is not UTF-8 (byte {e.start})") from e
+    header = loads_json(text, error, f"{path}: .safetensors header", finite=True)
+    if not isinstance(header, dict):
+        raise error(f"{path}: cannot read as a .safetensors file: its header is not a JSON object")
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise error(f"{path}: cannot read as a .safetensors file: __metadata__ must map names to strings")
+    return header
 
 
 def load_safetensors(path: str | os.PathLike) -> Region:
@@ -173,9 +209,9 @@ def load_safetensors(path: str | os.PathLike) -> Region:
     path = Path(path)
     if not path.is_file():
         raise RegionFileError(f"{path} is not a regular file (a pipe or device?)")
+    header = read_safetensors_header(path).get("__metadata__", {})  # strictly, before safetensors reads it leniently
     try:
         with safe_open(str(path), framework="np") as f:
-            header = f.metadata() or {}
             if header.get("format") != FORMAT:
                 raise RegionFileError(
                     f"{path}: not a region file (header format={header.get('format')!r}, expected {FORMAT!r}); convert other masks with `lingreg mask convert`"
@@ -385,7 +421,13 @@ def shipped_masks() -> dict[str, dict]:
     manifest = masks_dir() / "MANIFEST.json"
     if not manifest.is_file():
         return {}
-    return json.loads(manifest.read_text()).get("masks", {})
+    from lm_eval_lingreg.strict import loads_json, read_text
+
+    data = loads_json(read_text(manifest, RegionFileError, "mask manifest"), RegionFileError, str(manifest), finite=True)
+    masks = data.get("masks", {}) if isinstance(data, dict) else None
+    if not isinstance(masks, dict):
+        raise RegionFileError(f"{manifest}: not a mask manifest (an object with `masks`); reinstall lm-eval-lingreg")
+    return masks
 
 
 def resolve(spec: str | os.PathLike) -> Path:
@@ -455,6 +497,19 @@ def save_region(region: Region, path: str | os.PathLike, fmt: str | None = None,
         return save_safetensors(region, path, overwrite=overwrite)
     save = save_torch if fmt == "pt" else save_official_dir
     return save(region, path, overwrite=overwrite, max_dense_gb=max_dense_gb)
+
+
+def held_value(value: float | str, region: Region, model: torch.nn.Module) -> float | dict[str, float]:
+    """`value` as the region's weights hold it after `regions.apply`, for the record: 0.1 in bfloat16 is
+    0.10009765625. One number when every tensor holds the same; per dtype when they differ."""
+    from lm_eval_lingreg.anatomy import named_parameters
+
+    params = named_parameters(model)
+    dtypes = sorted({params[n].dtype for n, i in region.indices.items() if i.numel() and n in params}, key=str)
+    held = {str(d).removeprefix("torch."): float(torch.tensor(float(value), dtype=torch.float64).to(d)) for d in dtypes}
+    if len(set(held.values())) > 1:
+        return held
+    return next(iter(held.values()), float(value))
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -168,8 +168,29 @@ def items(samples: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[
 
 
 def _whole(v: Any, what: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"{what} {str(v)[:20]!r} is not a whole number")
+    """A whole non-negative number exactly as written: 1.7 is not truncated to 1, "3" and true are not numbers."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{what} {repr(v)[:40]} is not a whole number of 0 or more")
+    return v
+
+
+def _real(v: Any, what: str) -> float:
+    """A number as written (not a string, not a boolean, not NaN)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        raise ValueError(f"{what} {repr(v)[:40]} is not a number")
+    try:
+        return float(v)
+    except OverflowError as e:  # an integer of 100 digits
+        raise ValueError(f"{what} {str(v)[:20]!r}... is beyond the range of a float") from e
+
+
+def _limit(v: Any, path: Path) -> int | float | None:
+    """lm-eval's `config.limit`: none, a whole number of documents (2 or 2.0) or a fraction below 1."""
+    if v is None:
+        return None
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 and (v < 1 or float(v).is_integer())
+    if not ok:
+        raise ReportError(f"{path}: config.limit {repr(v)[:40]} is not a number of documents (a whole number, or a fraction below 1); the file is corrupt")
     return v
 
 
@@ -280,7 +301,7 @@ def read_run(path: str | os.PathLike) -> Run:
     if not values:
         raise ReportError(f"{path}: no lingreg_ppl_<iso> results (nor lingreg_gen_<iso>, lingreg_mt_<src>_<tgt>) in it; was it run with --tasks lingreg_ppl?")
     label, model = _label(cfg, info, path)
-    return Run(path, label, model, values, dict(info), cfg.get("limit"), _documents(data, path), _items(data, path, values))
+    return Run(path, label, model, values, dict(info), _limit(cfg.get("limit"), path), _documents(data, path), _items(data, path, values))
 
 
 def _values(results: Mapping[str, Any], path: Path) -> dict[str, dict[str, float]]:
@@ -353,13 +374,13 @@ def _documents(data: Mapping[str, Any], path: Path) -> dict[str, Documents]:
         for task, t in (tables or {}).items():
             iso = task.removeprefix("lingreg_ppl_")
             if iso in LANGUAGES:
-                sizes = {k: [int(x) for x in t[k]] for k in ("tokens", "bytes", "words") if k in t}
-                docs = Documents([int(x) for x in t["doc_id"]], [float(x) for x in t["loglikelihood"]], sizes)
+                sizes = {k: [_whole(x, f"{task}: {k}") for x in t[k]] for k in ("tokens", "bytes", "words") if k in t}
+                docs = Documents([_whole(x, f"{task}: doc_id") for x in t["doc_id"]], [_real(x, f"{task}: loglikelihood") for x in t["loglikelihood"]], sizes)
                 if any(len(v) != len(docs.doc_id) for v in (docs.loglikelihood, *sizes.values())):
-                    raise ValueError("lengths differ")
+                    raise ValueError(f"{task}: doc_id, loglikelihood and sizes have different lengths")
                 out[iso] = docs
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ReportError(f"{path}: malformed per-document scores ({DOCUMENTS}); rerun that evaluation") from exc
+        raise ReportError(f"{path}: malformed per-document scores ({DOCUMENTS}): {str(exc)[:200]}; rerun that evaluation") from exc
     return out
 
 
@@ -410,6 +431,10 @@ def find_results(paths: Iterable[str | os.PathLike]) -> list[Path]:
             for f in found:  # lm-eval writes results_<timestamp>.json; keep the newest per folder
                 by_dir[f.parent] = max(by_dir.get(f.parent, f), f, key=lambda x: x.name)
             out.extend(sorted(by_dir.values()))
+        elif p.exists():
+            raise ReportError(f"{p}: not a regular file (a pipe, socket or device?); give a results JSON file or a folder of them")
+        elif p.is_symlink():
+            raise ReportError(f"{p}: a broken or looping link; give a results JSON file or a folder of them")
         else:
             raise ReportError(f"{p}: no such file or directory")
     if not out:

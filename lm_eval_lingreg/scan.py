@@ -22,8 +22,8 @@ from lm_eval_lingreg.interventions import check_all, perturb
 from lm_eval_lingreg.lm_loss import next_token_labels, pad_batch, token_nll
 from lm_eval_lingreg.perturbation import Perturbation
 from lm_eval_lingreg.resources import tasks_dir
-from lm_eval_lingreg.strict import parse_whole, shown
 from lm_eval_lingreg.results import geomean, safe_exp
+from lm_eval_lingreg.strict import parse_whole, shown
 
 
 def probe_texts(langs: Sequence[str], docs: int = 2) -> dict[str, list[str]]:

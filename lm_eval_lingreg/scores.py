@@ -395,8 +395,7 @@ def _score_language(
                 raise ScoreFileError(f"{lang}: the summed gradients are all zero ({tokens} tokens scored); nothing to rank. Use samples of at least 2 tokens")
             info = {"samples": samples, "tokens": tokens, "source": batch.source, "world_size": world, "lm_eval_lingreg": __version__}
             info |= {"corpus_sha256": batch.sha256} if n == scoring.samples else {"checkpoint_of": scoring.samples}
-            if rank == 0:
-                path.parent.mkdir(parents=True, exist_ok=True)
+            if rank == 0:  # save_scores creates the folder, and removes it again if the write fails (a full disk)
                 save_scores(path.parent, lang, scores, info, config)
     if rank == 0:
         log.info(

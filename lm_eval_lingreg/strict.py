@@ -43,6 +43,8 @@ def read_text(path: str | os.PathLike, error: type[LingregError], what: str = "f
     try:
         st = path.stat()
     except FileNotFoundError as e:
+        if path.is_symlink():
+            raise error(f"{what} {path} is a broken link (to {os.readlink(path)}); give the file itself") from e
         raise error(f"{what} {path} not found") from e
     except OSError as e:
         raise error(f"{what} {path} cannot be read ({e.strerror or e})") from e

@@ -419,6 +419,7 @@ def resolve_freeze(spec: str | None, model: torch.nn.Module, seed: int = 0) -> R
     from lm_eval_lingreg.region_io import load_region, shipped_masks
     from lm_eval_lingreg.regions import validate
     from lm_eval_lingreg.selection import select_random
+    from lm_eval_lingreg.strict import shown
 
     if spec is None or spec.strip().lower() in ("", "none"):
         return None
@@ -426,13 +427,13 @@ def resolve_freeze(spec: str | None, model: torch.nn.Module, seed: int = 0) -> R
     if m:
         kind, ratio = m.group(1), float(m.group(2))
         if not 0 < ratio < 1:
-            raise RegionError(f"--freeze {spec}: the ratio must be between 0 and 1 (e.g. core:0.05)")
+            raise RegionError(f"--freeze {shown(spec.strip())}: the ratio must be between 0 and 1 (e.g. core:0.05)")
         if kind == "random":
             return select_random(scope_shapes(model), ratio, seed=seed, metadata={"kind": "random", "ratio": ratio, "seed": seed})
         name = f"core-{'bottom' if kind == 'bottom' else 'top'}-{ratio * 100:g}"
         if name not in shipped_masks():
             raise RegionError(
-                f"--freeze {spec}: no shipped mask {name!r} (shipped: {', '.join(sorted(n for n in shipped_masks() if n.startswith('core-')))}); "
+                f"--freeze {shown(spec.strip())}: no shipped mask {name!r} (shipped: {', '.join(sorted(n for n in shipped_masks() if n.startswith('core-')))}); "
                 f"make one with `lingreg score` and `lingreg extract core --ratio {ratio} --which {'bottom' if kind == 'bottom' else 'top'} --out core.safetensors`, then pass --freeze core.safetensors"
             )
         spec = name

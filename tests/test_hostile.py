@@ -539,7 +539,7 @@ SECOND = [
     (
         "corrupt-experiment-record",
         lambda t, m: ["reproduce", "--only", "regions", "--from-results", "--out", _experiment(t, "{oops")],
-        "not an experiment record",
+        "experiment.json: not valid JSON",
     ),
     (
         "shape-with-a-huge-dimension",
@@ -556,7 +556,7 @@ SECOND = [
     (
         "duplicate-shape-keys",
         lambda t, m: ["mask", "info", _st(t / "dup.safetensors", f'{{"{NAME}": [4, 4], "{NAME}": [2, 2]}}', {NAME: 1})],
-        "repeats a key",
+        f"the key '{NAME}' appears twice in one object",
     ),
     ("mask-value-boolean", lambda t, m: ["apply", "--pretrained", m, "--mask", _tiny_mask(t, m), "--out", t / "abl", "--mask-value", "True"], "not a number"),
 ]

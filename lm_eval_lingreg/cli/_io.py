@@ -63,8 +63,11 @@ def _as_input(token: str) -> Path | None:
     from lm_eval_lingreg.region_io import resolve
 
     path = Path(token).expanduser()
-    if path.exists():
-        return path
+    try:
+        if path.exists():
+            return path
+    except OSError:  # a name too long for the file system names no file; the command judges the value itself
+        return None
     try:
         return resolve(token)
     except (LingregError, OSError, ValueError):

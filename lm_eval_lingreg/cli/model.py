@@ -18,7 +18,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     from lm_eval_lingreg import __version__
     from lm_eval_lingreg.outputs import save_model
-    from lm_eval_lingreg.region_io import file_sha256, load_region, resolve
+    from lm_eval_lingreg.region_io import file_sha256, held_value, load_region, resolve
     from lm_eval_lingreg.regions import apply
 
     path = resolve(args.mask)
@@ -30,13 +30,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
         "pretrained": args.pretrained or f"{DEFAULT_MODEL} (bundled)",
         "mask": str(args.mask),
         "mask_sha256": file_sha256(path),
-        "mask_value": args.mask_value,
+        "mask_value": held_value(args.mask_value, region, model),  # as the weights hold it, not as typed
         "entries_changed": saved.num_entries,
         "mask_metadata": region.metadata,
         "lm_eval_lingreg": __version__,
     }
     save_model(model, tokenizer, out, {"lingreg_ablation.json": info}, overwrite=args.overwrite)
-    print(f"wrote {out} ({saved.num_entries} entries set to {args.mask_value})")
+    print(f"wrote {out} ({saved.num_entries} entries set to {info['mask_value']})")
     print(out.resolve())
     return 0
 
