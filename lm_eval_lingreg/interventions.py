@@ -22,7 +22,7 @@ from lm_eval_lingreg.errors import PerturbationError, close_matches
 from lm_eval_lingreg.languages import CORE_LANGUAGES
 from lm_eval_lingreg.perturbation import GROUPS, Perturbation, spec_dicts, spec_sha256, spec_string
 
-__all__ = ["Target", "text_decoder", "decoder_layers", "MEAN_CALIBRATION", "activation_means", "resolve", "Applied", "check_all", "perturb"]
+__all__ = ["Target", "Steering", "text_decoder", "decoder_layers", "MEAN_CALIBRATION", "activation_means", "resolve", "Applied", "check_all", "perturb"]
 
 
 @dataclass
@@ -163,6 +163,61 @@ def activation_means(model: torch.nn.Module, tokenizer: Any, layers: Mapping[int
     return {la: s / tokens for la, s in sums.items()}
 
 
+@dataclass
+class Steering:
+    """A steering perturbation checked against a model: its vectors (float32, on the chosen layers) and file."""
+
+    layers: dict[int, torch.nn.Module]
+    vectors: dict[int, torch.Tensor]
+    path: str
+    sha256: str
+    metadata: dict[str, str]
+
+
+def _steering(p: Perturbation, model: torch.nn.Module) -> Steering:
+    """Load `p.vector` and check it against the model (hidden size, layers, finite in the model's dtype); changes nothing."""
+    from lm_eval_lingreg.anatomy import hidden_size
+    from lm_eval_lingreg.steering import load_vectors, vectors_sha256
+
+    vectors, metadata = load_vectors(p.vector)
+    path = str(p.vector)
+    size = next(iter(vectors.values())).numel()
+    hidden = hidden_size(model)
+    if hidden is not None and size != hidden:
+        raise PerturbationError(f"{path}: the vectors have size {size} but this model's hidden size is {hidden} (made for another model?)")
+    layers = decoder_layers(model)
+    if not layers:
+        raise PerturbationError("vector=: this model has no recognisable decoder layers (layers.<n>)")
+    chosen = sorted(vectors) if p.layers is None else list(p.layers)
+    bad = [la for la in chosen if la not in layers]
+    if bad:
+        raise PerturbationError(f"{path}: layer {bad[0]} out of range: this model has layers 0..{max(layers)}")
+    missing = [la for la in chosen if la not in vectors]
+    if missing:
+        raise PerturbationError(f"{path}: has no vector for layer {missing[0]} (it has layers {', '.join(map(str, sorted(vectors)))})")
+    dtype = next(model.parameters()).dtype
+    if dtype.is_floating_point:
+        top = max(float(vectors[la].abs().max()) for la in chosen) * abs(p.value)
+        if not math.isfinite(top) or top > torch.finfo(dtype).max:
+            raise PerturbationError(f"{p}: value {p.value:g} times the vector overflows the model's {dtype}; use a smaller value")
+    return Steering({la: layers[la] for la in chosen}, {la: vectors[la] for la in chosen}, path, vectors_sha256(p.vector), metadata)
+
+
+def _steering_hook(vector: torch.Tensor, alpha: float):
+    """Add `alpha * vector` at every position: the vector cast to the activation's dtype and device, then scaled
+    (the order lm-eval's `steered` model computes it in)."""
+    cast: dict[tuple, torch.Tensor] = {}
+
+    def hook(h: torch.Tensor) -> torch.Tensor:
+        key = (h.dtype, h.device)
+        if key not in cast:
+            cast.clear()
+            cast[key] = vector.to(device=h.device, dtype=h.dtype) * alpha
+        return h + cast[key]
+
+    return hook
+
+
 def _activation_hook(p: Perturbation, layer: int, means: Mapping[int, torch.Tensor] | None = None):
     dims = list(p.dims)
 
@@ -182,6 +237,9 @@ def resolve(p: Perturbation, model: torch.nn.Module, params: Mapping[str, torch.
     from lm_eval_lingreg.anatomy import gain_offset
 
     params = params if params is not None else named_parameters(model)
+    if p.kind == "steering":
+        _steering(p, model)
+        return []
     if p.on == "activation":
         _activation_layers(p, model)
         return []
@@ -265,6 +323,19 @@ def perturb(model: torch.nn.Module, perturbations: Perturbation | Sequence[Pertu
     applied = Applied(model, perts)
     try:
         for p, targets in resolved:
+            if p.kind == "steering":
+                steering = _steering(p, model)
+                applied.hooks += [add_hook(m, _steering_hook(steering.vectors[la], float(p.value)), "output") for la, m in steering.layers.items()]
+                applied.summary.append(
+                    {
+                        "perturbation": str(p),
+                        "entries": 0,
+                        "activation_layers": sorted(steering.layers),
+                        "vector_sha256": steering.sha256,
+                        "vector_metadata": steering.metadata,
+                    }
+                )
+                continue
             if p.on == "activation":
                 layers = _activation_layers(p, model)
                 means = activation_means(model, tokenizer, layers, p.dims) if p.op == "mean" else None

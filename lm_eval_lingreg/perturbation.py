@@ -1,14 +1,17 @@
 """Perturbations: change chosen weights of a loaded model in place, validated first, undone exactly.
 
-A `Perturbation` is a value object with three kinds of target, all named with the model's real
-parameter names:
+A `Perturbation` is a value object with four kinds of target, the first three named with the
+model's real parameter names:
 
 - **scalar**: one entry of one tensor, `param=model.layers.1.post_attention_layernorm.weight`
   with `index=2100` (1-D, or a flat index) or `row=...` and `col=...` (2-D);
 - **dimension**: hidden dimension(s) `dim=2100` in layer(s) `layer=1` across the modules that
   read or write the residual stream: entries of the per-layer norm weights, rows of
   `o_proj`/`down_proj` and columns of `q/k/v/gate/up_proj` (select with `modules=`);
-- **region**: the entries of a region mask, `mask=core.safetensors` (or a shipped mask name).
+- **region**: the entries of a region mask, `mask=core.safetensors` (or a shipped mask name);
+- **steering**: a residual steering vector per layer, `vector=en-fr.safetensors` (written by
+  `lingreg steer-vector`, see `steering`), added `value` times to the residual stream after each
+  layer of the file (or of `layers=`), with `op=add` and `on=activation` (both the default here).
 
 and five operations: `zero`, `set` (to `value`), `mul` (by `value`), `add` (`value`), and `noise`
 (Gaussian, seeded: `value` is the standard deviation, relative to each entry's magnitude with
@@ -67,7 +70,7 @@ GROUPS = {
     "writers": ("write",),
 }
 #: Every key a perturbation may have (in a spec file, the compact form, or lm-eval model_args).
-KEYS = frozenset({"param", "index", "row", "col", "layer", "layers", "dim", "dims", "modules", "mask", "op", "value", "on", "scale", "seed"})
+KEYS = frozenset({"param", "index", "row", "col", "layer", "layers", "dim", "dims", "modules", "mask", "vector", "op", "value", "on", "scale", "seed"})
 
 
 # the value object ------------------------------------------------------------------------
@@ -87,17 +90,29 @@ class Perturbation:
     layers: tuple[int, ...] | None = None  # None: every layer
     modules: tuple[str, ...] = ("all",)
     mask: str | Region | None = None  # a region file, a shipped mask name, or a Region value
+    vector: str | None = None  # a steering-vector file (.safetensors)
     on: str = "param"
     scale: str = "relative"
     seed: int = 0
 
     def __post_init__(self) -> None:
-        kinds = [k for k, given in (("scalar", self.param), ("dimension", self.dims), ("region", self.mask is not None)) if given]
+        kinds = [
+            k
+            for k, given in (("scalar", self.param), ("dimension", self.dims), ("region", self.mask is not None), ("steering", self.vector is not None))
+            if given
+        ]
         if len(kinds) != 1:
             raise PerturbationError(
-                f"a perturbation names exactly one target: `param=` (one entry), `dim=` (a hidden dimension) "
-                f"or `mask=` (a region); got {' and '.join(kinds) if kinds else 'none'} in {self.describe()!r}"
+                f"a perturbation names exactly one target: `param=` (one entry), `dim=` (a hidden dimension), "
+                f"`mask=` (a region) or `vector=` (a steering vector); got {' and '.join(kinds) if kinds else 'none'} in {self.describe()!r}"
             )
+        if self.vector is not None and self.on == "param":
+            object.__setattr__(self, "on", "activation")  # a steering vector acts on activations only
+        if self.vector is not None:
+            if self.on != "activation":
+                raise PerturbationError(f"vector= adds a steering vector to the residual stream: it goes with on=activation, not on={self.on}")
+            if self.op != "add":
+                raise PerturbationError(f"vector= takes op=add (value = how many times the vector is added), not op={self.op}")
         if self.op not in OPS:
             raise PerturbationError(f"unknown op {self.op!r} in {self.describe()!r}; use one of {', '.join(OPS)}")
         if self.op in ("zero", "mean"):
@@ -116,7 +131,7 @@ class Perturbation:
             raise PerturbationError(
                 f"on={self.on!r}: use on=param (the stored weight, default), on=gain (a norm's effective gain) or on=activation (a residual-stream activation)"
             )
-        if self.on == "activation":
+        if self.on == "activation" and self.kind != "steering":
             if self.kind != "dimension":
                 raise PerturbationError(f"on=activation changes a hidden dimension's activation: give `dim=` (and `layer=`), not {self.kind} targets")
             if self.modules != ("all",):
@@ -134,8 +149,10 @@ class Perturbation:
                 raise PerturbationError(f"param={self.param}: indices must be >= 0")
         elif any(v is not None for v in (self.index, self.row, self.col)):
             raise PerturbationError("`index=`, `row=` and `col=` go with `param=`; a dimension is chosen with `dim=`")
-        if self.kind != "dimension" and (self.layers is not None or self.modules != ("all",)):
-            raise PerturbationError("`layer=` and `modules=` go with `dim=` (a hidden dimension perturbation)")
+        if self.kind == "steering" and self.modules != ("all",):
+            raise PerturbationError("vector= acts on the residual stream after each chosen layer; `modules=` picks weights and does not apply")
+        if self.kind not in ("dimension", "steering") and (self.layers is not None or self.modules != ("all",)):
+            raise PerturbationError("`layer=` and `modules=` go with `dim=` (a hidden dimension perturbation) or `vector=` (a steering vector)")
         if any(d < 0 for d in self.dims) or any(la < 0 for la in self.layers or ()):
             raise PerturbationError("dimensions and layers are numbered from 0")
         if not 0 <= self.seed <= MAX_INT:
@@ -143,7 +160,7 @@ class Perturbation:
 
     @property
     def kind(self) -> str:
-        return "scalar" if self.param else "dimension" if self.dims else "region"
+        return "scalar" if self.param else "dimension" if self.dims else "steering" if self.vector is not None else "region"
 
     @property
     def mask_label(self) -> str | None:
@@ -168,6 +185,9 @@ class Perturbation:
             d["layers"] = "all" if self.layers is None else list(self.layers)
             d["dims"] = list(self.dims)
             d["modules"] = list(self.modules)
+        elif self.kind == "steering":
+            d["vector"] = self.vector
+            d["layers"] = "all" if self.layers is None else list(self.layers)
         else:
             d["mask"] = self.mask_label
         d["op"] = self.op
@@ -215,6 +235,10 @@ class Perturbation:
         if "layer" in spec and "layers" in spec or "dim" in spec and "dims" in spec:
             raise PerturbationError("give `layer=` or `layers=` (and `dim=` or `dims=`), not both")
         op = spec.get("op")
+        if spec.get("vector") is not None:
+            op = "add" if op is None else op  # a steering vector is added
+            if str(spec.get("on", "activation")).strip().lower() != "activation":
+                raise PerturbationError(f"vector= adds a steering vector to the residual stream: it goes with on=activation, not on={spec['on']}")
         if op is None:
             if spec.get("mask") is None:
                 raise PerturbationError(f"missing `op=` ({', '.join(OPS)}) in {dict(spec)}")
@@ -233,7 +257,8 @@ class Perturbation:
             layers=_layers(layers),
             modules=tuple(_str_list(modules)) if modules is not None else ("all",),
             mask=_str(spec.get("mask")),
-            on=str(spec.get("on", "param")).strip().lower(),
+            vector=_str(spec.get("vector")),
+            on=str(spec.get("on", "activation" if spec.get("vector") is not None else "param")).strip().lower(),
             scale=str(spec.get("scale", "relative")).strip().lower(),
             seed=_int(spec.get("seed", 0), "seed"),
         )
@@ -260,7 +285,7 @@ def _pairs(text: str) -> dict[str, str]:
             )
         if key in out:
             raise PerturbationError(f"key {key!r} given twice in {text!r}")
-        if "=" in value or (key != "mask" and re.search(r"\s", value.strip())):
+        if "=" in value or (key not in ("mask", "vector") and re.search(r"\s", value.strip())):
             raise PerturbationError(f"malformed perturbation {text!r}: {part!r} holds more than one value; join key=value pairs with ':'")
         out[key] = value.strip()
     return out
