@@ -144,6 +144,10 @@ def _model_arg_keys(model: str) -> set[str]:
     cls = {"hf-lingreg": models.LingregLM, "hf-region-ablated": models.RegionAblatedLM, "hf-perturbed": models.PerturbedLM}.get(model)
     if cls is not None:
         known |= cls.OWN_ARGS | models.LingregLM.OWN_ARGS
+    if model == "steered":  # lm-eval's own steered model (the target of `lingreg steer-vector --steered`)
+        from lm_eval.models.hf_steered import SteeredModel
+
+        known |= set(inspect.signature(SteeredModel.__init__).parameters) - {"self", "kwargs"}
     return known
 
 

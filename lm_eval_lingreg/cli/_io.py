@@ -36,7 +36,7 @@ INPUT_ARGS = (
     "conditions",
 )
 #: Arguments that name what a command writes.
-OUTPUT_ARGS = ("out", "output", "output_path", "json", "plot", "doc", "save_neurons", "dst")
+OUTPUT_ARGS = ("out", "output", "output_path", "json", "plot", "doc", "save_neurons", "dst", "steered")
 #: Inputs read as a whole folder: nothing may be written inside them.
 WHOLE = ("pretrained", "mask", "masks", "src", "a", "b", "data", "lora")
 
