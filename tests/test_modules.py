@@ -15,7 +15,7 @@ PACKAGE = REPO / "lm_eval_lingreg"
 PUBLIC_MODULES = [
     "regions", "region_io", "scores", "selection", "results", "report", "training", "freeze", "models",
     "evaluation", "perturbation", "interventions", "importance", "anatomy", "bundled", "sources", "capture", "progress",
-    "rules", "langid", "confusion", "strict", "language_tasks", "udhr",
+    "rules", "langid", "confusion", "strict", "language_tasks", "udhr", "steering",
 ]  # fmt: skip
 
 

@@ -1,0 +1,258 @@
+"""Steering vectors: DiffMean against a hand computation, the hook against a hand-written one, exact restore,
+refusals that change nothing, the export to lm-eval's `steered` model, and `lingreg steer-vector`."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from lm_eval_lingreg.errors import CorpusError, PerturbationError, UnknownLanguageError
+from lm_eval_lingreg.interventions import perturb
+from lm_eval_lingreg.perturbation import Perturbation, parse_spec
+from lm_eval_lingreg.steering import diffmean, export_steered, load_vectors, save_vectors
+
+from helpers import assert_unchanged, lingreg, make_tiny, snapshot, tiny_tokenizer
+
+ARCHS = ["llama", "gemma3"]
+IDS = torch.tensor([[1, 40, 41, 42, 43, 44], [1, 50, 51, 52, 53, 54]])
+
+
+def _no_hooks(model: torch.nn.Module) -> bool:
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def _vectors(model: torch.nn.Module, seed: int = 0) -> dict[int, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {la: torch.randn(model.config.hidden_size, generator=gen) for la in range(model.config.num_hidden_layers)}
+
+
+def _hand_means(model, tokenizer, lang, samples):
+    """The mean output of each decoder layer over every token but BOS, one sentence at a time, by a plain hook."""
+    from lm_eval_lingreg.corpora import make_samples
+
+    sums, count, handles = {}, 0, []
+
+    def hook_for(la):
+        def hook(_m, _a, out):
+            h = out[0] if isinstance(out, tuple) else out
+            sums[la] = sums.get(la, 0) + h[0, 1:].double().sum(0)
+
+        return hook
+
+    for la, layer in enumerate(model.model.layers):
+        handles.append(layer.register_forward_hook(hook_for(la)))
+    try:
+        with torch.no_grad():
+            for ids in make_samples(tokenizer, lang, samples).input_ids:
+                model(torch.tensor([ids]))
+                count += len(ids) - 1
+    finally:
+        for h in handles:
+            h.remove()
+    return {la: s / count for la, s in sums.items()}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_diffmean_is_the_difference_of_mean_layer_outputs(arch):
+    model, tok = make_tiny(arch), tiny_tokenizer()
+    info = {}
+    got = diffmean(model, tok, "en", "fr", samples=6, info=info)
+    en, fr = _hand_means(model, tok, "en", 6), _hand_means(model, tok, "fr", 6)
+    assert sorted(got) == [0, 1]
+    for la in got:
+        torch.testing.assert_close(got[la].double(), fr[la] - en[la], atol=1e-5, rtol=1e-4)
+    assert info["tokens"]["en"] > 0 and info["tokens"]["fr"] > 0
+    assert _no_hooks(model)
+    assert sorted(diffmean(model, tok, "en", "fr", layers=[1], samples=2)) == [1]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_hook_adds_alpha_times_the_vector_and_restore_is_exact(arch, tmp_path):
+    model = make_tiny(arch)
+    vectors = _vectors(model)
+    path = save_vectors(vectors, tmp_path / "v.safetensors", {"source": "en", "target": "fr"})
+    before, base = snapshot(model), model(IDS).logits.detach()
+
+    handles = [
+        layer.register_forward_hook(lambda _m, _a, out, v=vectors[la]: (out[0] + 2.5 * v, *out[1:]) if isinstance(out, tuple) else out + 2.5 * v)
+        for la, layer in enumerate(model.model.layers)
+    ]
+    with torch.no_grad():
+        expected = model(IDS).logits
+    for h in handles:
+        h.remove()
+
+    applied = perturb(model, parse_spec(f"vector={path}:value=2.5"))
+    with torch.no_grad():
+        got = model(IDS).logits
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert not torch.allclose(got, base)
+    info = applied.info()["perturbed"][0]
+    assert info["activation_layers"] == [0, 1] and len(info["vector_sha256"]) == 64 and info["vector_metadata"]["target"] == "fr"
+    applied.restore()
+    assert _no_hooks(model)
+    assert_unchanged(model, before)
+    assert torch.equal(model(IDS).logits.detach(), base)
+
+    with perturb(model, parse_spec(f"vector={path}:layers=1:value=2.5")) as only_one:  # a subset of the file's layers
+        assert only_one.info()["perturbed"][0]["activation_layers"] == [1]
+    assert _no_hooks(model)
+
+
+def test_a_vector_perturbation_parses_with_its_defaults():
+    p = Perturbation.parse("vector=v.safetensors:value=4")
+    assert (p.kind, p.op, p.on, p.layers) == ("steering", "add", "activation", None)
+    assert Perturbation.parse(str(p)) == p
+    for bad, says in [
+        ("vector=v.safetensors:op=mul:value=4", "op=add"),
+        ("vector=v.safetensors:on=param:value=4", "on=activation"),
+        ("vector=v.safetensors", "value"),
+        ("vector=v.safetensors:dim=3:value=4", "exactly one target"),
+        ("vector=v.safetensors:modules=norms:value=4", "modules"),
+    ]:
+        with pytest.raises(PerturbationError, match=says):
+            Perturbation.parse(bad)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bad_vector_files_are_refused_before_anything_changes(arch, tmp_path):
+    model = make_tiny(arch)
+    before = snapshot(model)
+    good = save_vectors(_vectors(model), tmp_path / "good.safetensors")
+    wide = save_vectors({0: torch.ones(48)}, tmp_path / "wide.safetensors")
+    pickled = tmp_path / "v.pt"
+    torch.save({"layers.0": torch.ones(32)}, pickled)
+    from safetensors.torch import save_file
+
+    save_file({"layers.0": torch.tensor([1.0, float("nan")] * 16)}, str(tmp_path / "nan.safetensors"))
+    save_file({"layers.0": torch.ones(4, 8)}, str(tmp_path / "2d.safetensors"))
+    save_file({"layers.0": torch.ones(32), "layers.1": torch.ones(16)}, str(tmp_path / "mixed.safetensors"))
+    save_file({"blocks.0": torch.ones(32)}, str(tmp_path / "key.safetensors"))
+    cases = [
+        (f"vector={wide}:value=4", "hidden size is 32"),
+        (f"vector={good}:layers=5:value=4", "layer 5 out of range"),
+        (f"vector={save_vectors({0: torch.ones(32)}, tmp_path / 'l0.safetensors')}:layers=1:value=4", "no vector for layer 1"),
+        (f"vector={tmp_path / 'nan.safetensors'}:value=4", "NaN"),
+        (f"vector={tmp_path / '2d.safetensors'}:value=4", "1-D"),
+        (f"vector={tmp_path / 'mixed.safetensors'}:value=4", "different sizes"),
+        (f"vector={tmp_path / 'key.safetensors'}:value=4", "layers.<layer>"),
+        (f"vector={pickled}:value=4", "never from a pickle"),
+        (f"vector={tmp_path / 'missing.safetensors'}:value=4", "not found"),
+        (f"vector={good}:value=1e38", "overflows"),
+    ]
+    for spec, says in cases:
+        with pytest.raises(PerturbationError, match=says) as err:
+            perturb(model, parse_spec(spec))
+        assert "\n" not in str(err.value)
+        assert _no_hooks(model)
+        assert_unchanged(model, before)
+
+
+def test_load_vectors_never_unpickles(tmp_path, monkeypatch):
+    class Boom:
+        def __reduce__(self):
+            return (print, ("unpickled",))
+
+    path = tmp_path / "evil.safetensors"
+    path.write_bytes(pickle.dumps({"layers.0": Boom()}))
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("unpickled"))
+    with pytest.raises(PerturbationError, match="never from a pickle"):
+        load_vectors(path)
+
+
+def test_diffmean_refuses_bad_languages_layers_and_sample_counts():
+    model, tok = make_tiny("llama"), tiny_tokenizer()
+    before = snapshot(model)
+    with pytest.raises(UnknownLanguageError):
+        diffmean(model, tok, "en", "xx", samples=2)
+    with pytest.raises(UnknownLanguageError):
+        diffmean(model, tok, "en,de", "fr", samples=2)
+    with pytest.raises(PerturbationError, match="both 'en'"):
+        diffmean(model, tok, "en", "en", samples=2)
+    with pytest.raises(PerturbationError, match="layer 7 out of range"):
+        diffmean(model, tok, "en", "fr", layers=[7], samples=2)
+    with pytest.raises(CorpusError):
+        diffmean(model, tok, "en", "fr", samples=0)
+    assert _no_hooks(model)
+    assert_unchanged(model, before)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    vectors = {0: torch.randn(32), 3: torch.randn(32)}
+    path = save_vectors(vectors, tmp_path / "v.safetensors", {"source": "en", "tokens": {"en": 5}})
+    got, meta = load_vectors(path)
+    assert sorted(got) == [0, 3] and all(torch.equal(got[la], vectors[la]) for la in got)
+    assert meta["source"] == "en" and meta["tokens"] == '{"en": 5}' and meta["hidden_size"] == "32" and meta["lingreg_version"]
+    with pytest.raises(PerturbationError, match="NaN"):
+        save_vectors({0: torch.tensor([float("inf")] * 32)}, tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_export_steered_matches_the_perturbed_model_through_lm_eval(tiny_model_dir, tmp_path):
+    from lm_eval.models.hf_steered import SteeredModel
+
+    from lm_eval_lingreg.models import PerturbedLM
+
+    vectors = _vectors(make_tiny("llama"), seed=1)
+    vec = save_vectors(vectors, tmp_path / "v.safetensors")
+    lm = PerturbedLM(pretrained=str(tiny_model_dir), device="cpu", dtype="float32", batch_size=1, vector=str(vec), value=3.0)
+    pt = export_steered(vectors, tmp_path / "v.pt", 3.0, lm.model)
+    config = torch.load(pt, weights_only=True)
+    assert sorted(config) == ["layers.0", "layers.1"]
+    assert config["layers.1"]["steering_coefficient"] == 3.0 and config["layers.1"]["action"] == "add" and config["layers.1"]["bias"] is None
+    steered = SteeredModel(pretrained=str(tiny_model_dir), steer_path=str(pt), device="cpu", dtype="float32", batch_size=1)
+    ids = IDS
+    with torch.no_grad():
+        ours = lm._model_call(ids)
+        theirs = steered._model_call(ids)
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    with torch.no_grad():
+        plain = steered.model(ids).logits  # outside lm-eval's call, their hooks are off: the unsteered model
+    assert not torch.allclose(theirs, plain, atol=1e-3)
+    out_ours = lm._model_generate(ids[:1], max_length=ids.shape[1] + 6, stop=[], do_sample=False)
+    out_theirs = steered._model_generate(ids[:1], max_length=ids.shape[1] + 6, stop=[], do_sample=False)
+    assert torch.equal(out_ours, out_theirs)
+    assert lm.get_model_info()["lingreg"]["perturbed"][0]["vector_sha256"]
+    with pytest.raises(PerturbationError, match=".pt"):
+        export_steered(vectors, tmp_path / "v.bin", 3.0, lm.model)
+
+
+def test_steer_vector_command_end_to_end(tiny_model_dir, tmp_path):
+    out, pt = tmp_path / "en-fr.safetensors", tmp_path / "en-fr.pt"
+    r = lingreg("steer-vector", "--from", "en", "--to", "fr", "--layers", "0-1", "--samples", "4", "--pretrained", tiny_model_dir, "--device", "cpu",
+                "--out", out, "--steered", pt, "--alpha", "2")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    vectors, meta = load_vectors(out)
+    assert sorted(vectors) == [0, 1] and meta["source"] == "en" and meta["target"] == "fr" and meta["samples"] == "4"
+    assert "lingreg steer-vector --from en --to fr" in meta["command"] and '"fr"' in meta["tokens"]
+    assert torch.load(pt, weights_only=True)["layers.0"]["steering_coefficient"] == 2.0
+    r = lingreg("generate", "--prompt", "Hello", "--max-new-tokens", "3", "--pretrained", tiny_model_dir, "--device", "cpu",
+                "--compare", f"base,vector={out}:value=4")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert f"vector={out}:value=4" in r.stdout
+
+
+def test_steer_vector_refuses_an_output_that_is_an_input(tiny_model_dir, tmp_path):
+    weights = next(tiny_model_dir.glob("*.safetensors"))
+    data = weights.read_bytes()
+    r = lingreg("steer-vector", "--from", "en", "--to", "fr", "--samples", "2", "--pretrained", tiny_model_dir, "--device", "cpu", "--out", weights)
+    assert r.returncode == 2 and "one of the inputs" in r.stderr
+    assert weights.read_bytes() == data
+    r = lingreg("steer-vector", "--from", "en", "--to", "xx", "--pretrained", tiny_model_dir, "--out", tmp_path / "v.safetensors")
+    assert r.returncode == 2 and "unknown language" in r.stderr and not (tmp_path / "v.safetensors").exists()
+    r = lingreg(
+        "steer-vector",
+        "--from",
+        "en",
+        "--to",
+        "fr",
+        "--pretrained",
+        tiny_model_dir,
+        "--out",
+        tmp_path / "v.safetensors",
+        "--steered",
+        tmp_path / "v.safetensors",
+    )
+    assert r.returncode == 2 and "same file" in r.stderr
