@@ -161,47 +161,64 @@ def make_samples(
     order = list(range(len(texts)))
     rng.shuffle(order)
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    used: list[str] = []
-    if unit == "sentences":
-        if n > len(texts):
-            raise CorpusError(f"{source}: asked for {n} samples of {lang} but only {len(texts)} sentences exist; lower --samples")
-        used = [texts[i] for i in order[:n]]
-        ids = [(bos + tokenizer(t, add_special_tokens=False)["input_ids"])[:seq_len] for t in used]
-    elif unit == "documents":
-        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        ids, dropped = [], 0
-        for i in order:
-            doc = bos + tokenizer(texts[i], add_special_tokens=False)["input_ids"] + eos
-            if len(doc) > seq_len:
-                dropped += 1
-                continue
-            ids.append(doc)
-            used.append(texts[i])
-            if len(ids) == n:
-                break
-        if len(ids) < n:
-            raise CorpusError(
-                f"{source}: only {len(ids)} {lang} documents fit in {seq_len} tokens with BOS and EOS ({dropped} longer ones dropped; asked for {n}); "
-                "lower --samples, raise --seq-len, or give more text"
-            )
-    elif unit == "blocks":
-        stream: list[int] = []
-        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        for i in order:
-            used.append(texts[i])
-            stream.extend(tokenizer(texts[i], add_special_tokens=False)["input_ids"] + eos)
-            if len(stream) >= n * (seq_len - len(bos)):
-                break
-        body = seq_len - len(bos)
-        ids = [bos + stream[k * body : (k + 1) * body] for k in range(n) if (k + 1) * body <= len(stream)]
-        if len(ids) < n:
-            raise CorpusError(
-                f"{source}: only {len(ids)} blocks of {seq_len} tokens fit in the {lang} text (asked for {n}); lower --samples or --seq-len, or give more text"
-            )
-    else:
+    take = {"sentences": _sentences, "documents": _documents, "blocks": _blocks}.get(unit)
+    if take is None:
         raise CorpusError(f"unknown sampling unit {unit!r}; expected one of {', '.join(UNITS)}")
+    ids, used = take(tokenizer, texts, order, n, bos, seq_len, source, lang)
     digest = hashlib.sha256("\n".join(used).encode("utf-8")).hexdigest()
     return Samples(lang, ids, source, digest)
+
+
+def _sentences(
+    tokenizer, texts: list[str], order: list[int], n: int, bos: list[int], seq_len: int, source: str, lang: str
+) -> tuple[list[list[int]], list[str]]:
+    """The first `n` sentences in `order`, each after BOS and truncated to `seq_len`."""
+    if n > len(texts):
+        raise CorpusError(f"{source}: asked for {n} samples of {lang} but only {len(texts)} sentences exist; lower --samples")
+    used = [texts[i] for i in order[:n]]
+    return [(bos + tokenizer(t, add_special_tokens=False)["input_ids"])[:seq_len] for t in used], used
+
+
+def _documents(
+    tokenizer, texts: list[str], order: list[int], n: int, bos: list[int], seq_len: int, source: str, lang: str
+) -> tuple[list[list[int]], list[str]]:
+    """The first `n` documents in `order` that fit in `seq_len` tokens with BOS and EOS; longer ones are dropped."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    ids, used, dropped = [], [], 0
+    for i in order:
+        doc = bos + tokenizer(texts[i], add_special_tokens=False)["input_ids"] + eos
+        if len(doc) > seq_len:
+            dropped += 1
+            continue
+        ids.append(doc)
+        used.append(texts[i])
+        if len(ids) == n:
+            break
+    if len(ids) < n:
+        raise CorpusError(
+            f"{source}: only {len(ids)} {lang} documents fit in {seq_len} tokens with BOS and EOS ({dropped} longer ones dropped; asked for {n}); "
+            "lower --samples, raise --seq-len, or give more text"
+        )
+    return ids, used
+
+
+def _blocks(tokenizer, texts: list[str], order: list[int], n: int, bos: list[int], seq_len: int, source: str, lang: str) -> tuple[list[list[int]], list[str]]:
+    """`n` blocks of `seq_len` tokens (BOS, then the texts in `order` packed, each followed by EOS)."""
+    stream: list[int] = []
+    used: list[str] = []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    for i in order:
+        used.append(texts[i])
+        stream.extend(tokenizer(texts[i], add_special_tokens=False)["input_ids"] + eos)
+        if len(stream) >= n * (seq_len - len(bos)):
+            break
+    body = seq_len - len(bos)
+    ids = [bos + stream[k * body : (k + 1) * body] for k in range(n) if (k + 1) * body <= len(stream)]
+    if len(ids) < n:
+        raise CorpusError(
+            f"{source}: only {len(ids)} blocks of {seq_len} tokens fit in the {lang} text (asked for {n}); lower --samples or --seq-len, or give more text"
+        )
+    return ids, used
 
 
 def shard(items: Sequence, rank: int, world: int) -> list:

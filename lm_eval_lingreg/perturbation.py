@@ -96,6 +96,13 @@ class Perturbation:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self._check_target()
+        self._check_op()
+        self._check_on()
+        self._check_entries()
+
+    def _check_target(self) -> None:
+        """Exactly one target; a steering vector goes with on=activation and op=add."""
         kinds = [
             k
             for k, given in (("scalar", self.param), ("dimension", self.dims), ("region", self.mask is not None), ("steering", self.vector is not None))
@@ -113,6 +120,9 @@ class Perturbation:
                 raise PerturbationError(f"vector= adds a steering vector to the residual stream: it goes with on=activation, not on={self.on}")
             if self.op != "add":
                 raise PerturbationError(f"vector= takes op=add (value = how many times the vector is added), not op={self.op}")
+
+    def _check_op(self) -> None:
+        """A known op, with a value exactly where it takes one."""
         if self.op not in OPS:
             raise PerturbationError(f"unknown op {self.op!r} in {self.describe()!r}; use one of {', '.join(OPS)}")
         if self.op in ("zero", "mean"):
@@ -127,6 +137,9 @@ class Perturbation:
             raise PerturbationError(f"value must be a finite number, got {self.value!r}")
         if self.op == "noise" and self.value is not None and self.value < 0:
             raise PerturbationError(f"op=noise: value is a standard deviation and must be >= 0, got {self.value}")
+
+    def _check_on(self) -> None:
+        """What the op acts on (weight, gain or activation), and the scale."""
         if self.on not in ON:
             raise PerturbationError(
                 f"on={self.on!r}: use on=param (the stored weight, default), on=gain (a norm's effective gain) or on=activation (a residual-stream activation)"
@@ -140,6 +153,9 @@ class Perturbation:
                 raise PerturbationError("on=activation takes op=zero, set, mul, add or mean")
         if self.scale not in SCALES:
             raise PerturbationError(f"scale={self.scale!r}: use scale=relative (default) or scale=absolute")
+
+    def _check_entries(self) -> None:
+        """Entry indices, layers, modules, dimensions and seed for the target's kind."""
         if self.kind == "scalar":
             if (self.index is None) == (self.row is None and self.col is None):
                 raise PerturbationError(f"param={self.param}: give `index=` (flat or 1-D) or both `row=` and `col=` (2-D)")

@@ -161,54 +161,14 @@ def _json_field(header: dict, key: str, path: Path, kind: type, default: Any = N
     return value
 
 
-#: Largest safetensors header read (the JSON before the data); a region's is a few kilobytes per tensor.
-MAX_HEADER_BYTES = 100 * 2**20
-
-
-def read_safetensors_header(path: Path, error: type[Exception] = RegionFileError) -> dict[str, Any]:
-    """The JSON header of a .safetensors file (8-byte little-endian length, then JSON), read strictly:
-    a repeated key (safetensors itself keeps the last `__metadata__` or tensor entry silently), a number
-    beyond a float's range or a length past the end of the file is an error naming the file."""
-    import stat
-
-    from lm_eval_lingreg.strict import loads_json
-
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # never blocks on a FIFO
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise error(f"{path} is not a regular file (a pipe or device?)")
-            prefix = f.read(8)
-            if len(prefix) < 8:
-                raise error(f"{path}: {st.st_size} bytes, too short for a .safetensors file")
-            n = int.from_bytes(prefix, "little")
-            if n > MAX_HEADER_BYTES or n > st.st_size - 8:
-                raise error(
-                    f"{path}: cannot read as a .safetensors file: its header declares {n:,} bytes (file: {st.st_size:,} bytes, limit {MAX_HEADER_BYTES:,})"
-                )
-            raw = f.read(n)
-    except OSError as e:
-        raise error(f"{path} cannot be read ({e.strerror or e})") from e
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise error(f"{path}: cannot read as a .safetensors file: its header is not UTF-8 (byte {e.start})") from e
-    header = loads_json(text, error, f"{path}: .safetensors header", finite=True)
-    if not isinstance(header, dict):
-        raise error(f"{path}: cannot read as a .safetensors file: its header is not a JSON object")
-    meta = header.get("__metadata__", {})
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise error(f"{path}: cannot read as a .safetensors file: __metadata__ must map names to strings")
-    return header
-
-
 def load_safetensors(path: str | os.PathLike) -> Region:
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
         raise RegionFileError(f"{path} is not a regular file (a pipe or device?)")
+    from lm_eval_lingreg.strict import read_safetensors_header
+
     header = read_safetensors_header(path).get("__metadata__", {})  # strictly, before safetensors reads it leniently
     try:
         with safe_open(str(path), framework="np") as f:

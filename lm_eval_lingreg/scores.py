@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,14 +49,14 @@ __all__ = [
     "score_languages",
     "PAPER_SCORING",
     "checkpoint_path",
-    "OFFICIAL_CHECKPOINT",
     "IMPORTED_FINGERPRINT",
-    "official_checkpoint",
-    "import_official",
+    "resumable",
 ]
 
 log = logging.getLogger(__name__)
 FORMAT = "lm-eval-lingreg/scores"
+#: The model fingerprint recorded by imported scores (`lm_eval_lingreg.official`): no weights to hash.
+IMPORTED_FINGERPRINT = "unknown (imported official scores)"
 
 
 def config_sha(config: Mapping[str, Any]) -> str:
@@ -212,7 +211,7 @@ def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in LABELS}
 
 
-def _resume(path: Path, config: Mapping[str, Any], overwrite: bool) -> bool:
+def resumable(path: Path, config: Mapping[str, Any], overwrite: bool) -> bool:
     """True when `path` holds this very configuration's scores; raise when it holds another's."""
     if not path.is_file():
         return False
@@ -381,7 +380,7 @@ def _score_language(
         )
         for n in stops
     ]
-    if all([_resume(path, config, overwrite) for _, path, config in outputs]):
+    if all([resumable(path, config, overwrite) for _, path, config in outputs]):
         log.info("%s: already scored in %s with this model, text and configuration; reusing it", lang, out_dir)
         return {"skipped": True}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -465,104 +464,3 @@ def _progress(lang: str, total: int, rank: int, progress: bool) -> Iterator[_Pro
         yield _Progress(bar)
     finally:
         bar.close()
-
-
-# scores computed with the official code ------------------------------------------------------
-
-OFFICIAL_CHECKPOINT = re.compile(r"grad-mul-param_checkpoint_(\d+)")
-IMPORTED_FINGERPRINT = "unknown (imported official scores)"
-
-
-def official_checkpoint(folder: Path, samples: int | None = None) -> tuple[Path, int | None]:
-    """The `grad-mul-param_checkpoint_N` folder to read: `folder` itself, or the one inside it with N = `samples`
-    (default: the largest N found)."""
-    if not folder.is_dir():
-        raise ScoreFileError(f"{folder} is not a folder; give the official scorer's output folder or one of its grad-mul-param_checkpoint_N folders")
-    m = OFFICIAL_CHECKPOINT.fullmatch(folder.name)
-    if m:
-        if samples is not None and samples != int(m.group(1)):
-            raise ScoreFileError(f"{folder} holds the scores after {m.group(1)} samples, not {samples}")
-        return folder, int(m.group(1))
-    found = {int(m.group(1)): p for p in folder.iterdir() if p.is_dir() and (m := OFFICIAL_CHECKPOINT.fullmatch(p.name))}
-    if not found:
-        if any(folder.glob("*.pt")):
-            return folder, samples
-        raise ScoreFileError(f"{folder} holds neither grad-mul-param_checkpoint_N folders nor <parameter name>.pt files (the official scorer's layout)")
-    n = max(found) if samples is None else samples
-    if n not in found:
-        raise ScoreFileError(f"{folder} has no grad-mul-param_checkpoint_{n}; found checkpoints {sorted(found)}; pass --samples with one of them")
-    return found[n], n
-
-
-def import_official(
-    folder: str | os.PathLike,
-    lang: str,
-    out_dir: str | os.PathLike,
-    model_label: str = "official",
-    samples: int | None = None,
-    scope: str = DEFAULT_SCOPE,
-    overwrite: bool = False,
-) -> Path:
-    """Import one language's scores written by the official scorer (`grad-mul-param_checkpoint_N/<parameter>.pt`, bf16
-    theta * summed gradient, every parameter) as `<out_dir>/<lang>.safetensors`: in-scope tensors only, loaded with
-    `weights_only=True`, checked to be finite floating-point tensors backed by their data. Languages imported with the
-    same `model_label` form a score set from which `lingreg extract` builds regions."""
-    from lm_eval_lingreg.anatomy import compile_scope
-    from lm_eval_lingreg.languages import parse_languages
-    from lm_eval_lingreg.region_io import check_backed, torch_load
-    from lm_eval_lingreg.regions import check_name
-
-    langs = parse_languages(lang)
-    if len(langs) != 1:
-        raise UsageError(f"--lang {lang!r}: an official score folder holds one language's scores; import each language with its own --lang")
-    lang = langs[0]
-    out_dir = Path(out_dir)
-    check_writable(out_dir, directory=True, into=True)
-    check_score_targets([score_path(out_dir, lang)], lang)
-    checkpoint, n = official_checkpoint(Path(folder), samples)
-    pattern = compile_scope(scope)
-    advice = "The official scorer saves one plain tensor per file; this one was written by something else."
-    scores: dict[str, torch.Tensor] = {}
-    digest = hashlib.sha256()
-    for f in sorted(checkpoint.glob("*.pt")):
-        name = f.name[: -len(".pt")].removeprefix("module.")
-        if not pattern.search(name):
-            continue
-        t = torch_load(f, ScoreFileError, advice)
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise ScoreFileError(f"{f}: expected a floating-point tensor of scores, got {getattr(t, 'dtype', type(t).__name__)}")
-        check_backed(t, name, f, ScoreFileError)
-        if not bool(torch.isfinite(t).all()):
-            raise ScoreFileError(f"{f}: the scores are not all finite; the official run that wrote it diverged")
-        try:
-            check_name(name)
-        except Exception as e:  # noqa: BLE001 - a RegionError from the name check
-            raise ScoreFileError(f"{f}: {e}") from e
-        scores[name] = t.contiguous()
-        digest.update(name.encode() + b"\0" + str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    if not scores:
-        raise ScoreFileError(f"{checkpoint}: no <parameter>.pt file matches the scope {scope!r} (names like model.layers.0.mlp.up_proj.weight.pt)")
-    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in scores.values()})
-    config = {
-        "model": model_label,
-        "model_fingerprint": IMPORTED_FINGERPRINT,
-        "lang": lang,
-        "samples": n,
-        "data": "official",
-        "corpus_sha256": digest.hexdigest(),
-        "unit": "documents",
-        "seq_len": 512,
-        "seed": None,
-        "scope": scope,
-        "loss_norm": "batch-token",
-        "grad_dtype": ",".join(dtypes),
-    }
-    with output_lock(out_dir):
-        clean_folder(out_dir)
-        path = score_path(out_dir, lang)
-        if _resume(path, config, overwrite):
-            log.info("%s: already imported from %s; reusing it", lang, checkpoint)
-            return path
-        info = {"samples": n, "tokens": None, "source": str(checkpoint.resolve()), "imported": "official", "lm_eval_lingreg": __version__}
-        return save_scores(out_dir, lang, scores, info, config)

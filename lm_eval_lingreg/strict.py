@@ -12,7 +12,9 @@ A file that cannot be read exactly as written is an error that names it, never a
 - files larger than the caller's bound, anything but a regular file (a FIFO would block the read),
   text that is not UTF-8;
 - CSV rows with more or fewer fields than the header, repeated or empty column names, fields over
-  `MAX_CSV_FIELD` characters, and bad quoting.
+  `MAX_CSV_FIELD` characters, and bad quoting;
+- a .safetensors header (`read_safetensors_header`) with a repeated key, a number beyond a float's range,
+  or a length past the end of the file or over `MAX_HEADER_BYTES`.
 """
 
 from __future__ import annotations
@@ -25,9 +27,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lm_eval_lingreg.errors import LingregError
+from lm_eval_lingreg.errors import LingregError, RegionFileError
 
-__all__ = ["read_text", "loads_json", "loads_yaml", "read_csv", "read_number", "parse_whole", "shown", "MAX_DIGITS"]
+__all__ = [
+    "read_text",
+    "loads_json",
+    "loads_yaml",
+    "read_csv",
+    "read_number",
+    "parse_whole",
+    "shown",
+    "MAX_DIGITS",
+    "MAX_HEADER_BYTES",
+    "read_safetensors_header",
+]
 
 #: Longest integer (or number literal) accepted, in characters.
 MAX_DIGITS = 100
@@ -124,23 +137,44 @@ def loads_json(text: str, error: type[LingregError], where: str, finite: bool = 
         raise error(f"{where}: JSON nested too deeply") from e
 
 
+_BOOL_TAG, _INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+
+
 def _yaml_loader(error: type[LingregError], where: str) -> Any:
     import yaml
 
     class Loader(yaml.SafeLoader):
         pass
 
-    bool_tag, int_tag, float_tag = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
-    ours = (bool_tag, int_tag, float_tag)
-    Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] not in ours] for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    _core_schema(Loader)
+    mapping = _unique_mapping(error, where)
+    integer, floating = _bounded_numbers(error, where)
+    Loader.add_constructor("tag:yaml.org,2002:map", lambda loader, node: mapping(loader, node))
+    Loader.construct_mapping = lambda self, node, deep=False: mapping(self, node, deep)
+    Loader.add_constructor(_INT_TAG, integer)
+    Loader.add_constructor(_FLOAT_TAG, floating)
+    return Loader
+
+
+def _core_schema(loader: Any) -> None:
+    """Replace the YAML 1.1 resolvers of booleans and numbers on `loader` by those of YAML 1.2."""
+    import yaml
+
+    ours = (_BOOL_TAG, _INT_TAG, _FLOAT_TAG)
+    loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] not in ours] for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
     # the YAML 1.2 core schema: no sexagesimal (1:30), no implicit octal (010), no underscores (1_000), no 0b
-    Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-    Loader.add_implicit_resolver(int_tag, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
-    Loader.add_implicit_resolver(
-        float_tag,
+    loader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    loader.add_implicit_resolver(_INT_TAG, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+    loader.add_implicit_resolver(
+        _FLOAT_TAG,
         re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
         list("-+0123456789."),
     )
+
+
+def _unique_mapping(error: type[LingregError], where: str) -> Callable[..., dict]:
+    """A mapping constructor that refuses a key repeated in one mapping."""
+    import yaml
 
     def mapping(loader: Any, node: Any, deep: bool = False) -> dict:
         loader.flatten_mapping(node)
@@ -156,6 +190,12 @@ def _yaml_loader(error: type[LingregError], where: str) -> Any:
                 raise error(f"{where}: line {line}: the key {key!r} appears twice in one mapping; keep one (YAML readers keep only the last)")
             seen[key] = True
         return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    return mapping
+
+
+def _bounded_numbers(error: type[LingregError], where: str) -> tuple[Callable[[Any, Any], int], Callable[[Any, Any], float]]:
+    """The integer and float constructors: at most `MAX_DIGITS` characters, errors naming the line."""
 
     def _line(node: Any) -> str:
         return f"{where}: line {node.start_mark.line + 1}"
@@ -181,11 +221,7 @@ def _yaml_loader(error: type[LingregError], where: str) -> Any:
         except ValueError as e:
             raise error(f"{_line(node)}: {text[:40]!r} is not a number") from e
 
-    Loader.add_constructor("tag:yaml.org,2002:map", lambda loader, node: mapping(loader, node))
-    Loader.construct_mapping = lambda self, node, deep=False: mapping(self, node, deep)
-    Loader.add_constructor(int_tag, integer)
-    Loader.add_constructor(float_tag, floating)
-    return Loader
+    return integer, floating
 
 
 def loads_yaml(text: str, error: type[LingregError], where: str) -> Any:
@@ -276,3 +312,41 @@ def read_number(v: Any, what: str, where: str, error: type[LingregError], allow_
         hint = "; write inf if the reference really was infinite" if allow_inf else ""
         raise error(f"{where}: {show(v)} is beyond the range of a float, not a number it can have{hint}")
     return value
+
+
+#: Largest safetensors header read (the JSON before the data); a region's is a few kilobytes per tensor.
+MAX_HEADER_BYTES = 100 * 2**20
+
+
+def read_safetensors_header(path: Path, error: type[Exception] = RegionFileError) -> dict[str, Any]:
+    """The JSON header of a .safetensors file (8-byte little-endian length, then JSON), read strictly:
+    a repeated key (safetensors itself keeps the last `__metadata__` or tensor entry silently), a number
+    beyond a float's range or a length past the end of the file is an error naming the file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # never blocks on a FIFO
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise error(f"{path} is not a regular file (a pipe or device?)")
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise error(f"{path}: {st.st_size} bytes, too short for a .safetensors file")
+            n = int.from_bytes(prefix, "little")
+            if n > MAX_HEADER_BYTES or n > st.st_size - 8:
+                raise error(
+                    f"{path}: cannot read as a .safetensors file: its header declares {n:,} bytes (file: {st.st_size:,} bytes, limit {MAX_HEADER_BYTES:,})"
+                )
+            raw = f.read(n)
+    except OSError as e:
+        raise error(f"{path} cannot be read ({e.strerror or e})") from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: cannot read as a .safetensors file: its header is not UTF-8 (byte {e.start})") from e
+    header = loads_json(text, error, f"{path}: .safetensors header", finite=True)
+    if not isinstance(header, dict):
+        raise error(f"{path}: cannot read as a .safetensors file: its header is not a JSON object")
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise error(f"{path}: cannot read as a .safetensors file: __metadata__ must map names to strings")
+    return header

@@ -13,7 +13,7 @@ from helpers import REPO
 
 PACKAGE = REPO / "lm_eval_lingreg"
 PUBLIC_MODULES = [
-    "regions", "region_io", "scores", "selection", "results", "report", "training", "freeze", "models",
+    "regions", "region_io", "scores", "official", "selection", "results", "report", "training", "freeze", "models",
     "evaluation", "perturbation", "interventions", "importance", "anatomy", "bundled", "sources", "capture", "progress",
     "rules", "langid", "confusion", "strict", "language_tasks", "udhr", "steering",
 ]  # fmt: skip

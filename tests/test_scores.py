@@ -221,8 +221,8 @@ def _write_official_dump(model, grads, folder):
 
 
 def test_official_score_dumps_round_trip(tok, tmp_path):
+    from lm_eval_lingreg.official import import_official
     from lm_eval_lingreg.regions import jaccard
-    from lm_eval_lingreg.scores import import_official
     from lm_eval_lingreg.selection import select_core
 
     model = make_tiny("llama")
@@ -251,7 +251,7 @@ def test_official_score_dumps_round_trip(tok, tmp_path):
 
 
 def test_official_dumps_with_pickled_code_or_non_finite_scores_are_refused(tok, tmp_path):
-    from lm_eval_lingreg.scores import import_official
+    from lm_eval_lingreg.official import import_official
 
     dump = tmp_path / "grad-mul-param_checkpoint_10"
     dump.mkdir()
@@ -284,7 +284,7 @@ def test_import_refuses_a_special_file_where_the_scores_go(tmp_path):
     import os
 
     from lm_eval_lingreg.errors import OutputError
-    from lm_eval_lingreg.scores import import_official
+    from lm_eval_lingreg.official import import_official
 
     (tmp_path / "out").mkdir()
     os.mkfifo(tmp_path / "out" / "en.safetensors")

@@ -75,6 +75,27 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
+def _build_parser_deferring_ctrl_c():  # -> argparse.ArgumentParser | None
+    """The parser, or None when Ctrl-C came while it was built. Building it imports torch (seconds), whose extension
+    code must not see a KeyboardInterrupt (raised inside a pybind11 callback it aborts the process): the interrupt is
+    only noted while the imports run, and answered once they are done."""
+    import signal
+
+    noted: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
+    except ValueError:  # not the main thread: signals are not ours to handle
+        previous = None
+    try:
+        parser = build_parser()
+    except KeyboardInterrupt:
+        return None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return None if noted else parser
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
 
@@ -83,11 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     except (AttributeError, ValueError, OSError):
         pass
 
-    try:  # building the parser imports torch (seconds): Ctrl-C then is no traceback either
-        args = build_parser().parse_args(argv)
-    except KeyboardInterrupt:
+    parser = _build_parser_deferring_ctrl_c()
+    if parser is None:
         print("interrupted before the command started; nothing was written", file=sys.stderr)
         return 130
+    args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
     from lm_eval_lingreg import progress
 

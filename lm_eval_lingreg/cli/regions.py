@@ -52,7 +52,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_import_scores(args: argparse.Namespace) -> int:
-    from lm_eval_lingreg.scores import import_official
+    from lm_eval_lingreg.official import import_official
 
     path = import_official(args.dump, args.lang, args.out, model_label=args.model, samples=args.samples, scope=args.scope, overwrite=args.overwrite)
     print(path.resolve())

@@ -88,41 +88,76 @@ def forget(
 
     from lm_eval_lingreg.evaluation import evaluate_conditions
     from lm_eval_lingreg.outputs import write_json
-    from lm_eval_lingreg.results import per_language
-    from lm_eval_lingreg.training import condition_label, resolve_freeze, save_checkpoint, train
+    from lm_eval_lingreg.training import condition_label, resolve_freeze
 
     log = logging.getLogger(__name__)
     out_dir = Path(out_dir)
     model = lm.model
     regions = {condition_label(c): resolve_freeze(c, model, cfg.seed) for c in conditions}  # all checked before any training
     start = {n: p.detach().clone() for n, p in model.named_parameters()}  # tied weights once
-
-    @torch.no_grad()
-    def reset() -> None:
-        for n, p in model.named_parameters():
-            p.copy_(start[n])
-
     t0 = time.perf_counter()
     log.info("harness before training: %d languages, %s documents each", len(eval_langs), eval_limit or "all")
     before = evaluate_conditions(lm, {"before": None}, eval_langs, limit=eval_limit, output_dir=out_dir, first=eval_first)["before"]
-    records, after = {}, {}
+    records: dict[str, dict[str, Any]] = {}
+    after: dict[str, dict[str, float]] = {}
     try:
         for label, region in regions.items():
-            reset()
-            log.info("[%s] training %d steps on %s%s", label, cfg.steps, cfg.lang, f", {region.num_selected} entries frozen" if region is not None else "")
-            rec = train(model, lm.tokenizer, cfg, freeze=region)
-            rec["condition"] = label
-            records[label] = rec
-            with lm.recording(training={k: v for k, v in rec.items() if k != "curves"}):
-                res = evaluate_conditions(lm, {label: None}, eval_langs, limit=eval_limit, output_dir=out_dir, first=eval_first)[label]
-            after[label] = per_language(res, "token_perplexity")
-            write_json(out_dir / label / "train.json", rec)
-            if save_checkpoints:
-                save_checkpoint(model, lm.tokenizer, out_dir / label / "checkpoint", rec, overwrite=True)
+            _reset(model, start)
+            records[label], after[label] = _train_one(lm, cfg, label, region, eval_langs, eval_limit, out_dir, save_checkpoints, eval_first)
     finally:
-        reset()
+        _reset(model, start)
+    summary = _summary(cfg, regions, before, after, records, eval_limit, eval_first, time.perf_counter() - t0)
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+@torch.no_grad()
+def _reset(model: torch.nn.Module, start: Mapping[str, torch.Tensor]) -> None:
+    """Put the starting weights back."""
+    for n, p in model.named_parameters():
+        p.copy_(start[n])
+
+
+def _train_one(
+    lm: Any, cfg: Any, label: str, region: Any, eval_langs: Sequence[str], eval_limit: int | None, out_dir: Path, save_checkpoints: bool, eval_first: int
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """One condition: train with `region` frozen, then the harness; its training record and per-language perplexity."""
+    import logging
+
+    from lm_eval_lingreg.evaluation import evaluate_conditions
+    from lm_eval_lingreg.outputs import write_json
+    from lm_eval_lingreg.results import per_language
+    from lm_eval_lingreg.training import save_checkpoint, train
+
+    log = logging.getLogger(__name__)
+    model = lm.model
+    log.info("[%s] training %d steps on %s%s", label, cfg.steps, cfg.lang, f", {region.num_selected} entries frozen" if region is not None else "")
+    rec = train(model, lm.tokenizer, cfg, freeze=region)
+    rec["condition"] = label
+    with lm.recording(training={k: v for k, v in rec.items() if k != "curves"}):
+        res = evaluate_conditions(lm, {label: None}, eval_langs, limit=eval_limit, output_dir=out_dir, first=eval_first)[label]
+    ppl = per_language(res, "token_perplexity")
+    write_json(out_dir / label / "train.json", rec)
+    if save_checkpoints:
+        save_checkpoint(model, lm.tokenizer, out_dir / label / "checkpoint", rec, overwrite=True)
+    return rec, ppl
+
+
+def _summary(
+    cfg: Any,
+    regions: Mapping[str, Any],
+    before: Any,
+    after: dict[str, dict[str, float]],
+    records: Mapping[str, dict[str, Any]],
+    eval_limit: int | None,
+    eval_first: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """What `summary.json` holds."""
+    from lm_eval_lingreg.results import per_language
+
     ppl_before = per_language(before, "token_perplexity")
-    summary = {
+    return {
         "target": cfg.lang,
         "config": asdict(cfg) | {"eval_langs": list(cfg.eval_langs)},
         "eval_limit": eval_limit,
@@ -133,12 +168,10 @@ def forget(
         "forgetting": summarize(ppl_before, after, cfg.lang),
         "curves": {k: r["curves"] for k, r in records.items()},
         "frozen": {k: r.get("frozen") for k, r in records.items()},
-        "seconds": round(time.perf_counter() - t0, 1),
+        "seconds": round(seconds, 1),
         "train_seconds": {k: r["seconds"] for k, r in records.items()},
         "lm_eval_lingreg": __version__,
     }
-    write_json(out_dir / "summary.json", summary)
-    return summary
 
 
 def run(lm: Any, plan: Plan, out: Path) -> dict[str, float]:

@@ -75,69 +75,29 @@ def random_neurons_like(neurons: list[list[Any]], shapes: dict, seed: int) -> li
 
 
 def run(lm: Any, plan: Plan, out: Path) -> dict[str, float]:
-    from lm_eval_lingreg.anatomy import layer_index, scope_shapes
+    from lm_eval_lingreg.anatomy import scope_shapes
     from lm_eval_lingreg.corpora import make_samples
     from lm_eval_lingreg.evaluation import evaluate_conditions
     from lm_eval_lingreg.outputs import write_json
     from lm_eval_lingreg.region_io import load_region
     from lm_eval_lingreg.regions import jaccard, validate
-    from lm_eval_lingreg.sources import (
-        activation_probabilities,
-        coordinates_region,
-        detect_super_weights,
-        input_norms,
-        lape_neurons,
-        lape_region,
-        select_magnitude,
-        select_wanda,
-    )
 
     model, tok = lm.model, lm.tokenizer
     shapes = scope_shapes(model)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     timing: dict[str, float] = {}
     core = load_region(plan.core)
     validate(core, model)
     samples = {lang: make_samples(tok, lang, plan.samples, seed=plan.seed).input_ids for lang in plan.langs}
     tokens = sum(len(s) for v in samples.values() for s in v)
-    t = time.perf_counter()
-    magnitude = select_magnitude(model, plan.ratio)
-    timing["magnitude"] = time.perf_counter() - t
-    t = time.perf_counter()
-    norms, _ = input_norms(model, [s for v in samples.values() for s in v], pad_id=pad)
-    wanda = select_wanda(model, norms, plan.ratio)
-    timing["wanda"] = time.perf_counter() - t
-    t = time.perf_counter()
-    probs, _ = activation_probabilities(model, samples, pad_id=pad)
-    neurons = lape_neurons(probs)
-    lape = lape_region(neurons, shapes)
-    timing["lape"] = time.perf_counter() - t
-    t = time.perf_counter()
-    found = detect_super_weights(model, tok(plan.prompt)["input_ids"], spike=plan.spike)
-    timing["super_weight"] = time.perf_counter() - t
-    regions = {"core": core, "wanda": wanda, "magnitude": magnitude, "lape": lape}
+    built, neurons, found = _build_sources(lm, plan, samples, shapes, timing)
+    regions = {"core": core, **built}
     overlap = {a: {b: jaccard(regions[a], regions[b])[0] for b in DEFINITIONS} for a in DEFINITIONS}
-    inside = []
-    for f in found:
-        name = next(n for n in shapes if layer_index(n, ".mlp.down_proj.weight") == f["layer"])
-        flat = f["row"] * shapes[name][1] + f["col"]
-        inside.append({**f, "in_core": name in core.indices and bool((core.indices[name] == flat).any())})
-    conditions: dict[str, Any] = {"base": None, **regions, "random-1pct": random_like(core, plan.seed)}
-    conditions["random-neurons"] = lape_region(random_neurons_like(neurons, shapes, plan.seed), shapes)
-    if found:
-        sw = coordinates_region([(f["layer"], f["row"], f["col"]) for f in found], shapes)
-        conditions["super-weight"] = sw
-        conditions["random-entries"] = random_like(sw, plan.seed)
+    inside = _super_weights_in_core(found, shapes, core)
+    conditions = _conditions(plan, regions, neurons, found, shapes)
     t = time.perf_counter()
     evaluate_conditions(lm, conditions, plan.eval_langs, limit=plan.limit, output_dir=out / "harness")
     timing["harness"] = time.perf_counter() - t
-    per_lang = {iso: lape_region(neurons, shapes, [i]) for i, iso in enumerate(plan.langs) if any(t.numel() for t in neurons[i])}
-    if plan.mono:
-        selective: dict[str, Any] = {f"lape-{iso}": r for iso, r in per_lang.items()}
-        selective |= {f"mono-{iso}": load_region(plan.mono.format(iso=iso)) for iso in plan.langs}
-        t = time.perf_counter()
-        evaluate_conditions(lm, {"base": None, **selective}, plan.langs, limit=plan.limit, output_dir=out / "selectivity")
-        timing["selectivity"] = time.perf_counter() - t
+    _evaluate_selectivity(lm, plan, neurons, shapes, out, timing)
     write_json(
         out / "methods.json",
         {
@@ -153,6 +113,78 @@ def run(lm: Any, plan: Plan, out: Path) -> dict[str, float]:
         },
     )
     return timing
+
+
+def _build_sources(lm: Any, plan: Plan, samples: dict[str, Any], shapes: dict, timing: dict[str, float]) -> tuple[dict[str, Any], Any, list]:
+    """The wanda, magnitude and LAPE regions, LAPE's neurons and the super weights found on the prompt, each timed into `timing`."""
+    from lm_eval_lingreg.sources import (
+        activation_probabilities,
+        detect_super_weights,
+        input_norms,
+        lape_neurons,
+        lape_region,
+        select_magnitude,
+        select_wanda,
+    )
+
+    model, tok = lm.model, lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    t = time.perf_counter()
+    magnitude = select_magnitude(model, plan.ratio)
+    timing["magnitude"] = time.perf_counter() - t
+    t = time.perf_counter()
+    norms, _ = input_norms(model, [s for v in samples.values() for s in v], pad_id=pad)
+    wanda = select_wanda(model, norms, plan.ratio)
+    timing["wanda"] = time.perf_counter() - t
+    t = time.perf_counter()
+    probs, _ = activation_probabilities(model, samples, pad_id=pad)
+    neurons = lape_neurons(probs)
+    lape = lape_region(neurons, shapes)
+    timing["lape"] = time.perf_counter() - t
+    t = time.perf_counter()
+    found = detect_super_weights(model, tok(plan.prompt)["input_ids"], spike=plan.spike)
+    timing["super_weight"] = time.perf_counter() - t
+    return {"wanda": wanda, "magnitude": magnitude, "lape": lape}, neurons, found
+
+
+def _super_weights_in_core(found: list, shapes: dict, core: Any) -> list[dict[str, Any]]:
+    """Each super weight found, with whether the core region holds it."""
+    from lm_eval_lingreg.anatomy import layer_index
+
+    inside = []
+    for f in found:
+        name = next(n for n in shapes if layer_index(n, ".mlp.down_proj.weight") == f["layer"])
+        flat = f["row"] * shapes[name][1] + f["col"]
+        inside.append({**f, "in_core": name in core.indices and bool((core.indices[name] == flat).any())})
+    return inside
+
+
+def _conditions(plan: Plan, regions: dict[str, Any], neurons: Any, found: list, shapes: dict) -> dict[str, Any]:
+    """What the harness ablates: nothing, each definition, their random controls, and the super weights beside as many random entries."""
+    from lm_eval_lingreg.sources import coordinates_region, lape_region
+
+    conditions: dict[str, Any] = {"base": None, **regions, "random-1pct": random_like(regions["core"], plan.seed)}
+    conditions["random-neurons"] = lape_region(random_neurons_like(neurons, shapes, plan.seed), shapes)
+    if found:
+        sw = coordinates_region([(f["layer"], f["row"], f["col"]) for f in found], shapes)
+        conditions["super-weight"] = sw
+        conditions["random-entries"] = random_like(sw, plan.seed)
+    return conditions
+
+
+def _evaluate_selectivity(lm: Any, plan: Plan, neurons: Any, shapes: dict, out: Path, timing: dict[str, float]) -> None:
+    """LAPE's per-language neurons beside the paper's monolingual regions, on the calibration languages (unless `plan.mono` is empty)."""
+    from lm_eval_lingreg.evaluation import evaluate_conditions
+    from lm_eval_lingreg.region_io import load_region
+    from lm_eval_lingreg.sources import lape_region
+
+    per_lang = {iso: lape_region(neurons, shapes, [i]) for i, iso in enumerate(plan.langs) if any(t.numel() for t in neurons[i])}
+    if plan.mono:
+        selective: dict[str, Any] = {f"lape-{iso}": r for iso, r in per_lang.items()}
+        selective |= {f"mono-{iso}": load_region(plan.mono.format(iso=iso)) for iso in plan.langs}
+        t = time.perf_counter()
+        evaluate_conditions(lm, {"base": None, **selective}, plan.langs, limit=plan.limit, output_dir=out / "selectivity")
+        timing["selectivity"] = time.perf_counter() - t
 
 
 def section(out: Path, record: dict[str, Any]) -> str:
