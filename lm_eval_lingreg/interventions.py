@@ -119,16 +119,24 @@ def decoder_layers(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
     return out
 
 
+def _chosen_layers(
+    model: torch.nn.Module, requested: Sequence[int] | None, default: list[int] | None, what: str, where: str
+) -> tuple[dict[int, torch.nn.Module], list[int]]:
+    """The model's decoder layers and the ones chosen (`requested`, else `default`, else all), each checked to exist."""
+    layers = decoder_layers(model)
+    if not layers:
+        raise PerturbationError(f"{what}: this model has no recognisable decoder layers (layers.<n>)")
+    chosen = list(requested) if requested is not None else default if default is not None else sorted(layers)
+    bad = [la for la in chosen if la not in layers]
+    if bad:
+        raise PerturbationError(f"{where}layer {bad[0]} out of range: this model has layers 0..{max(layers)}")
+    return layers, chosen
+
+
 def _activation_layers(p: Perturbation, model: torch.nn.Module) -> dict[int, torch.nn.Module]:
     from lm_eval_lingreg.anatomy import hidden_size
 
-    layers = decoder_layers(model)
-    if not layers:
-        raise PerturbationError("on=activation: this model has no recognisable decoder layers (layers.<n>)")
-    chosen = sorted(layers) if p.layers is None else list(p.layers)
-    bad = [la for la in chosen if la not in layers]
-    if bad:
-        raise PerturbationError(f"layer {bad[0]} out of range: this model has layers 0..{max(layers)}")
+    layers, chosen = _chosen_layers(model, p.layers, None, "on=activation", "")
     hidden = hidden_size(model)
     bad_dims = [d for d in p.dims if hidden is not None and d >= hidden]
     if bad_dims:
@@ -185,13 +193,7 @@ def _steering(p: Perturbation, model: torch.nn.Module) -> Steering:
     hidden = hidden_size(model)
     if hidden is not None and size != hidden:
         raise PerturbationError(f"{path}: the vectors have size {size} but this model's hidden size is {hidden} (made for another model?)")
-    layers = decoder_layers(model)
-    if not layers:
-        raise PerturbationError("vector=: this model has no recognisable decoder layers (layers.<n>)")
-    chosen = sorted(vectors) if p.layers is None else list(p.layers)
-    bad = [la for la in chosen if la not in layers]
-    if bad:
-        raise PerturbationError(f"{path}: layer {bad[0]} out of range: this model has layers 0..{max(layers)}")
+    layers, chosen = _chosen_layers(model, p.layers, sorted(vectors), "vector=", f"{path}: ")
     missing = [la for la in chosen if la not in vectors]
     if missing:
         raise PerturbationError(f"{path}: has no vector for layer {missing[0]} (it has layers {', '.join(map(str, sorted(vectors)))})")

@@ -161,3 +161,19 @@ def check_frozen_exact_and_rest_moved(model: torch.nn.Module, before: dict[str, 
         moved += int((p[~m] != before[name][~m]).sum())
         total += int((~m).sum())
     assert moved / total >= min_moved, f"only {moved}/{total} trainable in-scope entries changed"
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str):
+    """A real tmpfs of `size` mounted at `path` (a new folder) while the block runs: a disk that fills up.
+    Needs mount rights; the test is skipped without them."""
+    import pytest
+
+    path.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()[:80]})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], capture_output=True)

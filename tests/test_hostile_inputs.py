@@ -361,20 +361,13 @@ def test_the_ablated_model_wrapper_records_the_held_value(tiny_model_dir, region
 # 7. a full disk leaves nothing ---------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["8k"])
-def full_fs(tmp_path, request):
-    """A real tmpfs of 8 KB, too small for any score or task set (needs mount rights; skipped without them)."""
-    import subprocess
+@pytest.fixture
+def full_fs(tmp_path):
+    """A real tmpfs of 8 KB, too small for any score or task set."""
+    from helpers import small_tmpfs
 
-    mnt = tmp_path / "full"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={request.param}", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()[:80]})")
-    try:
+    with small_tmpfs(tmp_path / "full", "8k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
 def test_tasks_on_a_full_disk_leave_no_task_file(full_fs):

@@ -197,18 +197,11 @@ def test_a_local_file_named_like_a_shipped_mask_is_named_not_silently_preferred(
 
 @pytest.fixture
 def full_fs(tmp_path):
-    """A real 96 KB tmpfs: too small for a tiny model's checkpoint (needs mount rights; skipped without them)."""
-    import subprocess
+    """A real 96 KB tmpfs: too small for a tiny model's checkpoint."""
+    from helpers import small_tmpfs
 
-    mnt = tmp_path / "full"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()[:80]})")
-    try:
+    with small_tmpfs(tmp_path / "full", "96k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
 def test_a_full_disk_during_apply_is_a_named_error_and_leaves_nothing(full_fs, tiny_model_dir, tmp_path):
