@@ -66,7 +66,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from lm_eval_lingreg.evaluation import DEFAULT_LIMIT
 
-    s = sub.add_parser("reproduce", help="run the paper's experiments on the bundled model and write a report (about 1 h; --quick: a few minutes)")
+    s = sub.add_parser("reproduce", help="run the paper's experiments on the bundled model and write a report (--quick: CI-sized; times in bench/README.md)")
     s.add_argument("--quick", action="store_true", help="CI-sized: 6 languages x 3 short documents, 1%% regions, 10 candidate dimensions, 3 training steps")
     s.add_argument(
         "--only", default=None, help="comma-separated experiments: regions, dimensions, forgetting (the default: all three), evaluation, protocol and methods"
@@ -77,7 +77,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--paper-protocol",
         action="store_true",
         help="score with every official choice (documents, batch-token loss, bf16 accumulation) beside the default protocol, "
-        "with checkpoints, and compare their regions and harness results (the `protocol` experiment, about 1 h)",
+        "with checkpoints, and compare their regions and harness results (the `protocol` experiment; the longest, see bench/README.md)",
     )
     s.add_argument(
         "--limit",
