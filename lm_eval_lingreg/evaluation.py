@@ -120,12 +120,12 @@ def evaluate_conditions(
     check_labels(list(conditions))
     names = list(tasks) if tasks is not None else task_names(langs)
     _check_tasks(names, limit, first)
-    which = {"limit": limit} if not first else {"samples": {t: list(range(first, first + (limit or _documents_in(t) - first))) for t in names}}
+    counts = {t: limit or _documents_in(t) - first for t in names}  # documents each task reads
+    which = {"limit": limit} if not first else {"samples": {t: list(range(first, first + n)) for t, n in counts.items()}}
     if output_dir is not None:
         check_writable(output_dir, into=True)
     manager = task_manager()
-    per_condition = sum(limit or _documents_in(t) - first for t in names)
-    with progress.job(len(conditions) * per_condition, f"{len(conditions)} conditions x {len(names)} tasks"):
+    with progress.job(len(conditions) * sum(counts[t] for t in names), f"{len(conditions)} conditions x {len(names)} tasks"):
         return _evaluate_each(lm, conditions, names, manager, which, batch_size, gen_kwargs, output_dir)
 
 

@@ -185,7 +185,8 @@ class Steering:
 def _steering(p: Perturbation, model: torch.nn.Module) -> Steering:
     """Load `p.vector` and check it against the model (hidden size, layers, finite in the model's dtype); changes nothing."""
     from lm_eval_lingreg.anatomy import hidden_size
-    from lm_eval_lingreg.steering import load_vectors, vectors_sha256
+    from lm_eval_lingreg.region_io import file_sha256
+    from lm_eval_lingreg.steering import load_vectors
 
     vectors, metadata = load_vectors(p.vector)
     path = str(p.vector)
@@ -202,7 +203,7 @@ def _steering(p: Perturbation, model: torch.nn.Module) -> Steering:
         top = max(float(vectors[la].abs().max()) for la in chosen) * abs(p.value)
         if not math.isfinite(top) or top > torch.finfo(dtype).max:
             raise PerturbationError(f"{p}: value {p.value:g} times the vector overflows the model's {dtype}; use a smaller value")
-    return Steering({la: layers[la] for la in chosen}, {la: vectors[la] for la in chosen}, path, vectors_sha256(p.vector), metadata)
+    return Steering({la: layers[la] for la in chosen}, {la: vectors[la] for la in chosen}, path, file_sha256(p.vector), metadata)
 
 
 def _steering_hook(vector: torch.Tensor, alpha: float):

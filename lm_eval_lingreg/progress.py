@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-__all__ = ["configure", "job", "active", "harness_quiet", "tick"]
+__all__ = ["configure", "job", "harness_quiet", "tick"]
 
 _SETTINGS = {"enabled": False, "harness_bars": False}
 _BAR: Any = None
@@ -23,11 +23,6 @@ _BAR: Any = None
 def configure(enabled: bool, harness_bars: bool = False) -> None:
     """Whether `job` shows a bar (the CLI: yes unless -q), and whether lm-eval's own bars stay (-v)."""
     _SETTINGS.update(enabled=enabled, harness_bars=harness_bars)
-
-
-def active() -> bool:
-    """Whether a job bar is open: the wrappers then tick it."""
-    return _BAR is not None
 
 
 def harness_quiet() -> bool:

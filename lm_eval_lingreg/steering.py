@@ -13,7 +13,6 @@ the same vectors in the `.pt` format of lm-eval's own `steered` model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -23,9 +22,10 @@ from typing import Any
 
 import torch
 
+from lm_eval_lingreg.anatomy import base_model
 from lm_eval_lingreg.errors import PerturbationError
 
-__all__ = ["FORMAT", "diffmean", "save_vectors", "load_vectors", "vectors_sha256", "check_vectors", "hookpoints", "export_steered"]
+__all__ = ["FORMAT", "diffmean", "save_vectors", "load_vectors", "check_vectors", "hookpoints", "export_steered"]
 
 #: The `format` metadata field of a steering-vector file.
 FORMAT = "lingreg-steering-vectors"
@@ -58,7 +58,7 @@ def diffmean(
     bad = [la for la in chosen if la not in available]
     if bad or not chosen:
         raise PerturbationError(f"layer {bad[0] if bad else '(none)'} out of range: this model has layers 0..{max(available)}")
-    names = {id(m): n for n, m in _base(model).named_modules()}
+    names = {id(m): n for n, m in base_model(model).named_modules()}
     modules = {la: names[id(available[la])] for la in chosen}
     means: dict[str, dict[int, torch.Tensor]] = {}
     tokens: dict[str, int] = {}
@@ -114,12 +114,6 @@ def _language(value: Any) -> str:
     if not isinstance(value, str) or "," in value or value.strip().lower() == "all":
         raise UnknownLanguageError(f"a steering vector goes from one language to another; got {value!r}, expected one code like en or fr")
     return parse_languages([value])[0]
-
-
-def _base(model: torch.nn.Module) -> torch.nn.Module:
-    from lm_eval_lingreg.anatomy import base_model
-
-    return base_model(model)
 
 
 def _key(layer: int) -> str:
@@ -200,19 +194,11 @@ def load_vectors(path: str | os.PathLike) -> tuple[dict[int, torch.Tensor], dict
     return {la: v.float() for la, v in sorted(vectors.items())}, metadata
 
 
-def vectors_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def hookpoints(model: torch.nn.Module, layers: Sequence[int]) -> dict[int, str]:
     """{layer: the decoder layer's name in `model.base_model.named_modules()`}: where lm-eval's `steered` model hooks."""
     from lm_eval_lingreg.interventions import decoder_layers
 
-    hf = _base(model)
+    hf = base_model(model)
     root = getattr(hf, "base_model", hf)
     names = {id(m): n for n, m in root.named_modules()}
     available = decoder_layers(model)

@@ -82,12 +82,7 @@ def inputs_of(args: argparse.Namespace) -> list[tuple[Path, bool]]:
             path = _as_input(token)
             if path is not None:
                 found.append((path, name in WHOLE and path.is_dir()))
-    if hasattr(args, "pretrained") and not getattr(args, "pretrained", None):
-        from lm_eval_lingreg.bundled import model_dir
-
-        if model_dir().exists():
-            found.append((model_dir(), True))
-    found += [(p, True) for p in _always_read() if p.exists()]
+    found += [(p, True) for p in _always_read() if p.exists()]  # the bundled model among them, read when --pretrained is left out
     if getattr(args, "baseline", None) and args.command != "reproduce":
         found += [(p, False) for p in map(Path, _tokens(args.baseline)[:1]) if p.exists()]
     if getattr(args, "paths", None) and args.command in ("table", "compare", "check", "plot", "baseline"):
