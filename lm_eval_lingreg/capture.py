@@ -1,8 +1,9 @@
 """Activations captured and changed through one primitive: a forward hook on one of the model's own modules.
 
-`add_hook(module, fn, kind)` calls `fn` with the module's input (`kind="input"`) or output (`kind="output"`)
-tensor, the first element when the module returns a tuple; an output hook whose `fn` returns a tensor
-replaces that output (an intervention), one that returns None only looks (a capture). `hooked` adds hooks
+`add_hook(module, fn, kind)` calls `fn` with the module's input (`kind="input"`, its first argument) or
+output (`kind="output"`) tensor, the first element when the module returns a tuple; a hook whose `fn`
+returns a tensor replaces that input or output (an intervention), one that returns None only looks (a
+capture). `hooked` adds hooks
 by module name for the length of a block and removes them on exit; `activation_pass` runs the model body
 over token samples under such hooks, the way every activation statistic here is gathered.
 """
@@ -28,8 +29,9 @@ def add_hook(module: torch.nn.Module, fn: Fn, kind: str = "output") -> Any:
     """Hook `fn` on `module`'s input or output; returns the handle whose `remove()` takes it off."""
     if kind == "input":
 
-        def pre(_module: torch.nn.Module, args: tuple) -> None:
-            fn(args[0])
+        def pre(_module: torch.nn.Module, args: tuple) -> Any:
+            new = fn(args[0])
+            return None if new is None else (new, *args[1:])
 
         return module.register_forward_pre_hook(pre)
     if kind != "output":

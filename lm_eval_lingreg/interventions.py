@@ -22,7 +22,19 @@ from lm_eval_lingreg.errors import PerturbationError, close_matches
 from lm_eval_lingreg.languages import CORE_LANGUAGES
 from lm_eval_lingreg.perturbation import GROUPS, Perturbation, spec_dicts, spec_sha256, spec_string
 
-__all__ = ["Target", "Steering", "text_decoder", "decoder_layers", "MEAN_CALIBRATION", "activation_means", "resolve", "Applied", "check_all", "perturb"]
+__all__ = [
+    "Target",
+    "Steering",
+    "Neurons",
+    "text_decoder",
+    "decoder_layers",
+    "MEAN_CALIBRATION",
+    "activation_means",
+    "resolve",
+    "Applied",
+    "check_all",
+    "perturb",
+]
 
 
 @dataclass
@@ -206,6 +218,95 @@ def _steering(p: Perturbation, model: torch.nn.Module) -> Steering:
     return Steering({la: layers[la] for la in chosen}, {la: vectors[la] for la in chosen}, path, file_sha256(p.vector), metadata)
 
 
+@dataclass
+class Neurons:
+    """A neuron perturbation checked against a model: per layer, its FFN down projection (module and name) and
+    the neurons (indices into that projection's input, the intermediate activation)."""
+
+    modules: dict[int, torch.nn.Module]
+    names: dict[int, str]
+    indices: dict[int, torch.Tensor]
+
+    @property
+    def count(self) -> int:
+        return sum(int(i.numel()) for i in self.indices.values())
+
+
+def _neurons(p: Perturbation, model: torch.nn.Module) -> Neurons:
+    """The neurons `p` addresses on this model (`neuron=` in each chosen layer, or the `down_proj` columns a
+    `neurons=` region touches), each checked to exist; changes nothing."""
+    from lm_eval_lingreg.errors import RegionError
+    from lm_eval_lingreg.sources import down_projs
+
+    params = named_parameters(model)
+    try:
+        downs = down_projs({n: tuple(t.shape) for n, t in params.items()})
+    except RegionError as e:
+        raise PerturbationError(f"{p}: {e}; neuron= addresses the input of each layer's FFN down_proj") from e
+    modules = dict(base_model(model).named_modules())
+    layers = sorted(downs) if p.layers is None else list(p.layers)
+    bad = [la for la in layers if la not in downs]
+    if bad:
+        raise PerturbationError(f"{p}: layer {bad[0]} out of range: this model's FFN down projections are in layers {min(downs)}..{max(downs)}")
+    widths = {la: params[downs[la]].shape[-1] for la in layers}
+    if p.neurons is not None:
+        indices = _region_neurons(p, model, {la: downs[la] for la in layers}, widths)
+    else:
+        indices = {la: torch.tensor(p.neuron, dtype=torch.int64) for la in layers}
+        over = next(((la, n) for la in layers for n in p.neuron if n >= widths[la]), None)
+        if over is not None:
+            la, n = over
+            raise PerturbationError(f"neuron={n} out of range in layer {la}: its FFN has {widths[la]} neurons (0..{widths[la] - 1})")
+    names = {la: downs[la].removesuffix(".weight") for la in indices}
+    missing = [n for n in names.values() if n not in modules]
+    if missing:
+        raise PerturbationError(f"{p}: no module {missing[0]!r} in this model to hook")
+    dtype = next(model.parameters()).dtype
+    if p.op in ("set", "add", "mul") and dtype.is_floating_point and abs(p.value) > torch.finfo(dtype).max:
+        raise PerturbationError(f"{p}: value {p.value:g} overflows the model's {dtype} (largest {torch.finfo(dtype).max:.4g}); use a smaller value")
+    return Neurons({la: modules[n] for la, n in names.items()}, names, indices)
+
+
+def _region_neurons(p: Perturbation, model: torch.nn.Module, downs: Mapping[int, str], widths: Mapping[int, int]) -> dict[int, torch.Tensor]:
+    """{layer: the columns of its down_proj that the `neurons=` region holds an entry of} (layers without any left out)."""
+    from lm_eval_lingreg.region_io import load_region
+    from lm_eval_lingreg.regions import Region, validate
+
+    region = p.neurons if isinstance(p.neurons, Region) else load_region(p.neurons)
+    validate(region, model)
+    out = {}
+    for la, down in downs.items():
+        idx = region.indices.get(down)
+        if idx is not None and idx.numel():
+            out[la] = torch.unique(idx.long() % widths[la])
+    if not out:
+        raise PerturbationError(
+            f"neurons={p.neurons_label}: the region holds no entry of a down_proj in the chosen layers, so it names no neuron; "
+            "give a region of FFN neurons, such as `lingreg extract lape --lang zh` writes"
+        )
+    return out
+
+
+def _neuron_hook(p: Perturbation, layer: int, indices: torch.Tensor, values: torch.Tensor | None):
+    """Change the chosen neurons of the FFN's intermediate activation (the down projection's input)."""
+    placed: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def hook(x: torch.Tensor) -> torch.Tensor:
+        key = (x.dtype, x.device)
+        if key not in placed:
+            placed.clear()
+            placed[key] = (indices.to(x.device), None if values is None else values.to(device=x.device, dtype=x.dtype))
+        idx, fixed = placed[key]
+        x = x.clone()
+        new = fixed.expand_as(x[..., idx]) if fixed is not None else _operate(p, x[..., idx])
+        if not bool(torch.isfinite(new).all()):
+            raise PerturbationError(f"{p} overflows {x.dtype} at layer {layer} (the activation becomes inf or NaN); use a smaller value")
+        x[..., idx] = new
+        return x
+
+    return hook
+
+
 def _steering_hook(vector: torch.Tensor, alpha: float):
     """Add `alpha * vector` at every position: the vector cast to the activation's dtype and device, then scaled
     (the order lm-eval's `steered` model computes it in)."""
@@ -242,6 +343,9 @@ def resolve(p: Perturbation, model: torch.nn.Module, params: Mapping[str, torch.
     params = params if params is not None else named_parameters(model)
     if p.kind == "steering":
         _steering(p, model)
+        return []
+    if p.kind == "neuron":
+        _neurons(p, model)
         return []
     if p.on == "activation":
         _activation_layers(p, model)
@@ -321,8 +425,8 @@ def perturb(model: torch.nn.Module, perturbations: Perturbation | Sequence[Pertu
     perts = [perturbations] if isinstance(perturbations, Perturbation) else list(perturbations)
     params = named_parameters(model)
     resolved = [(p, resolve(p, model, params)) for p in perts]
-    if tokenizer is None and any(p.op == "mean" for p in perts):
-        raise PerturbationError("op=mean measures the activation's mean on calibration text and needs the model's tokenizer (pass tokenizer= to perturb)")
+    if tokenizer is None and any(p.op in ("mean", "median") for p in perts):
+        raise PerturbationError("op=mean and op=median measure an activation on calibration text and need the model's tokenizer (pass tokenizer= to perturb)")
     applied = Applied(model, perts)
     try:
         for p, targets in resolved:
@@ -338,6 +442,9 @@ def perturb(model: torch.nn.Module, perturbations: Perturbation | Sequence[Pertu
                         "vector_metadata": steering.metadata,
                     }
                 )
+                continue
+            if p.kind == "neuron":
+                applied.hooks += _apply_neurons(p, model, tokenizer, applied.summary)
                 continue
             if p.on == "activation":
                 layers = _activation_layers(p, model)
@@ -369,6 +476,20 @@ def perturb(model: torch.nn.Module, perturbations: Perturbation | Sequence[Pertu
         applied.restore()
         raise
     return applied
+
+
+def _apply_neurons(p: Perturbation, model: torch.nn.Module, tokenizer: Any, summary: list[dict[str, Any]]) -> list[Any]:
+    """Hook `p`'s neurons (measuring their mean or median first, on the model as it is now); returns the hooks."""
+    from lm_eval_lingreg.steering import NEURON_SAMPLES, neuron_statistic
+
+    neurons = _neurons(p, model)
+    values = neuron_statistic(model, tokenizer, p.lang, neurons.names, neurons.indices, p.op) if p.op in ("mean", "median") else {}
+    hooks = [add_hook(m, _neuron_hook(p, la, neurons.indices[la], values.get(la)), "input") for la, m in neurons.modules.items()]
+    summary.append({"perturbation": str(p), "entries": 0, "neurons": neurons.count, "activation_layers": sorted(neurons.modules)})
+    if values:
+        summary[-1][p.op] = {str(la): [float(v) for v in values[la]] for la in sorted(values)} if neurons.count <= 64 else "(per neuron; not listed)"
+        summary[-1][f"{p.op}_text"] = f"eld sentences, {NEURON_SAMPLES} of {p.lang}, every token but BOS"
+    return hooks
 
 
 def _new_values(p: Perturbation, orig: torch.Tensor, offset: float, gen: torch.Generator | None) -> torch.Tensor:

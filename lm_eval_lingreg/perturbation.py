@@ -11,11 +11,18 @@ model's real parameter names:
 - **region**: the entries of a region mask, `mask=core.safetensors` (or a shipped mask name);
 - **steering**: a residual steering vector per layer, `vector=en-fr.safetensors` (written by
   `lingreg steer-vector`, see `steering`), added `value` times to the residual stream after each
-  layer of the file (or of `layers=`), with `op=add` and `on=activation` (both the default here).
+  layer of the file (or of `layers=`), with `op=add` and `on=activation` (both the default here);
+- **neuron**: MLP neurons addressed as LAPE addresses them, a layer and an index into the FFN's
+  intermediate activation (the input of `down_proj`): `neuron=17+42:layer=3`, or every neuron whose
+  `down_proj` column a region touches, `neurons=lape-zh.safetensors` (as `lingreg extract lape`
+  writes it). Their activation is changed, `on=activation` (the only choice here), through hooks.
 
 and five operations: `zero`, `set` (to `value`), `mul` (by `value`), `add` (`value`), and `noise`
 (Gaussian, seeded: `value` is the standard deviation, relative to each entry's magnitude with
-`scale=relative`, the default, or absolute with `scale=absolute`); activations also take `mean`.
+`scale=relative`, the default, or absolute with `scale=absolute`); activations also take `mean`,
+and neurons `mean` and `median` on a chosen language's calibration text (`lang=zh`, required).
+Zeroing or multiplying a neuron's activation is the same as zeroing or multiplying its `down_proj`
+column (a weight edit: `mask=` with that column's region); the other neuron operations are not.
 
 `on=param` (default) applies the operation to the stored parameter. `on=gain` applies it to the
 effective gain of a norm instead: identical for Llama-style RMSNorm (`x * w`), but for
@@ -59,7 +66,7 @@ __all__ = ["OPS", "ON", "SCALES", "GROUPS", "KEYS", "Perturbation", "MAX_INT", "
 if TYPE_CHECKING:
     from lm_eval_lingreg.regions import Region
 
-OPS = ("zero", "set", "mul", "add", "noise", "mean")
+OPS = ("zero", "set", "mul", "add", "noise", "mean", "median")
 ON = ("param", "gain", "activation")
 SCALES = ("relative", "absolute")
 #: Module groups accepted by `modules=` besides exact module names.
@@ -70,7 +77,29 @@ GROUPS = {
     "writers": ("write",),
 }
 #: Every key a perturbation may have (in a spec file, the compact form, or lm-eval model_args).
-KEYS = frozenset({"param", "index", "row", "col", "layer", "layers", "dim", "dims", "modules", "mask", "vector", "op", "value", "on", "scale", "seed"})
+KEYS = frozenset(
+    {
+        "param",
+        "index",
+        "row",
+        "col",
+        "layer",
+        "layers",
+        "dim",
+        "dims",
+        "modules",
+        "mask",
+        "vector",
+        "neuron",
+        "neurons",
+        "lang",
+        "op",
+        "value",
+        "on",
+        "scale",
+        "seed",
+    }
+)
 
 
 # the value object ------------------------------------------------------------------------
@@ -91,6 +120,9 @@ class Perturbation:
     modules: tuple[str, ...] = ("all",)
     mask: str | Region | None = None  # a region file, a shipped mask name, or a Region value
     vector: str | None = None  # a steering-vector file (.safetensors)
+    neurons: str | Region | None = None  # a region whose down_proj columns are the neurons
+    neuron: tuple[int, ...] = ()  # neuron indices, in every layer of `layers`
+    lang: str | None = None  # the calibration language of op=mean/median on neurons
     on: str = "param"
     scale: str = "relative"
     seed: int = 0
@@ -105,13 +137,20 @@ class Perturbation:
         """Exactly one target; a steering vector goes with on=activation and op=add."""
         kinds = [
             k
-            for k, given in (("scalar", self.param), ("dimension", self.dims), ("region", self.mask is not None), ("steering", self.vector is not None))
+            for k, given in (
+                ("scalar", self.param),
+                ("dimension", self.dims),
+                ("region", self.mask is not None),
+                ("steering", self.vector is not None),
+                ("neurons", self.neurons is not None),
+                ("neuron", self.neuron),
+            )
             if given
         ]
         if len(kinds) != 1:
             raise PerturbationError(
                 f"a perturbation names exactly one target: `param=` (one entry), `dim=` (a hidden dimension), "
-                f"`mask=` (a region) or `vector=` (a steering vector); got {' and '.join(kinds) if kinds else 'none'} in {self.describe()!r}"
+                f"`mask=` (a region), `vector=` (a steering vector) or `neuron=`/`neurons=` (MLP neurons); got {' and '.join(kinds) if kinds else 'none'} in {self.describe()!r}"
             )
         if self.vector is not None and self.on == "param":
             object.__setattr__(self, "on", "activation")  # a steering vector acts on activations only
@@ -120,23 +159,39 @@ class Perturbation:
                 raise PerturbationError(f"vector= adds a steering vector to the residual stream: it goes with on=activation, not on={self.on}")
             if self.op != "add":
                 raise PerturbationError(f"vector= takes op=add (value = how many times the vector is added), not op={self.op}")
+        if self.kind == "neuron":
+            if self.op == "noise":
+                raise PerturbationError("neurons take op=zero, set, mul, add, mean or median (on their activation), not op=noise")
+            if self.on == "param":
+                object.__setattr__(self, "on", "activation")  # neurons are changed through their activation
+            if self.on != "activation":
+                raise PerturbationError(
+                    f"neuron=/neurons= change a neuron's activation (on=activation), not on={self.on}; to edit the weights, "
+                    "use mask= with the neurons' down_proj columns"
+                )
 
     def _check_op(self) -> None:
         """A known op, with a value exactly where it takes one."""
         if self.op not in OPS:
             raise PerturbationError(f"unknown op {self.op!r} in {self.describe()!r}; use one of {', '.join(OPS)}")
-        if self.op in ("zero", "mean"):
+        if self.op in ("zero", "mean", "median"):
             no_value = self.value in (None, 0, 0.0) if self.op == "zero" else self.value is None  # op=zero also accepts value=0
             if not no_value:
                 raise PerturbationError(f"op={self.op} takes no value (got value={self.value}); use op=set to write a value")
             if self.op == "mean" and self.on != "activation":
-                raise PerturbationError("op=mean sets an activation to its mean on calibration text: it goes with on=activation and dim=")
+                raise PerturbationError("op=mean sets an activation to its mean on calibration text: it goes with on=activation and dim=, or with neurons")
+            if self.op == "median" and self.kind != "neuron":
+                raise PerturbationError("op=median sets neurons to their median activation on calibration text: it goes with neuron= or neurons= (and lang=)")
         elif self.value is None:
             raise PerturbationError(f"op={self.op} needs `value=` (e.g. op=mul:value=4) in {self.describe()!r}")
         elif not math.isfinite(self.value):
             raise PerturbationError(f"value must be a finite number, got {self.value!r}")
         if self.op == "noise" and self.value is not None and self.value < 0:
             raise PerturbationError(f"op=noise: value is a standard deviation and must be >= 0, got {self.value}")
+        if self.kind == "neuron" and self.op in ("mean", "median") and self.lang is None:
+            raise PerturbationError(f"op={self.op} on neurons measures the activation on one language's calibration text: add lang=<code> (e.g. lang=zh)")
+        if self.lang is not None and not (self.kind == "neuron" and self.op in ("mean", "median")):
+            raise PerturbationError("lang= names the calibration language of op=mean or op=median on neurons; it does not apply here")
 
     def _check_on(self) -> None:
         """What the op acts on (weight, gain or activation), and the scale."""
@@ -144,9 +199,11 @@ class Perturbation:
             raise PerturbationError(
                 f"on={self.on!r}: use on=param (the stored weight, default), on=gain (a norm's effective gain) or on=activation (a residual-stream activation)"
             )
-        if self.on == "activation" and self.kind != "steering":
+        if self.on == "activation" and self.kind not in ("steering", "neuron"):
             if self.kind != "dimension":
-                raise PerturbationError(f"on=activation changes a hidden dimension's activation: give `dim=` (and `layer=`), not {self.kind} targets")
+                raise PerturbationError(
+                    f"on=activation changes a hidden dimension's or a neuron's activation: give `dim=` (and `layer=`) or `neuron=`, not {self.kind} targets"
+                )
             if self.modules != ("all",):
                 raise PerturbationError("on=activation acts on the residual stream after each chosen layer; `modules=` picks weights and does not apply")
             if self.op == "noise":
@@ -165,17 +222,19 @@ class Perturbation:
                 raise PerturbationError(f"param={self.param}: indices must be >= 0")
         elif any(v is not None for v in (self.index, self.row, self.col)):
             raise PerturbationError("`index=`, `row=` and `col=` go with `param=`; a dimension is chosen with `dim=`")
-        if self.kind == "steering" and self.modules != ("all",):
-            raise PerturbationError("vector= acts on the residual stream after each chosen layer; `modules=` picks weights and does not apply")
-        if self.kind not in ("dimension", "steering") and (self.layers is not None or self.modules != ("all",)):
-            raise PerturbationError("`layer=` and `modules=` go with `dim=` (a hidden dimension perturbation) or `vector=` (a steering vector)")
-        if any(d < 0 for d in self.dims) or any(la < 0 for la in self.layers or ()):
-            raise PerturbationError("dimensions and layers are numbered from 0")
+        if self.kind in ("steering", "neuron") and self.modules != ("all",):
+            raise PerturbationError(f"{'vector=' if self.kind == 'steering' else 'neuron='} acts on activations; `modules=` picks weights and does not apply")
+        if self.kind not in ("dimension", "steering", "neuron") and (self.layers is not None or self.modules != ("all",)):
+            raise PerturbationError("`layer=` and `modules=` go with `dim=` (a hidden dimension), `vector=` (a steering vector) or `neuron=` (MLP neurons)")
+        if any(d < 0 for d in self.dims) or any(la < 0 for la in self.layers or ()) or any(n < 0 for n in self.neuron):
+            raise PerturbationError("dimensions, neurons and layers are numbered from 0")
         if not 0 <= self.seed <= MAX_INT:
             raise PerturbationError(f"seed={self.seed} must be a whole number from 0 to {MAX_INT:.3g}")
 
     @property
     def kind(self) -> str:
+        if self.neurons is not None or self.neuron:
+            return "neuron"
         return "scalar" if self.param else "dimension" if self.dims else "steering" if self.vector is not None else "region"
 
     @property
@@ -183,8 +242,12 @@ class Perturbation:
         """The mask as recorded: its path or name, or for a Region value its name and a content digest."""
         if self.mask is None or isinstance(self.mask, str):
             return self.mask
-        meta = self.mask.metadata
-        return f"region:{meta.get('name') or meta.get('kind') or 'unnamed'}@{self.mask.digest()[:16]}"
+        return _region_label(self.mask)
+
+    @property
+    def neurons_label(self) -> str | None:
+        """The neurons' region as recorded (like `mask_label`)."""
+        return self.neurons if self.neurons is None or isinstance(self.neurons, str) else _region_label(self.neurons)
 
     # serialisation -----------------------------------------------------------------
 
@@ -204,10 +267,18 @@ class Perturbation:
         elif self.kind == "steering":
             d["vector"] = self.vector
             d["layers"] = "all" if self.layers is None else list(self.layers)
+        elif self.kind == "neuron":
+            if self.neurons is not None:
+                d["neurons"] = self.neurons_label
+            else:
+                d["neuron"] = list(self.neuron)
+            d["layers"] = "all" if self.layers is None else list(self.layers)
+            if self.lang is not None:
+                d["lang"] = self.lang
         else:
             d["mask"] = self.mask_label
         d["op"] = self.op
-        if self.op not in ("zero", "mean"):
+        if self.op not in ("zero", "mean", "median"):
             d["value"] = self.value
         d["on"] = self.on
         if self.op == "noise":
@@ -229,7 +300,7 @@ class Perturbation:
 
     def describe(self) -> str:
         """The given fields, for error messages (works before validation finished)."""
-        fields = {**vars(self), "mask": self.mask_label}
+        fields = {**vars(self), "mask": self.mask_label, "neurons": self.neurons_label}
         return ":".join(
             f"{k}={v}" for k, v in fields.items() if v not in (None, (), ("all",)) and (k, v) not in (("on", "param"), ("scale", "relative"), ("seed", 0))
         )
@@ -250,6 +321,12 @@ class Perturbation:
             )
         if "layer" in spec and "layers" in spec or "dim" in spec and "dims" in spec:
             raise PerturbationError("give `layer=` or `layers=` (and `dim=` or `dims=`), not both")
+        neuron_kind = spec.get("neurons") is not None or spec.get("neuron") is not None
+        if neuron_kind and str(spec.get("on", "activation")).strip().lower() != "activation":
+            raise PerturbationError(
+                f"neuron=/neurons= change a neuron's activation (on=activation), not on={spec['on']}; to edit the weights, "
+                "use mask= with the neurons' down_proj columns"
+            )
         op = spec.get("op")
         if spec.get("vector") is not None:
             op = "add" if op is None else op  # a steering vector is added
@@ -274,7 +351,10 @@ class Perturbation:
             modules=tuple(_str_list(modules)) if modules is not None else ("all",),
             mask=_str(spec.get("mask")),
             vector=_str(spec.get("vector")),
-            on=str(spec.get("on", "activation" if spec.get("vector") is not None else "param")).strip().lower(),
+            neurons=_str(spec.get("neurons")),
+            neuron=tuple(_int_list(spec["neuron"], "neuron")) if spec.get("neuron") is not None else (),
+            lang=_lang(spec.get("lang")),
+            on=str(spec.get("on", "activation" if spec.get("vector") is not None or neuron_kind else "param")).strip().lower(),
             scale=str(spec.get("scale", "relative")).strip().lower(),
             seed=_int(spec.get("seed", 0), "seed"),
         )
@@ -301,10 +381,28 @@ def _pairs(text: str) -> dict[str, str]:
             )
         if key in out:
             raise PerturbationError(f"key {key!r} given twice in {text!r}")
-        if "=" in value or (key not in ("mask", "vector") and re.search(r"\s", value.strip())):
+        if "=" in value or (key not in ("mask", "vector", "neurons") and re.search(r"\s", value.strip())):
             raise PerturbationError(f"malformed perturbation {text!r}: {part!r} holds more than one value; join key=value pairs with ':'")
         out[key] = value.strip()
     return out
+
+
+def _region_label(region: Region) -> str:
+    meta = region.metadata
+    return f"region:{meta.get('name') or meta.get('kind') or 'unnamed'}@{region.digest()[:16]}"
+
+
+def _lang(v: Any) -> str | None:
+    """One language code of the 30 (the calibration language of neuron means and medians)."""
+    if v is None:
+        return None
+    from lm_eval_lingreg.errors import UnknownLanguageError
+    from lm_eval_lingreg.languages import LANGUAGES
+
+    code = _str(v)
+    if code is None or code.lower() not in LANGUAGES:
+        raise UnknownLanguageError(f"lang={str(v)[:20]!r} is not one of the 30 languages ({','.join(LANGUAGES)})")
+    return code.lower()
 
 
 def _str(v: Any) -> str | None:

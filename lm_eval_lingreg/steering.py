@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import torch
 from lm_eval_lingreg.anatomy import base_model
 from lm_eval_lingreg.errors import PerturbationError
 
-__all__ = ["FORMAT", "diffmean", "save_vectors", "load_vectors", "check_vectors", "hookpoints", "export_steered"]
+__all__ = ["FORMAT", "NEURON_SAMPLES", "diffmean", "neuron_statistic", "save_vectors", "load_vectors", "check_vectors", "hookpoints", "export_steered"]
 
 #: The `format` metadata field of a steering-vector file.
 FORMAT = "lingreg-steering-vectors"
@@ -84,9 +84,29 @@ def _sums(
     model: torch.nn.Module, ids: list[list[int]], modules: Mapping[int, str], bos: int | None, pad_id: int, batch_size: int
 ) -> tuple[dict[int, torch.Tensor], int]:
     """({layer: float64 sum of the layer's output over every real token but a leading BOS}, number of those tokens)."""
+    sums = {la: torch.zeros((), dtype=torch.float64) for la in modules}
+
+    def add(la: int, values: torch.Tensor) -> None:
+        sums[la] = sums[la] + values.double().sum(0).cpu()
+
+    count = _bos_free_pass(model, ids, modules, "output", bos, pad_id, batch_size, add)
+    return sums, count
+
+
+def _bos_free_pass(
+    model: torch.nn.Module,
+    ids: list[list[int]],
+    modules: Mapping[int, str],
+    kind: str,
+    bos: int | None,
+    pad_id: int,
+    batch_size: int,
+    consume: Callable[[int, torch.Tensor], None],
+) -> int:
+    """Run the model over `ids`, calling `consume(key, values)` with each named module's input or output
+    (`kind`) at every real token but a leading BOS, as (tokens, features); returns the number of those tokens."""
     from lm_eval_lingreg.capture import activation_pass
 
-    sums = {la: torch.zeros((), dtype=torch.float64) for la in modules}
     count = 0
     for start in range(0, len(ids), batch_size):
         chunk = ids[start : start + batch_size]
@@ -95,15 +115,60 @@ def _sums(
         skip[:, 0] = torch.tensor([bos is not None and s[0] == bos for s in chunk])
         skip = skip.reshape(-1)
 
-        def collect_for(la: int, skip: torch.Tensor):
+        def collect_for(key: int, skip: torch.Tensor):
             def collect(values: torch.Tensor, keep: torch.Tensor) -> None:
-                sums[la] = sums[la] + values[keep & ~skip.to(keep.device)].double().sum(0).cpu()
+                consume(key, values[keep & ~skip.to(keep.device)])
 
             return collect
 
-        activation_pass(model, chunk, {name: collect_for(la, skip) for la, name in modules.items()}, "output", batch_size=len(chunk), pad_id=pad_id)
+        activation_pass(model, chunk, {name: collect_for(key, skip) for key, name in modules.items()}, kind, batch_size=len(chunk), pad_id=pad_id)
         count += sum(len(s) for s in chunk) - int(skip.sum())
-    return sums, count
+    return count
+
+
+#: Neuron means and medians (`op=mean|median` with `lang=`) are measured on this many eld sentences of the language.
+NEURON_SAMPLES = 32
+
+
+def neuron_statistic(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    lang: str,
+    modules: Mapping[int, str],
+    indices: Mapping[int, torch.Tensor],
+    stat: str,
+    samples: int = NEURON_SAMPLES,
+    batch_size: int = 4,
+) -> dict[int, torch.Tensor]:
+    """{layer: the mean or median (`stat`) of neurons `indices[layer]`'s activation, the input of the FFN down
+    projection `modules[layer]`, over every token but BOS of `samples` eld sentences of `lang`} (float32),
+    measured on the model as it is now."""
+    from lm_eval_lingreg.corpora import make_samples
+    from lm_eval_lingreg.errors import CorpusError
+
+    if stat not in ("mean", "median"):
+        raise PerturbationError(f"unknown neuron statistic {stat!r}; expected mean or median")
+    code = _language(lang)
+    ids = [list(s) for s in make_samples(tokenizer, code, samples).input_ids if len(s)]
+    if not ids:
+        raise CorpusError(f"no calibration sentences for {code}; cannot measure its neurons' {stat} activation")
+    chosen = {la: idx.long() for la, idx in indices.items()}
+    values: dict[int, list[torch.Tensor]] = {la: [] for la in modules}
+
+    def keep(la: int, x: torch.Tensor) -> None:
+        values[la].append(x[:, chosen[la].to(x.device)].float().cpu())
+
+    count = _bos_free_pass(model, ids, modules, "input", tokenizer.bos_token_id, tokenizer.pad_token_id or 0, batch_size, keep)
+    if count == 0:
+        raise CorpusError(f"no calibration tokens for {code} (the sentences are empty after BOS); cannot measure its neurons' {stat} activation")
+    out = {}
+    for la, parts in values.items():
+        x = torch.cat(parts)
+        out[la] = x.mean(0) if stat == "mean" else torch.quantile(x, 0.5, dim=0)
+    bad = next((la for la, v in out.items() if not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise PerturbationError(f"the {stat} activation of the neurons of layer {bad} is not finite (the model overflows on the {code} calibration text)")
+    return out
 
 
 def _language(value: Any) -> str:

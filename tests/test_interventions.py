@@ -311,7 +311,7 @@ def test_activation_intervention_errors(tiny_model):
         ("param=model.layers.0.mlp.down_proj.weight:index=0:on=activation:op=zero", "give `dim=`"),
         ("layer=0:dim=1:modules=norms:on=activation:op=zero", "modules="),
         ("layer=0:dim=1:on=activation:op=noise:value=1", "op=zero, set, mul, add or mean"),
-        ("layer=0:dim=1:on=activation:op=mean", "needs the model's tokenizer"),
+        ("layer=0:dim=1:on=activation:op=mean", "need the model's tokenizer"),
         ("layer=9:dim=1:on=activation:op=zero", "layer 9 out of range"),
         ("layer=0:dim=99:on=activation:op=zero", "dim=99 out of range"),
         ("layer=0:dim=1:on=activations:op=zero", "on=activation"),
