@@ -179,6 +179,10 @@ def _documents_in(task: str) -> int:
 
         src, tgt = task_row(task).split("-")
         return len(translation_split(src, tgt)[1])
+    if kind == "steer":
+        from lm_eval_lingreg.udhr import steering_docs
+
+        return len(steering_docs(*task_row(task).split("-")))
     return UDHR_DOCUMENTS
 
 
@@ -189,7 +193,9 @@ def _check_tasks(names: Sequence[str], limit: int | None, first: int) -> None:
         raise UsageError("no task to run: give languages (perplexity) or task names")
     unknown = [t for t in names if task_kind(t) is None]
     if unknown:
-        raise UsageError(f"unknown task {unknown[0]!r}: this package's tasks are lingreg_ppl_<iso>, lingreg_gen_<iso> and lingreg_mt_<src>_<tgt>")
+        raise UsageError(
+            f"unknown task {unknown[0]!r}: this package's tasks are lingreg_ppl_<iso>, lingreg_gen_<iso>, lingreg_mt_<src>_<tgt> and lingreg_steer_<src>_<tgt>"
+        )
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise UsageError(f"limit must be a whole number >= 1 (or None for all documents), got {limit!r}")
     for t in dict.fromkeys(names):

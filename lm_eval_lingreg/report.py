@@ -88,8 +88,10 @@ def summary_label(metric: str, compared: bool) -> str:
 
 
 def _metric_tasks(metric: str) -> str:
-    from lm_eval_lingreg.results import GEN_METRICS, MT_METRICS
+    from lm_eval_lingreg.results import GEN_METRICS, MT_METRICS, STEER_METRICS
 
+    if metric in STEER_METRICS:
+        return "lingreg_steer_<src>_<tgt>"
     return "lingreg_gen_<iso>" if metric in GEN_METRICS else "lingreg_mt_<src>_<tgt>" if metric in MT_METRICS else "lingreg_ppl_<iso>"
 
 

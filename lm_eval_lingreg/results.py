@@ -22,6 +22,9 @@ __all__ = [
     "PPL_METRICS",
     "GEN_METRICS",
     "MT_METRICS",
+    "STEER_METRICS",
+    "PAIR_METRICS",
+    "OUTPUT_KINDS",
     "MEAN_METRICS",
     "METRICS",
     "MEAN_RANGE",
@@ -56,11 +59,15 @@ PPL_METRICS = ("bits_per_byte", "byte_perplexity", "word_perplexity", "token_per
 GEN_METRICS = ("lang_fidelity", "line_pass", "word_pass", "chrf")
 #: Metrics of the translation tasks (`lingreg_mt_<src>_<tgt>`).
 MT_METRICS = ("mt_chrf", "mt_fidelity")
+#: Metrics of the steering tasks (`lingreg_steer_<src>_<tgt>`): share in the wanted language, chrF against its text, both.
+STEER_METRICS = ("steer_success", "steer_chrf", "steer_score")
+#: Metrics reported per pair of languages (SRC-TGT rows).
+PAIR_METRICS = MT_METRICS + STEER_METRICS
 #: Means over outputs, higher is better: `--ratio-to` gives differences (run - base), not ratios.
-MEAN_METRICS = GEN_METRICS + MT_METRICS
+MEAN_METRICS = GEN_METRICS + MT_METRICS + STEER_METRICS
 METRICS = PPL_METRICS + MEAN_METRICS
 #: The largest value each mean metric can take.
-MEAN_RANGE = {m: 100.0 if m.endswith("chrf") else 1.0 for m in MEAN_METRICS}
+MEAN_RANGE = {m: 100.0 if m.endswith(("chrf", "score")) else 1.0 for m in MEAN_METRICS}
 #: Results files larger than this are refused (a full 30-language run with per-document scores is a few MB).
 MAX_RESULTS_BYTES = 2 * 10**9
 #: Every metric of the lingreg_ppl tasks is lower-is-better; every other one higher-is-better.
@@ -68,7 +75,9 @@ LOWER_IS_BETTER = dict.fromkeys(PPL_METRICS, True) | dict.fromkeys(MEAN_METRICS,
 #: Per-sample values of the generation and translation tasks in the results JSON that lingreg commands write.
 ITEMS = "lingreg_items"
 #: What each kind of task reports.
-KIND_METRICS = {"ppl": PPL_METRICS, "gen": GEN_METRICS, "mt": MT_METRICS}
+KIND_METRICS = {"ppl": PPL_METRICS, "gen": GEN_METRICS, "mt": MT_METRICS, "steer": STEER_METRICS}
+#: Kinds of task whose outputs are judged one by one (per-output values, intervals).
+OUTPUT_KINDS = ("gen", "mt", "steer")
 
 
 def task_name(iso: str) -> str:
@@ -152,7 +161,7 @@ def items(samples: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[
     out = {}
     for task, rows in samples.items():
         kind = task_kind(task)
-        if kind not in ("gen", "mt"):
+        if kind not in OUTPUT_KINDS:
             continue
         rows = sorted(rows, key=lambda r: _whole(r["doc_id"], "doc_id"))
         table: dict[str, list] = {"doc_id": [_whole(r["doc_id"], "doc_id") for r in rows]}
@@ -337,12 +346,12 @@ def _items(data: Mapping[str, Any], path: Path, values: Mapping[str, Mapping[str
 
     tables = data.get(ITEMS)
     if tables is None:
-        tables = _samples_files(path, ("gen", "mt"), items)
+        tables = _samples_files(path, OUTPUT_KINDS, items)
     out: dict[str, Items] = {}
     try:
         for task, t in (tables or {}).items():
             kind = task_kind(task)
-            if kind not in ("gen", "mt"):
+            if kind not in OUTPUT_KINDS:
                 continue
             doc_id = [_whole(x, "doc_id") for x in t["doc_id"]]
             if not doc_id or len(set(doc_id)) != len(doc_id):

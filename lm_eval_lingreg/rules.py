@@ -92,9 +92,9 @@ class Rule:
 
 def _check_rule_fits(metric: str, d: Mapping[str, Any], lo: float | None, hi: float | None, where: str) -> None:
     """A rule that no run could ever pass, or that names rows its metric has not, is bad input (exit 2), not a regression."""
-    from lm_eval_lingreg.results import MEAN_RANGE, MT_METRICS
+    from lm_eval_lingreg.results import MEAN_RANGE, PAIR_METRICS
 
-    pairs = metric in MT_METRICS
+    pairs = metric in PAIR_METRICS
     for key in ("languages", "exclude"):
         items = d.get(key)
         items = [x.strip() for x in items.split(",")] if isinstance(items, str) and items != "all" else items if isinstance(items, list) else []

@@ -13,7 +13,7 @@ import json
 from lm_eval_lingreg.errors import UnknownLanguageError, UsageError
 from lm_eval_lingreg.languages import LANGUAGES
 
-__all__ = ["generation_docs", "translation_docs", "translation_split", "split_opening"]
+__all__ = ["generation_docs", "translation_docs", "translation_split", "split_opening", "steering_docs"]
 
 #: Prompt of a generation document: the opening of the article's first paragraph, about this share of it...
 PROMPT_SHARE = 0.5
@@ -60,6 +60,23 @@ def generation_docs(lang: str) -> list[dict]:
             continue
         prompt, reference = split_opening(lang, s["text"])
         rows.append({"lang": lang, "section": s["section"], "prompt": prompt, "reference": reference})
+    return rows
+
+
+def steering_docs(src: str, tgt: str) -> list[dict]:
+    """One document per UDHR article (1-30): the opening in `src` as the prompt, and as the reference the rest
+    of the article in `tgt` (what follows `tgt`'s own opening), which a continuation steered into `tgt` should
+    resemble if it keeps the meaning."""
+    if src == tgt:
+        raise UsageError(f"a steering task needs two different languages, got {src}->{tgt}")
+    wanted = {s["section"]: s["text"] for s in _sections(tgt) if s["section"] != "preamble"}
+    rows = []
+    for s in _sections(src):
+        if s["section"] == "preamble" or s["section"] not in wanted:
+            continue
+        prompt, _ = split_opening(src, s["text"])
+        _, reference = split_opening(tgt, wanted[s["section"]])
+        rows.append({"src": src, "tgt": tgt, "section": s["section"], "prompt": prompt, "reference": reference})
     return rows
 
 

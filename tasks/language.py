@@ -1,5 +1,5 @@
-"""Datasets and per-sample metrics of the generation (`lingreg_gen_<iso>`) and translation
-(`lingreg_mt_<src>_<tgt>`) tasks. The documents come from `lm_eval_lingreg.udhr`, the metrics from
+"""Datasets and per-sample metrics of the generation (`lingreg_gen_<iso>`), translation
+(`lingreg_mt_<src>_<tgt>`) and steering (`lingreg_steer_<src>_<tgt>`) tasks. The documents come from `lm_eval_lingreg.udhr`, the metrics from
 `lm_eval_lingreg.confusion` (definitions there, and in docs/guide/language.md).
 """
 
@@ -14,7 +14,7 @@ class _QuietCustomDataset(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        return not (msg.startswith(("lingreg_gen_", "lingreg_mt_")) and "Custom kwargs can be passed" in msg)
+        return not (msg.startswith(("lingreg_gen_", "lingreg_mt_", "lingreg_steer_")) and "Custom kwargs can be passed" in msg)
 
 
 logging.getLogger("lm_eval.api.task").addFilter(_QuietCustomDataset())
@@ -36,6 +36,32 @@ def load_translation(src: str, tgt: str, **_: object):
     from lm_eval_lingreg.udhr import translation_docs
 
     return _dataset(translation_docs(src, tgt))
+
+
+def load_steering(src: str, tgt: str, **_: object):
+    from lm_eval_lingreg.udhr import steering_docs
+
+    return _dataset(steering_docs(src, tgt))
+
+
+def process_steering(doc: dict, results: list) -> dict:
+    """Did the output come out in the wanted language (`steer_success`), how close is it to that language's
+    text of the same article (`steer_chrf`, the reference cut to the output's length), and both at once
+    (`steer_score`: the chrF of an output in the wanted language, 0 for any other)."""
+    from lm_eval_lingreg.confusion import chrf, language_metrics
+    from lm_eval_lingreg.langid import clean
+
+    output = clean(results[0])
+    reference = doc["reference"][: max(1, len(output.strip()))]
+    m = language_metrics(doc["tgt"], output)
+    score = chrf(output.strip(), reference)
+    return {
+        "steer_success": m["lang_fidelity"],
+        "steer_chrf": score,
+        "steer_score": score if m["lang_fidelity"] else 0.0,
+        "detected_lang": m["detected_lang"],
+        "detected_confidence": m["detected_confidence"],
+    }
 
 
 def process_generation(doc: dict, results: list) -> dict:

@@ -167,6 +167,14 @@ def test_process_results_of_the_tasks(monkeypatch):
     got = tasks.process_translation(doc, [" " + FR + "\nEnglish: something else"])
     assert got["mt_chrf"] == pytest.approx(100.0) and got["mt_fidelity"] == 1.0  # only the first line is the translation
     assert tasks.most_common(["fr", "en", "fr"]) == "fr" and tasks.most_common([]) == ""
+    doc = {"tgt": "fr", "reference": "raison et de conscience et doivent agir les uns envers les autres"}
+    got = tasks.process_steering(doc, [" raison et de conscience"])
+    assert got["steer_success"] == 1.0 and got["steer_chrf"] > 90 and got["steer_score"] == got["steer_chrf"]
+    # fluent text of the wrong language scores 0 together, whatever its chrF; noise in the right one has a low chrF
+    got = tasks.process_steering(doc, [" reason and conscience and should act towards one another"])
+    assert got["steer_success"] == 0.0 and got["steer_score"] == 0.0 and got["detected_lang"] == "en"
+    got = tasks.process_steering(doc, [" le chat mange une pomme verte dans le jardin du voisin"])
+    assert got["steer_success"] == 1.0 and got["steer_score"] == got["steer_chrf"] < 30
 
 
 # documents and task files ----------------------------------------------------------------------------
@@ -199,6 +207,23 @@ def test_translation_docs_use_other_articles_as_shots():
     assert docs[0]["reference"] not in docs[0]["prompt"]
 
 
+def test_steering_docs_pair_an_opening_with_the_wanted_languages_rest_of_the_same_article():
+    from lm_eval_lingreg.language_tasks import STEER_PAIRS, task_kind, task_row
+    from lm_eval_lingreg.udhr import generation_docs, steering_docs
+
+    assert len(STEER_PAIRS) == 29 and all(src == "en" for src, _ in STEER_PAIRS)
+    for _, tgt in STEER_PAIRS:
+        docs, en, wanted = steering_docs("en", tgt), generation_docs("en"), generation_docs(tgt)
+        assert len(docs) == 30, tgt
+        for d, e, w in zip(docs, en, wanted, strict=True):
+            assert d["section"] == e["section"] == w["section"]
+            assert d["prompt"] == e["prompt"] and d["reference"] == w["reference"] and d["tgt"] == tgt
+    assert task_kind("lingreg_steer_en_zh") == "steer" and task_row("lingreg_steer_en_zh") == "en-zh"
+    assert task_kind("lingreg_steer_en_en") is None and task_kind("lingreg_steer_en_xx") is None
+    with pytest.raises(UsageError, match="two different languages"):
+        steering_docs("fr", "fr")
+
+
 def test_a_pair_without_enough_shots_is_one_clear_error(monkeypatch):
     from lm_eval_lingreg import udhr
 
@@ -217,7 +242,7 @@ def test_the_shipped_task_files_are_current():
 
     stale = [name for name, text in shipped_files().items() if not (TASKS / name).is_file() or (TASKS / name).read_text(encoding="utf-8") != text]
     assert not stale, f"run python scripts/build_language_tasks.py: {stale[:5]}"
-    ours = {p.name for p in TASKS.glob("lingreg_gen*.yaml")} | {p.name for p in TASKS.glob("lingreg_mt*.yaml")}
+    ours = {p.name for kind in ("gen", "mt", "steer") for p in TASKS.glob(f"lingreg_{kind}*.yaml")}
     assert ours == set(shipped_files()), ours ^ set(shipped_files())
     group = yaml.safe_load((TASKS / "lingreg_gen.yaml").read_text())
     assert group["task"] == [f"lingreg_gen_{iso}" for iso in LANGUAGES]
@@ -256,11 +281,11 @@ def test_generation_and_translation_run_in_process_and_report_with_intervals(tin
     from lm_eval_lingreg.selection import select_random
 
     region = select_random(scope_shapes(tiny_lm.model), 0.5, seed=0)
-    tasks = ["lingreg_gen_en", "lingreg_gen_zh", "lingreg_mt_en_fr"]
+    tasks = ["lingreg_gen_en", "lingreg_gen_zh", "lingreg_mt_en_fr", "lingreg_steer_en_fr"]
     res = evaluate_conditions(tiny_lm, {"base": None, "half": region}, tasks=tasks, limit=2, output_dir=tmp_path, gen_kwargs={"max_gen_toks": 4}, batch_size=2)
     assert tiny_lm.batch_size_per_gpu == 1  # the batch size is restored
     items = res["base"][ITEMS]
-    assert set(items) == {"lingreg_gen_en", "lingreg_gen_zh", "lingreg_mt_en_fr"}
+    assert set(items) == {"lingreg_gen_en", "lingreg_gen_zh", "lingreg_mt_en_fr", "lingreg_steer_en_fr"}
     assert len(items["lingreg_gen_en"]["output"]) == 2 and len(items["lingreg_gen_en"]["detected_lang"]) == 2
     info = res["base"]["config"]["lingreg"]
     assert info["tokens_generated"] > 0 and info["generated_per_second"] > 0
@@ -272,6 +297,9 @@ def test_generation_and_translation_run_in_process_and_report_with_intervals(tin
     df = build_table(runs, "mt_chrf", ci=0.95)
     cell = df.loc["English to French (en-fr)", "base"]
     assert cell.lo <= cell.value <= cell.hi and 0 <= cell.value <= 100
+    df = build_table(runs, "steer_score", ratio_to="base", ci=0.95)
+    assert df.loc["English to French (en-fr)", "base"].value == 0.0
+    assert len(items["lingreg_steer_en_fr"]["steer_success"]) == 2
 
 
 def test_bad_requests_for_the_new_tasks_are_one_clear_error(tiny_lm):
@@ -283,6 +311,8 @@ def test_bad_requests_for_the_new_tasks_are_one_clear_error(tiny_lm):
         ({"tasks": ["lingreg_gen_en"], "limit": 0}, "limit must be a whole number >= 1"),
         ({"tasks": ["lingreg_gen_en"], "limit": 31}, "lingreg_gen_en: documents 0..30 do not exist: it has 30 UDHR documents"),
         ({"tasks": ["lingreg_mt_en_fr"], "first": 14, "limit": 1}, "it has 14 UDHR documents"),
+        ({"tasks": ["lingreg_steer_en_fr"], "first": 30, "limit": 1}, "it has 30 UDHR documents"),
+        ({"tasks": ["lingreg_steer_fr_zh"]}, "unknown task"),
         ({"tasks": []}, "no task to run"),
         ({"tasks": ["lingreg_gen_en"], "batch_size": 0}, "batch size must be a whole number"),
     ):

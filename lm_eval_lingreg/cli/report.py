@@ -9,7 +9,7 @@ from lm_eval_lingreg.cli import _args
 
 METRIC_HELP = (
     "perplexity tasks: bits_per_byte, byte_perplexity, word_perplexity, token_perplexity; generation: lang_fidelity, line_pass, "
-    "word_pass, chrf; translation: mt_chrf, mt_fidelity"
+    "word_pass, chrf; translation: mt_chrf, mt_fidelity; steering: steer_success, steer_chrf, steer_score"
 )
 
 
@@ -20,7 +20,7 @@ def _metric(args: argparse.Namespace, runs, fallback: str) -> str:
     if args.metric:
         return args.metric
     have = {m for r in runs for v in r.values.values() for m in v}
-    return fallback if fallback in have else next((m for m in (fallback, "lang_fidelity", "mt_chrf", *METRICS) if m in have), fallback)
+    return fallback if fallback in have else next((m for m in (fallback, "lang_fidelity", "mt_chrf", "steer_score", *METRICS) if m in have), fallback)
 
 
 def _runs(args: argparse.Namespace, output: str | None = None):
