@@ -4,12 +4,17 @@ Ablating a region, perturbing weights and freezing a region during training all 
 thing: remember the original values of some entries (by the parameter's real name and flat
 indices) and write them back later, bit for bit. `SavedEntries` holds only those entries
 (compact indices and their values, on the parameter's device), never a copy of the model.
+
+A tensor-parallel model (`tp_plan`) holds sharded weights as DTensors: every edit acts on each
+process's own shard (`local_entries` maps a region's global indices onto it), so the processes
+together change exactly the entries one process would, and each restores its own shard.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -20,8 +25,64 @@ from lm_eval_lingreg.anatomy import named_parameters
 _OPEN: weakref.WeakKeyDictionary[torch.nn.Module, list[SavedEntries]] = weakref.WeakKeyDictionary()
 
 
+def is_dtensor(t: torch.Tensor) -> bool:
+    """Whether `t` is a `torch.distributed` DTensor (a tensor-parallel weight or its gradient)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def local_part(t: torch.Tensor) -> torch.Tensor:
+    """What this process holds of `t`: a DTensor's local shard (sharing its storage), else the tensor itself."""
+    data = t.data if isinstance(t, torch.nn.Parameter) else t
+    if not is_dtensor(data):
+        return data
+    from lm_eval_lingreg.errors import UsageError
+
+    if any(p.is_partial() for p in data.placements):
+        raise UsageError(
+            f"a weight of shape {tuple(data.shape)} is a DTensor with a pending reduction ({data.placements}): only sharded "
+            "or replicated weights can be edited; load the model with tp_plan=auto"
+        )
+    local = data.to_local()
+    if not local.is_contiguous():
+        raise UsageError(f"the local shard of a DTensor weight of shape {tuple(data.shape)} is not contiguous and cannot be edited in place")
+    return local
+
+
 def flat_view(param: torch.Tensor) -> torch.Tensor:
-    return param.data.view(-1)
+    """This process's entries of `param`, flat, sharing its storage (for a DTensor: its local shard)."""
+    return local_part(param).view(-1)
+
+
+@dataclass(frozen=True)
+class LocalEntries:
+    """The entries of a parameter, chosen by global flat indices, that this process holds."""
+
+    flat: torch.Tensor  #: this process's part of the parameter, flat, sharing its storage
+    indices: torch.Tensor  #: the chosen entries held here, as indices into `flat` (int64)
+    positions: torch.Tensor | None  #: where those entries stand in the chosen index list; None: all of it, in order
+
+
+def local_entries(param: torch.Tensor, idx: torch.Tensor) -> LocalEntries:
+    """Map global flat indices `idx` of `param` onto what this process holds: all of them for a plain tensor; for a
+    DTensor, those inside its local shard (offsets and sizes as torch's distributed checkpoint reads them)."""
+    flat = flat_view(param)
+    data = param.data if isinstance(param, torch.nn.Parameter) else param
+    if not is_dtensor(data):
+        return LocalEntries(flat, idx.long(), None)
+    (chunk,) = data.__create_chunk_list__()
+    coords = torch.unravel_index(idx.long().cpu(), tuple(data.shape))
+    keep = torch.ones(idx.numel(), dtype=torch.bool)
+    for c, offset, size in zip(coords, chunk.offsets, chunk.sizes, strict=True):
+        keep &= (c >= offset) & (c < offset + size)
+    positions = keep.nonzero().squeeze(1)
+    local = torch.zeros(positions.numel(), dtype=torch.int64)
+    for c, offset, size in zip(coords, chunk.offsets, chunk.sizes, strict=True):
+        local = local * size + (c[positions] - offset)
+    return LocalEntries(flat, local, positions)
 
 
 def _compact(idx: torch.Tensor, numel: int, device: torch.device) -> torch.Tensor:
@@ -52,9 +113,12 @@ class SavedEntries:
 
     @torch.no_grad()
     def save(self, name: str, param: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Remember the current values of `param` (named `name`) at flat indices `idx`; return them."""
-        flat = flat_view(param)
-        idx = _compact(idx, flat.numel(), flat.device)
+        """Remember the current values of `param` (named `name`) at flat indices `idx`; return them.
+
+        For a DTensor, only the entries of this process's shard (see `local_entries`), in the order of `idx`."""
+        local = local_entries(param, idx)
+        flat = local.flat
+        idx = _compact(local.indices, flat.numel(), flat.device)
         values = flat[idx.long()].clone()
         if not self._entries:
             _OPEN.setdefault(self.model, []).append(self)
@@ -91,6 +155,7 @@ class SavedEntries:
 
     @property
     def num_entries(self) -> int:
+        """Entries saved (in this process: a tensor-parallel process holds only its shards' entries)."""
         return sum(int(v.numel()) for _, _, v in self._entries)
 
     @property
@@ -132,7 +197,7 @@ class SavedEntries:
         for name, idx, _ in self._entries:
             g = params[name].grad
             if g is not None:
-                g.view(-1).index_fill_(0, idx.to(g.device).long(), 0.0)
+                flat_view(g).index_fill_(0, idx.to(g.device).long(), 0.0)
 
     def __enter__(self) -> SavedEntries:
         return self

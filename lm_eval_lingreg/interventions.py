@@ -17,7 +17,7 @@ import torch
 
 from lm_eval_lingreg.anatomy import base_model, editability_problems, layer_index, model_slots, named_parameters
 from lm_eval_lingreg.capture import add_hook
-from lm_eval_lingreg.edits import SavedEntries
+from lm_eval_lingreg.edits import SavedEntries, flat_view, local_entries
 from lm_eval_lingreg.errors import PerturbationError, close_matches
 from lm_eval_lingreg.languages import CORE_LANGUAGES
 from lm_eval_lingreg.perturbation import GROUPS, Perturbation, spec_dicts, spec_sha256, spec_string
@@ -459,8 +459,9 @@ def perturb(model: torch.nn.Module, perturbations: Perturbation | Sequence[Pertu
             gen = torch.Generator().manual_seed(p.seed) if p.op == "noise" else None
             for t in targets:
                 orig = applied.saved.save(t.name, params[t.name], t.indices)
-                flat = params[t.name].data.view(-1)
-                flat.index_copy_(0, t.indices.to(flat.device), _new_values(p, orig, t.offset, gen).to(flat.dtype))
+                local = local_entries(params[t.name], t.indices)  # a tensor-parallel process changes its own shard's entries
+                new = _new_values(p, orig, t.offset, _noise(p, t.indices.numel(), gen, local.positions))
+                local.flat.index_copy_(0, local.indices.to(local.flat.device), new.to(local.flat.dtype))
             applied.summary.append(
                 {
                     "perturbation": str(p),
@@ -469,7 +470,7 @@ def perturb(model: torch.nn.Module, perturbations: Perturbation | Sequence[Pertu
                     **({"gain_offsets": sorted({t.offset for t in targets})} if p.on == "gain" else {}),
                 }
             )
-        bad = next((name for name, idx, _ in applied.saved if not torch.isfinite(params[name].data.view(-1)[idx.long().to(params[name].device)]).all()), None)
+        bad = next((name for name, idx, _ in applied.saved if not torch.isfinite(flat_view(params[name])[idx.long().to(params[name].device)]).all()), None)
         if bad is not None:
             raise PerturbationError(f"the perturbation overflows {params[bad].dtype} in {bad} (model restored); use a smaller value")
     except BaseException:
@@ -492,13 +493,22 @@ def _apply_neurons(p: Perturbation, model: torch.nn.Module, tokenizer: Any, summ
     return hooks
 
 
-def _new_values(p: Perturbation, orig: torch.Tensor, offset: float, gen: torch.Generator | None) -> torch.Tensor:
+def _noise(p: Perturbation, n: int, gen: torch.Generator | None, positions: torch.Tensor | None) -> torch.Tensor | None:
+    """`op=noise`'s standard normal draws for the `n` entries of a target, drawn for all of them so that a
+    tensor-parallel process takes the same draws for its shard's entries (`positions`) as one process would."""
+    if p.op != "noise":
+        return None
+    eps = torch.randn((n,), generator=gen)
+    return eps if positions is None else eps[positions]
+
+
+def _new_values(p: Perturbation, orig: torch.Tensor, offset: float, eps: torch.Tensor | None) -> torch.Tensor:
     g = orig.double().cpu() + offset  # effective gain (offset 0: the stored value); float64 so overflow shows as inf
-    return (_operate(p, g, gen) - offset).to(orig.device)
+    return (_operate(p, g, eps=eps) - offset).to(orig.device)
 
 
-def _operate(p: Perturbation, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-    """`p`'s operation on values `x` (weights or activations)."""
+def _operate(p: Perturbation, x: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+    """`p`'s operation on values `x` (weights or activations); `op=noise` adds the standard normal draws `eps`."""
     if p.op == "zero":
         return torch.zeros_like(x)
     if p.op == "set":
@@ -507,5 +517,4 @@ def _operate(p: Perturbation, x: torch.Tensor, gen: torch.Generator | None = Non
         return x * p.value
     if p.op == "add":
         return x + p.value
-    eps = torch.randn(x.shape, generator=gen).to(x.dtype)
-    return x + p.value * eps * (x.abs() if p.scale == "relative" else 1.0)
+    return x + p.value * eps.to(x.dtype) * (x.abs() if p.scale == "relative" else 1.0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -52,7 +53,7 @@ _FROM_PRETRAINED = {
 
 
 #: HFLM arguments that differ across the supported lm-eval versions, and whether this one takes them.
-_HFLM_TAKES = {k: k in inspect.signature(HFLM.__init__).parameters for k in ("softmax_dtype", "dtype")}
+_HFLM_TAKES = {k: k in inspect.signature(HFLM.__init__).parameters for k in ("softmax_dtype", "dtype", "tp_plan")}
 
 
 class TokenCountedLoglik(float):
@@ -88,6 +89,13 @@ class LingregLM(HFLM):
                 f"rolling_bos={rolling_bos!r}: use context (score the document's own tokens, default) or score (lm-eval's own, also p(BOS|BOS))"
             )
         self._check_args(kwargs)
+        if kwargs.get("tp_plan") not in (None, "") and not _HFLM_TAKES["tp_plan"]:
+            from importlib.metadata import version
+
+            raise ModelLoadError(
+                f"tp_plan: tensor-parallel evaluation needs lm-eval >= 0.4.12 (this is {version('lm_eval')}); "
+                "upgrade it, or evaluate on one device, with parallelize=True or with accelerate launch"
+            )
         if "torch_dtype" in kwargs and "dtype" not in kwargs and _HFLM_TAKES["dtype"]:
             kwargs["dtype"] = kwargs.pop("torch_dtype")  # the name older transformers used; HFLM takes `dtype`
         dtype = kwargs.get("dtype")
@@ -110,6 +118,7 @@ class LingregLM(HFLM):
 
                 raise bundled_cache_error(resolve_pretrained(pretrained), f"{type(e).__name__}: {first}") from e
             raise ModelLoadError(f"{self._model_name()}: cannot load model {pretrained!r}: {type(e).__name__}: {first}") from e
+        self._split_over_processes()
         self._rolling_bos = rolling_bos
         self._in_rolling = False
         self._docs_to_tick = 0
@@ -123,6 +132,17 @@ class LingregLM(HFLM):
         }
         if pretrained in (None, ""):
             self._lingreg_info["pretrained"] = f"{DEFAULT_MODEL} (bundled)"
+        if kwargs.get("tp_plan") not in (None, ""):
+            self._lingreg_info["tensor_parallel"] = int(os.environ.get("WORLD_SIZE", "1"))  # processes sharing each weight
+        elif self.world_size > 1:
+            self._lingreg_info["data_parallel"] = self.world_size  # processes sharing the documents
+
+    def _split_over_processes(self) -> None:
+        """Under `accelerate launch` on CPUs, HFLM (0.4.10-0.4.13) counts GPUs to decide on data parallelism and finds
+        none, so every process would evaluate every document; split them over the processes, as on GPUs."""
+        accelerator = getattr(self, "accelerator", None)
+        if accelerator is not None and accelerator.num_processes > 1 and self.world_size == 1 and accelerator.device.type == "cpu":
+            self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
 
     @classmethod
     def _model_name(cls) -> str:
@@ -216,17 +236,18 @@ class RegionAblatedLM(LingregLM):
             path = resolve(mask)
             region = load_region(path)
         super().__init__(pretrained=pretrained, **kwargs)
+        self.ablation = None  # the changed entries' original values: `lm.ablation.restore()` gives the unchanged model back
         if region is None:
             self._lingreg_info["mask"] = None
             log.warning("hf-region-ablated: no `mask` given, evaluating the unchanged model (hf-lingreg does that without this warning)")
             return
-        saved = apply(region, self._model, mask_value)
+        self.ablation = apply(region, self._model, mask_value)
         self._lingreg_info.update(
             mask=str(mask),
             mask_path=str(path),
             mask_sha256=file_sha256(path),
             mask_value=held_value(mask_value, region, self._model),  # as the weights hold it: 0.1 in bfloat16 is 0.10009765625
-            entries_changed=saved.num_entries,
+            entries_changed=sum(int(i.numel()) for i in region.indices.values()),  # all processes' (each changed its own shards')
             tensors_changed=sum(1 for i in region.indices.values() if i.numel()),
             mask_metadata=region.metadata,
         )

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from lm_eval_lingreg.anatomy import editability_problems, layer_module, model_name, named_parameters, numel
-from lm_eval_lingreg.edits import SavedEntries
+from lm_eval_lingreg.edits import SavedEntries, local_entries
 from lm_eval_lingreg.errors import RegionError, RegionMismatchError, first
 
 __all__ = [
@@ -287,8 +287,8 @@ def apply(region: Region, model: torch.nn.Module, value: float = 0.0) -> SavedEn
     for name, idx in region.indices.items():
         if idx.numel():
             saved.save(name, params[name], idx)
-            flat = params[name].data.view(-1)
-            flat.index_fill_(0, idx.to(flat.device), value)
+            local = local_entries(params[name], idx)  # a tensor-parallel process changes its own shard's entries
+            local.flat.index_fill_(0, local.indices.to(local.flat.device), value)
     return saved
 
 
