@@ -43,3 +43,28 @@ def test_tensor_parallel_ablation_and_perturbations_equal_one_process_and_restor
             assert all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(r[key], one[key], strict=True)), key
     for key in conditions:  # each one changed the model
         assert max(abs(a - b) for a, b in zip(one[key], one["base"], strict=True)) > 1e-3, key
+
+
+def test_accelerate_data_parallel_on_cpus_splits_the_documents_and_equals_one_process(tiny_model_dir, mask_file, tmp_path):
+    import lm_eval
+
+    from lm_eval_lingreg.evaluation import task_manager
+    from lm_eval_lingreg.models import RegionAblatedLM
+
+    from helpers import lm_eval_results
+
+    tasks = ["lingreg_ppl_en", "lingreg_ppl_zh"]
+    model_args = f"pretrained={tiny_model_dir},mask={mask_file}"
+    cmd = [bin_path("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "-m", "lm_eval", "--model", "hf-region-ablated"]
+    cmd += ["--model_args", model_args, "--tasks", ",".join(tasks), "--limit", "5", "--output_path", str(tmp_path / "dp")]
+    proc = run(cmd, env={"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0
+    assert "lingreg_ppl_en on rank 1" in proc.stderr  # the second process took its share of the documents
+    dp = lm_eval_results(tmp_path / "dp")
+    one = lm_eval.simple_evaluate(
+        model=RegionAblatedLM(pretrained=str(tiny_model_dir), mask=str(mask_file), device="cpu"), tasks=tasks, limit=5, task_manager=task_manager()
+    )
+    assert dp["config"]["lingreg"]["data_parallel"] == 2 and "data_parallel" not in one["config"]["lingreg"]
+    for task in tasks:
+        for metric in ("token_perplexity,none", "bits_per_byte,none"):
+            assert dp["results"][task][metric] == pytest.approx(one["results"][task][metric], rel=1e-6), (task, metric)
