@@ -8,17 +8,23 @@ indices) and write them back later, bit for bit. `SavedEntries` holds only those
 A tensor-parallel model (`tp_plan`) holds sharded weights as DTensors: every edit acts on each
 process's own shard (`local_entries` maps a region's global indices onto it), so the processes
 together change exactly the entries one process would, and each restores its own shard.
+
+Weights that accelerate offloads (a `device_map` with "cpu" or "disk" entries) are not in the model
+at all until a forward pass or `save_pretrained` loads them: `offloaded_entries_set` has them read
+with chosen entries set to a value, one tensor at a time as they are loaded, without touching disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from lm_eval_lingreg.anatomy import named_parameters
+from lm_eval_lingreg.anatomy import base_model, named_parameters
 
 #: Per model, the edits that hold saved entries, oldest first: restoring one that a later, still open
 #: edit overlaps would write back values the later one then overwrites with the edited ones.
@@ -204,3 +210,68 @@ class SavedEntries:
 
     def __exit__(self, *exc: object) -> None:
         self.restore()
+
+
+def _offload_hook(module: torch.nn.Module | None) -> Any:
+    """The accelerate hook that loads `module`'s offloaded weights on use (its `weights_map`), or None."""
+    hook = getattr(module, "_hf_hook", None)
+    return hook if getattr(hook, "offload", False) and getattr(hook, "weights_map", None) is not None else None
+
+
+def offloaded(model: torch.nn.Module) -> dict[str, tuple[Any, str]]:
+    """The parameters accelerate keeps off the model (a device map's "cpu"/"disk" offload: on the meta device until
+    used), as {name: (the hook that loads it, its key in the hook's weights)}: the innermost hook, as transformers'
+    `save_pretrained` reads them."""
+    modules = dict(base_model(model).named_modules())
+    out = {}
+    for name, p in base_model(model).named_parameters():
+        if p.device.type != "meta":
+            continue
+        parts = name.split(".")
+        for k in range(len(parts) - 1, -1, -1):
+            hook = _offload_hook(modules.get(".".join(parts[:k])))
+            if hook is not None:
+                out[name] = (hook, ".".join(parts[k:]))
+                break
+    return out
+
+
+class _EntriesSet(Mapping):
+    """An offload hook's weights, read with chosen entries set to a value (a copy of each tensor as it is loaded)."""
+
+    def __init__(self, weights: Mapping[str, torch.Tensor], indices: Mapping[str, torch.Tensor], value: float) -> None:
+        self.weights, self.indices, self.value = weights, indices, value
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        tensor = self.weights[key]
+        if key not in self.indices:
+            return tensor
+        tensor = tensor.clone()
+        tensor.view(-1).index_fill_(0, self.indices[key].to(tensor.device), self.value)
+        return tensor
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.weights)
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+
+@contextlib.contextmanager
+def offloaded_entries_set(model: torch.nn.Module, indices: Mapping[str, torch.Tensor], value: float) -> Iterator[None]:
+    """While the block runs, the offloaded parameters named in `indices` (see `offloaded`) are read with those entries
+    set to `value`, by a forward pass or `save_pretrained`; nothing on disk or in memory changes, and they read as
+    before after the block."""
+    where = offloaded(model)
+    hooks: dict[int, tuple[Any, dict[str, torch.Tensor]]] = {}
+    for name, idx in indices.items():
+        hook, key = where[name]
+        hooks.setdefault(id(hook), (hook, {}))[1][key] = idx
+    originals = [(hook, hook.weights_map) for hook, _ in hooks.values()]
+    try:
+        for hook, chosen in hooks.values():
+            hook.weights_map = _EntriesSet(hook.weights_map, chosen, value)
+        yield
+    finally:
+        for hook, weights in originals:
+            hook.weights_map = weights

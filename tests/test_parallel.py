@@ -1,5 +1,6 @@
-"""Evaluation across processes, on the CPU with gloo: tensor-parallel (`tp_plan=auto`, DTensor weights, each
-process edits its own shards) and data-parallel (`accelerate launch`) runs give one process's results."""
+"""Models spread over processes and devices, on the CPU with gloo: tensor-parallel (`tp_plan=auto`, DTensor weights,
+each process edits its own shards) and data-parallel (`accelerate launch`) evaluation give one process's results, and
+`lingreg apply` on a model whose layers a device map offloads writes the checkpoint of the plain path."""
 
 from __future__ import annotations
 
@@ -68,3 +69,39 @@ def test_accelerate_data_parallel_on_cpus_splits_the_documents_and_equals_one_pr
     for task in tasks:
         for metric in ("token_perplexity,none", "bits_per_byte,none"):
             assert dp["results"][task][metric] == pytest.approx(one["results"][task][metric], rel=1e-6), (task, metric)
+
+
+OFFLOAD_LAYER_1 = '{"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu", "lm_head": "cpu"}'
+
+
+def test_apply_on_a_model_with_layers_offloaded_to_disk_writes_the_plain_checkpoint(tiny_model_dir, mask_file, tmp_path):
+    import hashlib
+
+    import torch
+    from safetensors.torch import load_file
+
+    from helpers import lingreg
+
+    source = hashlib.sha256((tiny_model_dir / "model.safetensors").read_bytes()).hexdigest()
+    written = {}
+    for label, extra in (("plain", []), ("auto", ["--device-map", "auto"]), ("disk", ["--device-map", OFFLOAD_LAYER_1])):
+        out = tmp_path / label
+        assert lingreg("apply", "--pretrained", tiny_model_dir, "--mask", mask_file, "--out", out, "--device", "cpu", *extra).returncode == 0
+        written[label] = (load_file(out / "model.safetensors"), json.loads((out / "lingreg_ablation.json").read_text()))
+    plain, info = written["plain"]
+    original = load_file(tiny_model_dir / "model.safetensors")
+    assert info["entries_changed"] == sum(int((plain[k] != original[k]).sum()) for k in plain) > 0
+    assert any((plain[k] != original[k]).any() for k in plain if k.startswith("model.layers.1."))  # the offloaded layer was edited too
+    for label in ("auto", "disk"):
+        tensors, record = written[label]
+        assert set(tensors) == set(plain) and all(torch.equal(tensors[k], plain[k]) for k in plain), label
+        assert record["entries_changed"] == info["entries_changed"]
+    assert hashlib.sha256((tiny_model_dir / "model.safetensors").read_bytes()).hexdigest() == source  # read from, never written
+
+
+@pytest.mark.parametrize("bad", ["everywhere", '{"model.layers.1": "tape"}', "[1, 2]", '{"model.layers.1": true}'])
+def test_a_bad_device_map_is_one_clear_error(tiny_model_dir, mask_file, tmp_path, bad):
+    from helpers import lingreg
+
+    res = lingreg("apply", "--pretrained", tiny_model_dir, "--mask", mask_file, "--out", tmp_path / "out", "--device-map", bad)
+    assert res.returncode == 2 and "--device-map" in res.stderr and not (tmp_path / "out").exists()

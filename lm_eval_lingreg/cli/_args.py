@@ -122,9 +122,34 @@ def model_options(p: argparse.ArgumentParser, dtype: str = "float32", device_map
         p.add_argument(
             "--device-map",
             default=None,
-            choices=["auto", "balanced", "sequential"],
-            help="spread a model too big for one device over GPUs and CPU (accelerate); overrides --device",
+            type=device_map_arg,
+            help="spread a model too big for one device over GPUs, CPU and disk (accelerate): auto, balanced, sequential, or a JSON "
+            'object {module: device} (a GPU index, "cpu" or "disk"), e.g. \'{"model.layers.1": "disk", ...}\'; overrides --device',
         )
+
+
+#: Named device maps (accelerate computes the placement).
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def device_map_arg(text: str) -> str | dict[str, int | str]:
+    """A named device map, or a JSON object {module name: GPU index, "cpu", "disk" or "cuda:<n>"}."""
+    import json
+
+    if text in DEVICE_MAPS:
+        return text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict) or not value:
+        raise argparse.ArgumentTypeError(f"use {', '.join(DEVICE_MAPS)} or a JSON object {{module: device}}, got {_short(text)}")
+    for module, device in value.items():
+        if isinstance(device, bool) or not (
+            isinstance(device, int) and device >= 0 or isinstance(device, str) and re.fullmatch(r"cpu|disk|cuda(:\d+)?|\d+", device)
+        ):
+            raise argparse.ArgumentTypeError(f"device map entry {module!r}: {device!r} is not a GPU index, 'cpu', 'disk' or 'cuda:<n>'")
+    return {module: int(device) if str(device).isdigit() else device for module, device in value.items()}
 
 
 def dense_option(p: argparse.ArgumentParser) -> None:

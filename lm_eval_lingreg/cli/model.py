@@ -17,6 +17,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from lm_eval_lingreg import __version__
+    from lm_eval_lingreg.edits import offloaded_entries_set
     from lm_eval_lingreg.outputs import save_model
     from lm_eval_lingreg.region_io import file_sha256, held_value, load_region, resolve
     from lm_eval_lingreg.regions import apply
@@ -25,20 +26,44 @@ def cmd_apply(args: argparse.Namespace) -> int:
     region = load_region(path)
     out = _args.check_output(args, args.out, path, directory=True, overwrite=args.overwrite)
     model, tokenizer = _args.load(args)
-    saved = apply(region, model, args.mask_value)
+    here, away = _split_offloaded(region, model, args.mask_value)
+    saved = apply(here, model, args.mask_value)
+    entries = saved.num_entries + sum(int(i.numel()) for i in away.values())
     info = {
         "pretrained": args.pretrained or f"{DEFAULT_MODEL} (bundled)",
         "mask": str(args.mask),
         "mask_sha256": file_sha256(path),
         "mask_value": held_value(args.mask_value, region, model),  # as the weights hold it, not as typed
-        "entries_changed": saved.num_entries,
+        "entries_changed": entries,
         "mask_metadata": region.metadata,
         "lm_eval_lingreg": __version__,
     }
-    save_model(model, tokenizer, out, {"lingreg_ablation.json": info}, overwrite=args.overwrite)
-    print(f"wrote {out} ({saved.num_entries} entries set to {info['mask_value']})")
+    with offloaded_entries_set(model, away, args.mask_value):  # written as save_pretrained loads them, a tensor at a time
+        save_model(model, tokenizer, out, {"lingreg_ablation.json": info}, overwrite=args.overwrite)
+    print(f"wrote {out} ({entries} entries set to {info['mask_value']})")
     print(out.resolve())
     return 0
+
+
+def _split_offloaded(region, model, value: float):
+    """(the region on the weights in memory, {name: indices} on the weights a device map offloads), all checked
+    against the model before anything changes."""
+    from lm_eval_lingreg.anatomy import named_parameters
+    from lm_eval_lingreg.edits import offloaded
+    from lm_eval_lingreg.errors import RegionMismatchError
+    from lm_eval_lingreg.regions import Region, check_value
+
+    held = offloaded(model)
+    away = {n: i for n, i in region.indices.items() if n in held and i.numel()}
+    if not away:
+        return region, {}
+    params = named_parameters(model)
+    wrong = [f"{n} (mask {region.shapes[n]}, model {tuple(params[n].shape)})" for n in away if tuple(params[n].shape) != region.shapes[n]]
+    if wrong:
+        raise RegionMismatchError(f"the mask does not fit this model: {len(wrong)} shape mismatch(es): {wrong[0]}; use a region extracted from this model")
+    check_value(value, [params[n] for n in away])
+    here = Region({n: i for n, i in region.indices.items() if n not in away}, region.shapes, region.metadata)
+    return here, away
 
 
 def cmd_params(args: argparse.Namespace) -> int:
