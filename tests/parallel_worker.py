@@ -63,12 +63,14 @@ def as_in_checkpoint(model: torch.nn.Module, model_dir: Path) -> bool:
 
 def uneven_shards_map_exactly() -> bool:
     """`local_entries` on DTensors split unevenly (15 rows, 7 columns over the processes): each process's entries
-    are the global ones at the indices it maps, and the processes together hold every chosen entry once."""
+    are the global ones at the indices it maps, and the processes together hold every chosen entry once. A DTensor
+    with a pending reduction (Partial) is refused with one clear error."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Shard, distribute_tensor
+    from torch.distributed.tensor import DTensor, Partial, Shard, distribute_tensor
 
     from lm_eval_lingreg.edits import local_entries
+    from lm_eval_lingreg.errors import UsageError
 
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     full = torch.arange(15 * 7, dtype=torch.float32).view(15, 7)
@@ -81,6 +83,11 @@ def uneven_shards_map_exactly() -> bool:
         held[local.positions] = 1
         dist.all_reduce(held)
         ok &= bool((held == 1).all())
+    try:
+        local_entries(DTensor.from_local(full, mesh, [Partial()]), idx)
+        ok = False
+    except UsageError as e:
+        ok &= "pending reduction" in str(e)
     return bool(ok)
 
 

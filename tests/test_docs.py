@@ -244,7 +244,9 @@ def problem(command: Command) -> str | None:
     if head in ("torchrun", "accelerate"):
         if "-m" in rest and rest[rest.index("-m") + 1 : rest.index("-m") + 2] == ["lm_eval_lingreg.cli"]:
             return _lingreg_problem(rest[rest.index("-m") + 2 :])
-        return None if marked else "torchrun/accelerate runs `-m lm_eval_lingreg.cli ...` here, or mark the line"
+        if "-m" in rest and rest[rest.index("-m") + 1 : rest.index("-m") + 2] == ["lm_eval"]:
+            return _lm_eval_problem(rest[rest.index("-m") + 2 :], command.comment)
+        return None if marked else "torchrun/accelerate runs `-m lm_eval_lingreg.cli ...` or `-m lm_eval ...` here, or mark the line"
     if marked:  # what it runs cannot be checked here; the marker says what it needs
         return None
     return "not a command this test knows how to check: make it one, or mark it `# needs a GPU` / `# needs a hub model`"
@@ -308,6 +310,12 @@ def test_the_checks_catch_what_they_are_for():
     assert "hub model" in why("lingreg score --pretrained meta-llama/Llama-2-7b-hf --langs ar --out s/")
     assert "script under scripts/" in why("bash scripts/nope.sh")
     assert why("torchrun --standalone --nproc_per_node 2 -m lm_eval_lingreg.cli score --device cpu --backend gloo --langs ar --out s/") is None
+    assert (
+        why("torchrun --standalone --nproc_per_node 2 -m lm_eval --model hf-region-ablated --model_args mask=core,tp_plan=auto --tasks lingreg_ppl_en") is None
+    )
+    assert "mask_vale" in why(
+        "accelerate launch --multi_gpu --num_processes 2 -m lm_eval --model hf-region-ablated --model_args mask_vale=1 --tasks lingreg_ppl"
+    )
     assert "not a command" in why("rm -rf out/")
     assert "one command per line" in why("lingreg prepare && lingreg demo")
 

@@ -105,3 +105,12 @@ def test_a_bad_device_map_is_one_clear_error(tiny_model_dir, mask_file, tmp_path
 
     res = lingreg("apply", "--pretrained", tiny_model_dir, "--mask", mask_file, "--out", tmp_path / "out", "--device-map", bad)
     assert res.returncode == 2 and "--device-map" in res.stderr and not (tmp_path / "out").exists()
+
+
+def test_tp_plan_with_an_lm_eval_that_lacks_it_is_one_error(monkeypatch, tiny_model_dir):
+    from lm_eval_lingreg import models
+    from lm_eval_lingreg.errors import ModelLoadError
+
+    monkeypatch.setitem(models._HFLM_TAKES, "tp_plan", False)
+    with pytest.raises(ModelLoadError, match=r"tp_plan: tensor-parallel evaluation needs lm-eval >= 0\.4\.12"):
+        models.RegionAblatedLM(pretrained=str(tiny_model_dir), tp_plan="auto")
