@@ -8,6 +8,10 @@
 
 What a run did is recorded in the results JSON under `config.lingreg`; code that evaluates
 several conditions on one loaded model says what each one is with `lm.recording(...)`.
+`lm.ablation.restore()` and `lm.perturbation.restore()` give the unchanged model back.
+
+Tensor-parallel (`tp_plan=auto` under torchrun; each process edits its own shards) and
+data-parallel (`accelerate launch`, on GPUs or CPUs) runs give one process's results.
 """
 
 from __future__ import annotations

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from lm_eval_lingreg.bundled import DEFAULT_MODEL
 from lm_eval_lingreg.cli import _args
+
+if TYPE_CHECKING:
+    import torch
+
+    from lm_eval_lingreg.regions import Region
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -45,7 +51,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
-def _split_offloaded(region, model, value: float):
+def _split_offloaded(region: Region, model: torch.nn.Module, value: float) -> tuple[Region, dict[str, torch.Tensor]]:
     """(the region on the weights in memory, {name: indices} on the weights a device map offloads), all checked
     against the model before anything changes."""
     from lm_eval_lingreg.anatomy import named_parameters
