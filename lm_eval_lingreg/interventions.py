@@ -248,6 +248,13 @@ def _neurons(p: Perturbation, model: torch.nn.Module) -> Neurons:
     bad = [la for la in layers if la not in downs]
     if bad:
         raise PerturbationError(f"{p}: layer {bad[0]} out of range: this model's FFN down projections are in layers {min(downs)}..{max(downs)}")
+    from lm_eval_lingreg.edits import is_dtensor
+
+    if any(is_dtensor(params[downs[la]].data) for la in layers):
+        raise PerturbationError(
+            f"{p}: this model's FFN down projections are tensor-parallel (tp_plan), so each process sees only a slice of the "
+            "neurons; neuron perturbations run on a model loaded without tp_plan (data parallel or one process)"
+        )
     widths = {la: params[downs[la]].shape[-1] for la in layers}
     if p.neurons is not None:
         indices = _region_neurons(p, model, {la: downs[la] for la in layers}, widths)
