@@ -149,3 +149,24 @@ def plot_curves(summary: Mapping[str, Any], path: str | os.PathLike) -> None:
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_tradeoff(points: Sequence[tuple[str, str, float, float]], path: str | os.PathLike, title: str = "Steering: success against meaning") -> None:
+    """One point per condition, `(label, family, share in the wanted language, chrF against its text)`, coloured by family."""
+    plt = _pyplot()
+    if not points:
+        raise ReportError("nothing to plot: no condition has results")
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    families = list(dict.fromkeys(f for _, f, _, _ in points))
+    for i, fam in enumerate(families):
+        mine = [(lab, x, y) for lab, f, x, y in points if f == fam]
+        ax.scatter([x for _, x, _ in mine], [y for _, _, y in mine], label=fam, color=f"C{i}", s=30)
+        for lab, x, y in mine:
+            ax.annotate(lab, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("share of outputs in the wanted language (steer_success)")
+    ax.set_ylabel("chrF against the wanted language's text (steer_chrf)")
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)

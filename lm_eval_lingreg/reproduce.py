@@ -17,7 +17,7 @@ from typing import Any
 
 from lm_eval_lingreg import experiments
 from lm_eval_lingreg.errors import UsageError
-from lm_eval_lingreg.experiments import dimensions, evaluation, forgetting, language, methods, protocol, regions
+from lm_eval_lingreg.experiments import dimensions, evaluation, forgetting, language, methods, protocol, regions, steering
 from lm_eval_lingreg.outputs import atomic_path, check_target, write_text
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ FULL = {
     "protocol": protocol.Plan(),
     "methods": methods.Plan(),
     "language": language.Plan(),
+    "steering": steering.Plan(),
 }
 #: The plan field each experiment reads its harness document count from (`lingreg reproduce --limit`).
 LIMIT_FIELDS = {"regions": "limit", "protocol": "limit", "methods": "limit", "forgetting": "eval_limit", "dimensions": "harness_limit"}
@@ -48,6 +49,9 @@ QUICK = {
     "methods": methods.Plan(langs=["ar", "zh", "ko"], samples=16, eval_langs=["en", "ar", "zh", "ko"], limit=1),
     "language": language.Plan(
         gen_langs=["en", "zh", "ar"], mono=["zh"], mono_gen_langs=["en", "zh"], pairs=["en-zh"], gen_limit=2, mt_limit=1, gen_tokens=12, mt_tokens=16
+    ),
+    "steering": steering.Plan(
+        targets=["zh"], vector_layers=[3], vector_values=[1.0], neuron_ops=["mean"], region_values=[2.0], reverse=["zh"], samples=16, limit=2, tokens=12
     ),
 }
 

@@ -6,7 +6,8 @@
 - `evaluation`: the BOS convention, intervals against the number of documents, bfloat16 against float32;
 - `protocol`: the official scoring protocol beside the default one, and how many samples are enough;
 - `methods`: other published definitions of a region (Wanda, magnitude, LAPE, super weights) beside the core region;
-- `language`: which language comes out of a model with a region removed: continuation and translation tasks.
+- `language`: which language comes out of a model with a region removed: continuation and translation tasks;
+- `steering`: steering the output language with DiffMean vectors, LAPE neurons and monolingual regions.
 
 Each experiment writes its raw results under `<out>/<name>/` with an `experiment.json` record (plan,
 timings, command), so its page can be rewritten from the results alone. `reproduce` composes them.
@@ -24,8 +25,9 @@ from lm_eval_lingreg.outputs import write_json
 PAPER = ("regions", "dimensions", "forgetting")
 #: Every experiment `--only` accepts: the paper's, `evaluation` (how far the numbers can be trusted) and `protocol`
 #: (the official scoring protocol beside the default; also `lingreg reproduce --paper-protocol`) and `methods` (other
-#: definitions of a region side by side) and `language` (the language of generated text, and translation).
-NAMES = (*PAPER, "evaluation", "protocol", "methods", "language")
+#: definitions of a region side by side) and `language` (the language of generated text, and translation) and `steering`
+#: (steering the output language).
+NAMES = (*PAPER, "evaluation", "protocol", "methods", "language", "steering")
 RECORD = "experiment.json"
 
 
