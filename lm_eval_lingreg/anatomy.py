@@ -24,6 +24,10 @@ __all__ = [
     "WRITERS",
     "HEAD_NORMS",
     "LAYER_PATTERN",
+    "ROUTER_PATTERN",
+    "WITHOUT_ROUTERS",
+    "is_router",
+    "experts_of",
     "layer_index",
     "layer_module",
     "base_model",
@@ -49,8 +53,10 @@ __all__ = [
 #: Parameters inside the transformer blocks: the paper's scope (embeddings, final norm and
 #: lm_head excluded).
 DEFAULT_SCOPE = r"layers\.\d+\."
-#: Linear layers whose input is the residual stream (a hidden dimension is one of their columns).
-READERS = frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "qkv_proj", "gate_up_proj"})
+#: Linear layers whose input is the residual stream (a hidden dimension is one of their columns): fused ones
+#: (Phi-3's qkv_proj and gate_up_proj, the experts' gate_up_proj) read it the same way; `gate` is a mixture-of-experts
+#: router (experts x hidden), which reads the residual stream to choose the experts.
+READERS = frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "qkv_proj", "gate_up_proj", "gate"})
 #: Linear layers whose output is added to the residual stream (a hidden dimension is one of their rows).
 WRITERS = frozenset({"o_proj", "down_proj"})
 #: Per-head norms (Gemma-3, Qwen-3): they act on head_dim, not on the residual stream.
@@ -58,8 +64,14 @@ HEAD_NORMS = frozenset({"q_norm", "k_norm"})
 #: A decoder layer in a dotted module or parameter name: `layers.<index>` at the start of the name or
 #: after a dot (group 1: the index). `layer_index` anchors it at the end of a name, before a suffix.
 LAYER_PATTERN = re.compile(r"(?:^|\.)layers\.(\d+)")
-#: A residual-stream tensor: the last `layers.<index>.` of the name, then its module and weight or bias.
-_SLOT_RE = re.compile(r"^(?:.*\.)?layers\.(\d+)\.(.+)\.(weight|bias)$")
+#: A residual-stream tensor: the last `layers.<index>.` of the name, then its module and weight or bias; fused
+#: expert tensors are parameters of the experts module itself (`mlp.experts.down_proj`), with no suffix.
+_SLOT_RE = re.compile(r"^(?:.*\.)?layers\.(\d+)\.(.+?)(?:\.(weight|bias))?$")
+#: A mixture-of-experts router weight (experts x hidden), as Qwen3-MoE, OLMoE and Mixtral name it.
+ROUTER_PATTERN = re.compile(r"(?:^|\.)layers\.\d+\.mlp\.gate\.weight$")
+#: The default scope less the routers. Routers are in the default scope (block parameters, as the paper's scope
+#: has it); `--scope` with this pattern leaves them out.
+WITHOUT_ROUTERS = r"layers\.\d+\.(?!mlp\.gate\.)"
 #: The variant `layer_module` reads: the first `layers.<index>.` anywhere in a name (as `DEFAULT_SCOPE`
 #: matches it), then the module, less a trailing `.weight` or `.bias`.
 _LAYER_MODULE_RE = re.compile(r"layers\.(\d+)\.(.+?)(?:\.weight|\.bias)?$")
@@ -80,6 +92,17 @@ def layer_module(name: str) -> tuple[int | None, str]:
     (None, name) when no `layers.<index>.` occurs in it."""
     m = _LAYER_MODULE_RE.search(name)
     return (int(m.group(1)), m.group(2)) if m else (None, name)
+
+
+def is_router(name: str) -> bool:
+    """Whether a parameter name is a mixture-of-experts router weight (`layers.<n>.mlp.gate.weight`)."""
+    return ROUTER_PATTERN.search(name) is not None
+
+
+def experts_of(name: str, shape: Sequence[int]) -> int:
+    """How many experts a tensor holds: its first size for a fused 3-D expert tensor (`...experts.gate_up_proj`,
+    experts x rows x cols, each expert's slice laid out as an nn.Linear weight, rows out and columns in), else 1."""
+    return int(shape[0]) if len(shape) == 3 and ".experts." in f".{name}." else 1
 
 
 def base_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -195,27 +218,30 @@ class Slot:
     shape: tuple[int, ...]
 
     def indices(self, dim: int) -> torch.Tensor:
-        """Flat indices of dimension `dim` in this tensor."""
+        """Flat indices of dimension `dim` in this tensor (in every expert's slice of a fused 3-D expert tensor)."""
         if len(self.shape) == 1:
             return torch.tensor([dim], dtype=torch.int64)
-        rows, cols = self.shape
+        rows, cols = self.shape[-2:]
         if self.role == "read":
-            return torch.arange(rows, dtype=torch.int64) * cols + dim
-        return torch.arange(cols, dtype=torch.int64) + dim * cols
+            one = torch.arange(rows, dtype=torch.int64) * cols + dim
+        else:
+            one = torch.arange(cols, dtype=torch.int64) + dim * cols
+        experts = numel(self.shape[:-2])
+        return (torch.arange(experts, dtype=torch.int64)[:, None] * (rows * cols) + one[None, :]).reshape(-1)
 
     @property
     def entries_per_dim(self) -> int:
         """How many entries of this tensor sit on one hidden dimension (`len(indices(d))`, without building them)."""
         if len(self.shape) == 1:
             return 1
-        return self.shape[0] if self.role == "read" else self.shape[1]
+        return numel(self.shape[:-2]) * (self.shape[-2] if self.role == "read" else self.shape[-1])
 
     def counts(self, flat: torch.Tensor, hidden: int) -> torch.Tensor:
         """How many of the flat indices fall on each hidden dimension."""
         if len(self.shape) == 1:
             return torch.bincount(flat, minlength=hidden)
-        cols = self.shape[1]
-        return torch.bincount(flat % cols if self.role == "read" else flat // cols, minlength=hidden)
+        rows, cols = self.shape[-2:]
+        return torch.bincount(flat % cols if self.role == "read" else (flat % (rows * cols)) // cols, minlength=hidden)
 
 
 def short_module(module: str) -> str:
@@ -231,12 +257,13 @@ def residual_slots(shapes: Mapping[str, Sequence[int]], hidden: int | None = Non
     """The tensors that read or write the residual stream, by name, and the hidden size.
 
     Works from names and shapes alone (so also for a region file): per-layer norm weights of
-    the hidden size, the columns of q/k/v/gate/up projections and the rows (and bias) of o/down.
+    the hidden size, the columns of q/k/v/gate/up projections (fused or not, and of a router) and the rows
+    (and bias) of o/down. A fused 3-D expert tensor (experts x rows x cols) takes part with every expert's slice.
     """
     if hidden is None:
         sizes = [s[0] for n, s in shapes.items() if (m := _SLOT_RE.search(n)) and len(s) == 1 and is_norm(m.group(2)) and m.group(3) == "weight"]
         if not sizes:
-            sizes = [s[0] for n, s in shapes.items() if (m := _SLOT_RE.search(n)) and len(s) == 2 and short_module(m.group(2)) in WRITERS]
+            sizes = [s[-2] for n, s in shapes.items() if (m := _SLOT_RE.search(n)) and len(s) in (2, 3) and short_module(m.group(2)) in WRITERS]
         if not sizes:
             raise PerturbationError("cannot tell the hidden size: no per-layer norm or o_proj/down_proj tensors found")
         hidden = max(set(sizes), key=sizes.count)
@@ -247,11 +274,12 @@ def residual_slots(shapes: Mapping[str, Sequence[int]], hidden: int | None = Non
             continue
         layer, module, kind = int(m.group(1)), m.group(2), m.group(3)
         short, shape = short_module(module), tuple(int(x) for x in shape)
+        matrix = (kind == "weight" and len(shape) == 2) or (kind is None and experts_of(name, shape) > 1)
         if len(shape) == 1 and kind == "weight" and is_norm(module) and shape[0] == hidden:
             slots[name] = Slot(name, layer, short, "norm", shape)
-        elif kind == "weight" and len(shape) == 2 and short in READERS and shape[1] == hidden:
+        elif matrix and short in READERS and shape[-1] == hidden:
             slots[name] = Slot(name, layer, short, "read", shape)
-        elif short in WRITERS and shape[0] == hidden and (kind, len(shape)) in (("weight", 2), ("bias", 1)):
+        elif short in WRITERS and (shape[-2] == hidden if matrix else (kind, shape) == ("bias", (hidden,))):
             slots[name] = Slot(name, layer, short, "write", shape)
     return slots, hidden
 

@@ -35,9 +35,16 @@ def tiny_tokenizer(add_bos: bool = True):
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", add_bos_token=add_bos)
 
 
+#: The families `make_tiny` builds: dense, then mixture-of-experts (experts fused as 3-D tensors).
+FAMILIES = ("llama", "gemma3", "qwen3", "mistral", "phi3", "olmo2", "qwen3_moe", "olmoe", "mixtral")
+MOE_FAMILIES = ("qwen3_moe", "olmoe", "mixtral")
+#: Experts per MoE layer and experts each token is routed to, in the tiny MoE configs.
+EXPERTS, TOP_K = 4, 2
+
+
 def make_tiny(arch: str, seed: int = 0) -> torch.nn.Module:
-    """A 2-layer random model of the given family, small enough for unit tests."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+    """A 2-layer random model of the given family (one of `FAMILIES`), small enough for unit tests."""
+    import transformers
 
     torch.manual_seed(seed)
     common = dict(
@@ -52,17 +59,30 @@ def make_tiny(arch: str, seed: int = 0) -> torch.nn.Module:
         eos_token_id=2,
         pad_token_id=0,
     )
-    if arch == "llama":
-        return LlamaForCausalLM(LlamaConfig(**common)).eval()
-    if arch == "gemma3":
-        cfg = Gemma3TextConfig(**common, head_dim=8, sliding_window=64, layer_types=["sliding_attention", "full_attention"])
-        model = Gemma3ForCausalLM(cfg).eval()
-        with torch.no_grad():  # random norm weights, so "x * (1 + w)" is not trivially 1
-            for name, p in model.named_parameters():
-                if "norm" in name:
-                    p.normal_(0, 0.1)
-        return model
-    raise ValueError(arch)
+    moe = dict(num_experts_per_tok=TOP_K)
+    configs = {
+        "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+        "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(head_dim=8, sliding_window=64, layer_types=["sliding_attention", "full_attention"])),
+        "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=8)),
+        "mistral": ("MistralConfig", "MistralForCausalLM", dict(head_dim=8, sliding_window=64)),
+        "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),  # fused qkv_proj and gate_up_proj
+        "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),  # norms after attention and MLP, q_norm/k_norm over all heads
+        "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(head_dim=8, num_experts=EXPERTS, moe_intermediate_size=16, **moe)),
+        "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", dict(num_experts=EXPERTS, intermediate_size=16, **moe)),
+        "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(head_dim=8, num_local_experts=EXPERTS, intermediate_size=16, **moe)),
+    }
+    if arch not in configs:
+        raise ValueError(arch)
+    cfg_cls, model_cls, extra = configs[arch]
+    cfg = getattr(transformers, cfg_cls)(**{**common, **extra})
+    model = getattr(transformers, model_cls)(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if arch == "gemma3" and "norm" in name:  # random norm weights, so "x * (1 + w)" is not trivially 1
+                p.normal_(0, 0.1)
+            elif name.endswith("mlp.gate.weight"):  # a router that prefers some experts per token, as a trained one does
+                p.normal_(0, 0.5)
+    return model
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
