@@ -1,6 +1,8 @@
 """Selection: per-tensor choice of entries (Top / Bottom / Random), as in the official code.
 
-Selection is per tensor, not global: each tensor contributes `int(ratio * numel)` entries.
+Selection is per tensor, not global: each tensor contributes `int(ratio * numel)` entries. With
+`per_expert`, a fused 3-D expert tensor (experts x rows x cols) contributes `int(ratio * numel / experts)`
+entries from each expert's slice instead, so that no expert is left out; other tensors are unaffected.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from lm_eval_lingreg.anatomy import experts_of
 from lm_eval_lingreg.errors import RegionError
 from lm_eval_lingreg.regions import Region
 
-__all__ = ["check_ratio", "select_random", "WHICH", "select_tensor", "select_core", "select_monolingual", "select_monolingual_all"]
+__all__ = ["check_ratio", "select_random", "WHICH", "select_tensor", "select_share", "select_core", "select_monolingual", "select_monolingual_all"]
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -66,6 +69,21 @@ def select_tensor(score: torch.Tensor, k: int, which: str, generator: torch.Gene
     return torch.sort(idx).values
 
 
+def select_share(score: torch.Tensor, ratio: float, which: str, generator: torch.Generator | None = None, experts: int = 1) -> torch.Tensor:
+    """Sorted flat indices of the `ratio` share of one tensor (`select_tensor`), or of each of its `experts`
+    leading slices when `experts` > 1."""
+    if experts <= 1:
+        return select_tensor(score, int(ratio * score.numel()), which, generator)
+    slices = score.reshape(experts, -1)
+    size = slices.shape[1]
+    k = int(ratio * size)
+    return torch.cat([select_tensor(s, k, which, generator) + e * size for e, s in enumerate(slices)])
+
+
+def _experts(name: str, shape: tuple[int, ...], per_expert: bool) -> int:
+    return experts_of(name, shape) if per_expert else 1
+
+
 def select_core(
     get: Callable[[str, str], torch.Tensor],
     names: Iterable[str],
@@ -74,8 +92,9 @@ def select_core(
     which: str = "top",
     seed: int = 0,
     metadata: Mapping | None = None,
+    per_expert: bool = False,
 ) -> Region:
-    """Core region: per tensor, Top/Bottom/Random of S = sum over `langs` of |s_l|.
+    """Core region: per tensor (or per expert with `per_expert`), Top/Bottom/Random of S = sum over `langs` of |s_l|.
 
     `get(lang, name)` returns s_l of one tensor, so score files are read one tensor at a time.
     """
@@ -90,9 +109,16 @@ def select_core(
             total = s if total is None else total.add_(s)
         informative |= bool(total.any())
         shapes[name] = tuple(total.shape)
-        indices[name] = select_tensor(total, int(ratio * total.numel()), which, gen)
+        indices[name] = select_share(total, ratio, which, gen, _experts(name, shapes[name], per_expert))
     _check_informative(informative, langs)
-    meta = {"kind": f"core-{which}", "ratio": ratio, "languages": list(langs), **({"seed": int(seed)} if which == "random" else {}), **(metadata or {})}
+    meta = {
+        "kind": f"core-{which}",
+        "ratio": ratio,
+        "languages": list(langs),
+        **({"seed": int(seed)} if which == "random" else {}),
+        **({"per_expert": True} if per_expert else {}),
+        **(metadata or {}),
+    }
     return Region(indices, shapes, meta)
 
 
@@ -104,6 +130,7 @@ def select_monolingual(
     ratio: float,
     metadata: Mapping | None = None,
     which: str = "top",
+    per_expert: bool = False,
 ) -> Region:
     """Monolingual region of `lang`: Top-k(|s_lang|) minus the union of Top-k(|s_o|), o in `langs` - {lang}.
 
@@ -112,7 +139,7 @@ def select_monolingual(
     """
     if lang not in langs:
         raise RegionError(f"monolingual region of {lang!r} needs it among --langs plus at least one other language (got {list(langs)})")
-    return select_monolingual_all(get, names, langs, ratio, metadata, which, only=[lang])[lang]
+    return select_monolingual_all(get, names, langs, ratio, metadata, which, only=[lang], per_expert=per_expert)[lang]
 
 
 def select_monolingual_all(
@@ -123,8 +150,10 @@ def select_monolingual_all(
     metadata: Mapping | None = None,
     which: str = "top",
     only: Sequence[str] | None = None,
+    per_expert: bool = False,
 ) -> dict[str, Region]:
-    """The monolingual regions of every language of `langs` (or of `only`), each language's k entries chosen once."""
+    """The monolingual regions of every language of `langs` (or of `only`), each language's k entries chosen once
+    (per tensor, or per expert with `per_expert`)."""
     ratio = check_ratio(ratio)
     if which not in ("top", "bottom"):
         raise RegionError(f"a monolingual region is built from top or bottom entries, not {which!r}")
@@ -141,7 +170,7 @@ def select_monolingual_all(
             if lang in informative:
                 informative[lang] |= bool(s.any())
             shapes[name] = tuple(s.shape)
-            chosen[lang] = select_tensor(s, int(ratio * s.numel()), which)
+            chosen[lang] = select_share(s, ratio, which, experts=_experts(name, shapes[name], per_expert))
         for lang in wanted:
             keep = chosen[lang]
             for other in langs:
@@ -151,6 +180,8 @@ def select_monolingual_all(
     for lang in wanted:
         _check_informative(informative[lang], [lang])
     kind = "monolingual" if which == "top" else "monolingual-bottom"
+    extra = {"per_expert": True} if per_expert else {}
     return {
-        lang: Region(indices[lang], dict(shapes), {"kind": kind, "lang": lang, "ratio": ratio, "languages": list(langs), **(metadata or {})}) for lang in wanted
+        lang: Region(indices[lang], dict(shapes), {"kind": kind, "lang": lang, "ratio": ratio, "languages": list(langs), **extra, **(metadata or {})})
+        for lang in wanted
     }

@@ -117,3 +117,100 @@ def test_hf_perturbed_and_region_ablated_load_a_moe_model(tmp_path):
     mask = save_region(random_region(model, 0.05), tmp_path / "r.safetensors")
     lm = RegionAblatedLM(pretrained=str(tmp_path / "m"), mask=str(mask), device="cpu", dtype="float32")
     assert lm._lingreg_info["entries_changed"] == load_region(mask).num_selected
+
+
+# selection per expert, and how a region spreads over the experts ----------------------------------------------------
+
+
+def _skewed_scores(shapes: dict) -> dict:
+    """Scores that rank every entry of expert 0 above every other expert's, in every fused expert tensor."""
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for name, shape in shapes.items():
+        s = torch.rand(shape, generator=gen)
+        if len(shape) == 3:
+            s[0] += 10
+        out[name] = s
+    return out
+
+
+@pytest.mark.parametrize("mono", [False, True])
+def test_per_expert_selection_gives_each_expert_its_share_and_leaves_dense_tensors_alone(mono):
+    from lm_eval_lingreg.selection import select_core, select_monolingual
+
+    shapes = scope_shapes(make_tiny("qwen3_moe"))
+    scores = {"en": _skewed_scores(shapes), "fr": {n: torch.rand(s, generator=torch.Generator().manual_seed(1)) for n, s in shapes.items()}}
+
+    def pick(per_expert: bool) -> Region:
+        if mono:
+            return select_monolingual(lambda lang, n: scores[lang][n], shapes, "en", ["en", "fr"], 0.1, per_expert=per_expert)
+        return select_core(lambda lang, n: scores["en"][n], shapes, ["en"], 0.1, per_expert=per_expert)
+
+    whole, each = pick(False), pick(True)
+    assert each.metadata["per_expert"] is True and "per_expert" not in whole.metadata
+    for name, shape in shapes.items():
+        if len(shape) == 3:
+            size = torch.Size(shape[1:]).numel()
+            per = torch.bincount(each.indices[name] // size, minlength=shape[0])
+            assert torch.bincount(whole.indices[name] // size, minlength=shape[0])[1:].sum() == 0  # per tensor: all in expert 0
+            if not mono:
+                assert per.tolist() == [int(0.1 * size)] * shape[0]
+            else:
+                assert bool((per > 0).all())
+        else:
+            assert torch.equal(each.indices[name], whole.indices[name]), name
+
+
+@pytest.fixture(scope="module")
+def moe_dir(tmp_path_factory):
+    from helpers import SENTENCES, tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("moe")
+    make_tiny("qwen3_moe").save_pretrained(root / "model")
+    tiny_tokenizer().save_pretrained(root / "model")
+    (root / "text").mkdir()
+    for iso, lines in (("en", SENTENCES[:1]), ("fr", SENTENCES[1:2]), ("zh", SENTENCES[2:3])):
+        (root / "text" / f"{iso}.txt").write_text("\n".join(f"{s} ({i})" for i in range(30) for s in lines), encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def moe_scores(moe_dir):
+    from helpers import lingreg
+
+    out = moe_dir / "scores"
+    args = ["--pretrained", moe_dir / "model", "--langs", "en,fr,zh", "--data", moe_dir / "text", "--samples", "4", "--out", out, "--device", "cpu"]
+    assert lingreg("score", *args).returncode == 0
+    return out
+
+
+def test_extract_per_expert_and_mask_info_show_the_spread_over_experts(moe_scores, tmp_path):
+    import json
+
+    from helpers import lingreg
+
+    for flag in ([], ["--per-expert"]):
+        out = tmp_path / f"core{len(flag)}.safetensors"
+        assert lingreg("extract", "core", "--scores", moe_scores, "--langs", "en,fr,zh", "--ratio", "0.1", *flag, "--out", out).returncode == 0
+    each = load_region(tmp_path / "core1.safetensors")
+    assert each.metadata["per_expert"] is True
+    proc = lingreg("mask", "info", tmp_path / "core1.safetensors")
+    assert proc.returncode == 0 and "spreads over the experts" in proc.stdout and f"{EXPERTS:.1f} of {EXPERTS}" in proc.stdout
+    rows = json.loads(lingreg("mask", "info", tmp_path / "core0.safetensors", "--json").stdout)["experts"]
+    assert [r["layer"] for r in rows] == [0, 1] and all(len(r["per_expert"]) == EXPERTS and sum(r["per_expert"]) == r["selected"] for r in rows)
+    mono = tmp_path / "mono.safetensors"
+    args = ["extract", "monolingual", "--scores", moe_scores, "--langs", "en,fr,zh", "--lang", "zh", "--per-expert", "--out", mono]
+    assert lingreg(*args).returncode == 0 and load_region(mono).metadata["per_expert"] is True
+    proc = lingreg("extract", "magnitude", "--per-expert", "--out", tmp_path / "x.safetensors")
+    assert proc.returncode == 2 and "--per-expert does not apply" in proc.stderr
+
+
+def test_a_dense_region_has_no_expert_spread_and_the_methods_report_leaves_it_out():
+    from lm_eval_lingreg.experiments.methods import expert_lines
+    from lm_eval_lingreg.experts import has_experts, spread, spread_rows
+
+    dense = random_region(make_tiny("llama"))
+    assert not has_experts(dense.shapes) and spread(dense) == {} and expert_lines({}) == []
+    moe_region = random_region(make_tiny("mixtral"), 0.1)
+    lines = expert_lines({"core": spread_rows(moe_region)})
+    assert sum(line.startswith("| core | ") for line in lines) == 2 and "effective experts" in "\n".join(lines)

@@ -66,6 +66,14 @@ def _options() -> dict[str, tuple[dict[str, Any], tuple[str, ...]]]:
             },
             (*_SCORED, *_CALIBRATED),
         ),
+        "per_expert": (
+            {
+                "action": "store_true",
+                "default": False,
+                "help": "core, monolingual: in a fused 3-D expert tensor, the --ratio share of each expert's slice (default: of the whole tensor)",
+            },
+            _SCORED,
+        ),
         "all_scored": ({"action": "store_true", "default": False, "help": "core: use every language found in --scores"}, ("core",)),
         "seed": ({"type": _args.seed, "default": 0, "help": "for --which random; the calibration sentences' order (wanda, lape)"}, ("core", *_CALIBRATED)),
         "scope": (
@@ -336,9 +344,10 @@ def cmd_extract_scored(args: argparse.Namespace) -> int:
     check_not_input(args.out, scores.files)
     meta = {**scores.provenance(), "lm_eval_lingreg": __version__, "command": _command()}
     if args.kind == "core":
-        region = select_core(scores.get, scores.names, scores.langs, args.ratio, which=args.which, seed=args.seed, metadata=meta)
+        region = select_core(scores.get, scores.names, scores.langs, args.ratio, which=args.which, seed=args.seed, metadata=meta, per_expert=args.per_expert)
     else:
-        region = select_monolingual(scores.get, scores.names, parse_languages(args.lang)[0], scores.langs, args.ratio, metadata=meta, which=args.which)
+        lang = parse_languages(args.lang)[0]
+        region = select_monolingual(scores.get, scores.names, lang, scores.langs, args.ratio, metadata=meta, which=args.which, per_expert=args.per_expert)
     save_region(region, args.out, fmt, overwrite=args.overwrite, max_dense_gb=args.max_dense_gb)
     _wrote(args, region)
     return 0

@@ -62,13 +62,16 @@ def cmd_import_scores(args: argparse.Namespace) -> int:
 def cmd_mask_info(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
+    from lm_eval_lingreg.experts import SPREAD_HEADERS, has_experts, spread_rows, spread_table
     from lm_eval_lingreg.region_io import load_region
     from lm_eval_lingreg.regions import summarize, totals_by
 
     region = load_region(args.mask)
     rows = summarize(region)
+    moe = has_experts(region.shapes)
     if args.json:
-        print(json.dumps({"metadata": region.metadata, "selected": region.num_selected, "entries": region.num_covered, "tensors": rows}, indent=1, default=str))
+        data = {"metadata": region.metadata, "selected": region.num_selected, "entries": region.num_covered, "tensors": rows}
+        print(json.dumps(data | ({"experts": spread_rows(region)} if moe else {}), indent=1, default=str))
         return 0
     meta = {k: v for k, v in region.metadata.items() if k not in ("samples", "tokens", "calibration")}
     print(json.dumps(meta, indent=1, default=str))
@@ -76,6 +79,10 @@ def cmd_mask_info(args: argparse.Namespace) -> int:
     for key in ("module", "layer"):
         table = [[k, s, f"{s / max(1, e):.3%}"] for k, (s, e) in totals_by(rows, key).items()]
         print(tabulate(table, headers=[key, "selected", "share"], tablefmt="github"))
+        print()
+    if moe:
+        print("how the region spreads over the experts (fused expert tensors; effective experts = exp(entropy) of the counts)")
+        print(tabulate(spread_table(region), headers=SPREAD_HEADERS, tablefmt="github"))
         print()
     return 0
 

@@ -78,6 +78,7 @@ def run(lm: Any, plan: Plan, out: Path) -> dict[str, float]:
     from lm_eval_lingreg.anatomy import scope_shapes
     from lm_eval_lingreg.corpora import make_samples
     from lm_eval_lingreg.evaluation import evaluate_conditions
+    from lm_eval_lingreg.experts import has_experts, spread_rows
     from lm_eval_lingreg.outputs import write_json
     from lm_eval_lingreg.region_io import load_region
     from lm_eval_lingreg.regions import jaccard, validate
@@ -108,6 +109,7 @@ def run(lm: Any, plan: Plan, out: Path) -> dict[str, float]:
             "lape_union_neurons": sum(int(t.numel()) for t in random_neurons_like(neurons, shapes, plan.seed)[0]),
             "overlap": overlap,
             "super_weights": inside,
+            "experts": {k: spread_rows(r) for k, r in regions.items()} if has_experts(shapes) else {},
             "device": str(lm._lingreg_info["device"]),
             "dtype": lm._lingreg_info["dtype"],
         },
@@ -238,10 +240,32 @@ def section(out: Path, record: dict[str, Any]) -> str:
     for iso in plan.eval_langs:
         lines.append(f"| {LANGUAGES[iso].name} | " + " | ".join(fmt(ratio[c][iso]) for c in conds) + " |")
     lines.append("| **geometric mean** | " + " | ".join(f"**{fmt(geomean(ratio[c].values()))}**" for c in conds) + " |")
+    lines += expert_lines(info.get("experts", {}))
     lines += _selectivity(out, plan, info)
     lines += _super_weights(info, ratio)
     lines += _findings(info, ratio, conds)
     return "\n".join(lines) + "\n"
+
+
+def expert_lines(spreads: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """How each definition spreads over the experts of a mixture-of-experts model (none for a dense model)."""
+    if not spreads:
+        return []
+    lines = [
+        "",
+        "## How each definition spreads over the experts",
+        "",
+        "Per MoE layer: the definition's entries in the fused expert tensors, the expert holding most of them (its share), "
+        "and the effective number of experts, exp(entropy) of the counts per expert.",
+        "",
+        "| definition | layer | entries in experts | top expert (share) | effective experts |",
+        "|---|---|---|---|---|",
+    ]
+    for name, rows in spreads.items():
+        for r in rows:
+            top = "-" if r["top"] is None else f"{r['top']} ({r['top_share']:.0%})"
+            lines.append(f"| {name} | {r['layer']} | {r['selected']:,} | {top} | {r['effective']:.1f} of {r['experts']} |")
+    return lines
 
 
 def _selectivity(out: Path, plan: Plan, info: dict) -> list[str]:
