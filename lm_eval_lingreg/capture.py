@@ -1,9 +1,10 @@
 """Activations captured and changed through one primitive: a forward hook on one of the model's own modules.
 
 `add_hook(module, fn, kind)` calls `fn` with the module's input (`kind="input"`, its first argument) or
-output (`kind="output"`) tensor, the first element when the module returns a tuple; a hook whose `fn`
-returns a tensor replaces that input or output (an intervention), one that returns None only looks (a
-capture). `hooked` adds hooks
+output (`kind="output"`) tensor, the first element when the module returns a tuple, or with the whole call
+`(args, kwargs)` (`kind="call"`: a fused experts module is called with the hidden states, the experts each
+token is routed to and their weights); an input or output hook whose `fn` returns a tensor replaces that
+input or output (an intervention), one that returns None only looks (a capture). `hooked` adds hooks
 by module name for the length of a block and removes them on exit; `activation_pass` runs the model body
 over token samples under such hooks, the way every activation statistic here is gathered.
 """
@@ -21,12 +22,18 @@ from lm_eval_lingreg.errors import LingregError
 
 __all__ = ["KINDS", "add_hook", "hooked", "body", "activation_pass"]
 
-KINDS = ("input", "output")
-Fn = Callable[[torch.Tensor], "torch.Tensor | None"]
+KINDS = ("input", "output", "call")
+Fn = Callable[[Any], "torch.Tensor | None"]
 
 
 def add_hook(module: torch.nn.Module, fn: Fn, kind: str = "output") -> Any:
-    """Hook `fn` on `module`'s input or output; returns the handle whose `remove()` takes it off."""
+    """Hook `fn` on `module`'s input, output or call; returns the handle whose `remove()` takes it off."""
+    if kind == "call":
+
+        def pre_call(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            fn((args, kwargs))
+
+        return module.register_forward_pre_hook(pre_call, with_kwargs=True)
     if kind == "input":
 
         def pre(_module: torch.nn.Module, args: tuple) -> Any:
@@ -81,8 +88,9 @@ def activation_pass(
 ) -> int:
     """One forward pass of the model body over `samples` (no head, no gradient), calling
     `collect[module](values, keep)` for each named module with its input (`kind="input"`) or output
-    (`kind="output"`) flattened to (tokens, features) and the boolean mask of real (non-padding)
-    tokens. Returns the number of real tokens."""
+    (`kind="output"`) flattened to (tokens, features), or its call `(args, kwargs)` as it comes
+    (`kind="call"`), and the boolean mask of real (non-padding) tokens over the flattened batch.
+    Returns the number of real tokens."""
     from lm_eval_lingreg.lm_loss import pad_batch
 
     if batch_size < 1:
@@ -91,7 +99,7 @@ def activation_pass(
 
     def flat(name: str) -> Fn:
         def fn(x: torch.Tensor) -> None:
-            collect[name](x.reshape(-1, x.shape[-1]), keep["mask"])
+            collect[name](x if kind == "call" else x.reshape(-1, x.shape[-1]), keep["mask"])
 
         return fn
 

@@ -16,12 +16,13 @@ with the module's own weights and activation function: act(x @ gate_e^T) for the
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from lm_eval_lingreg.anatomy import experts_of, layer_module
+from lm_eval_lingreg.anatomy import base_model, experts_of, layer_index, layer_module
 from lm_eval_lingreg.errors import RegionError
 from lm_eval_lingreg.regions import Region
 
@@ -32,6 +33,12 @@ __all__ = [
     "spread_rows",
     "SPREAD_HEADERS",
     "spread_table",
+    "expert_modules",
+    "ExpertStats",
+    "expert_statistics",
+    "routing_share",
+    "language_experts",
+    "report_markdown",
 ]
 
 
@@ -103,3 +110,183 @@ def spread_table(region: Region) -> list[list[Any]]:
         ]
         for r in spread_rows(region)
     ]
+
+
+# what the experts do on calibration text ------------------------------------------------------------------------------
+
+
+def expert_modules(model: torch.nn.Module) -> dict[int, tuple[str, torch.nn.Module]]:
+    """{layer: (name, module)} of the fused experts modules (`layers.<n>.mlp.experts` with a 3-D `gate_up_proj`),
+    in layer order; empty for a dense model. A layout other than transformers' default (gate and up rows
+    concatenated, not transposed, no bias) is refused: the recomputed activations would not be the model's."""
+    out = {}
+    for name, module in base_model(model).named_modules():
+        layer = layer_index(name, ".mlp.experts")
+        weight = getattr(module, "gate_up_proj", None)
+        if layer is None or not isinstance(weight, torch.Tensor) or weight.dim() != 3:
+            continue
+        layout = {"is_transposed": False, "is_concatenated": True, "has_gate": True, "has_bias": False}
+        odd = [f"{k}={getattr(module, k)}" for k, v in layout.items() if getattr(module, k, v) != v]
+        if odd or not hasattr(module, "act_fn"):
+            raise RegionError(
+                f"{name} ({type(module).__name__}) stores its experts as {', '.join(odd) or 'no act_fn'}; per-expert activations are computed "
+                "for experts stored as Qwen3-MoE, OLMoE and Mixtral store them (gate rows then up rows, each expert's slice an nn.Linear weight)"
+            )
+        out[layer] = (name, module)
+    return dict(sorted(out.items()))
+
+
+@dataclass
+class ExpertStats:
+    """What the experts of each MoE layer did over the real tokens of some text."""
+
+    layers: list[int]  # the MoE layers, in order (rows of the tensors below)
+    tokens: int  # real tokens seen
+    routed: torch.Tensor  # (layers, experts): tokens routed to each expert (a token counts in each of its top-k experts)
+    active: torch.Tensor | None  # (layers, experts, intermediate): routed tokens whose act(gate) is positive, per neuron
+
+
+def _call_parts(call: tuple[tuple, dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    args, kwargs = call
+    hidden = args[0] if args else kwargs["hidden_states"]
+    index = args[1] if len(args) > 1 else kwargs["top_k_index"]
+    return hidden, index
+
+
+def expert_statistics(
+    model: torch.nn.Module,
+    samples: Sequence[Sequence[int]],
+    neurons: bool = True,
+    batch_size: int = 4,
+    pad_id: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> ExpertStats:
+    """Routing counts per expert and, with `neurons`, how often each expert neuron fires (act(gate) > 0) on the
+    tokens routed to its expert, over the real tokens of `samples`: one forward pass of the model body, the
+    experts' calls captured by a hook and their gate activations recomputed with the module's own weights."""
+    from lm_eval_lingreg.capture import activation_pass
+
+    modules = expert_modules(model)
+    if not modules:
+        raise RegionError("this model has no fused experts (layers.<n>.mlp.experts with 3-D weights): it is not a mixture-of-experts model")
+    first = next(iter(modules.values()))[1].gate_up_proj
+    experts, inter = int(first.shape[0]), int(first.shape[1]) // 2
+    routed = torch.zeros(len(modules), experts, dtype=torch.float64)
+    active = torch.zeros(len(modules), experts, inter, dtype=torch.float64) if neurons else None
+
+    def collector(row: int, name: str, module: torch.nn.Module):
+        if tuple(module.gate_up_proj.shape[:2]) != (experts, 2 * inter):
+            raise RegionError(f"{name}: {tuple(module.gate_up_proj.shape)} experts differ from the first MoE layer's ({experts}, {2 * inter}, ...)")
+
+        @torch.no_grad()
+        def add(call: tuple[tuple, dict], keep: torch.Tensor) -> None:
+            hidden, index = _call_parts(call)
+            if hidden.shape[0] != keep.numel():
+                raise RegionError(f"{name} was called with {hidden.shape[0]} tokens for a batch of {keep.numel()}: its input is not the flattened batch")
+            hidden, index = hidden[keep], index[keep].long()
+            hit = torch.nn.functional.one_hot(index, experts + 1).sum(1)[:, :experts] > 0  # index == experts marks no expert
+            routed[row] += hit.sum(0).to("cpu", torch.float64)
+            if active is None:
+                return
+            for e in range(experts):
+                rows = hit[:, e]
+                if rows.any():
+                    gate = torch.nn.functional.linear(hidden[rows], module.gate_up_proj[e, :inter])
+                    active[row, e] += (module.act_fn(gate) > 0).sum(0).to("cpu", torch.float64)
+
+        return add
+
+    collect = {name: collector(row, name, module) for row, (name, module) in enumerate(modules.values())}
+    tokens = activation_pass(model, samples, collect, "call", batch_size, pad_id, progress)
+    if not tokens:
+        raise RegionError("the calibration samples hold no tokens; give real text")
+    return ExpertStats(list(modules), tokens, routed, active)
+
+
+def routing_share(stats: ExpertStats) -> torch.Tensor:
+    """(layers, experts): each expert's share of the layer's routing choices (rows sum to 1)."""
+    return stats.routed / stats.routed.sum(-1, keepdim=True).clamp_min(1)
+
+
+# the language-specific experts report ----------------------------------------------------------------------------------
+
+
+def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    x, y = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    denom = float(x.norm() * y.norm())
+    return float(x @ y) / denom if denom else float("nan")
+
+
+def language_experts(routing: Mapping[str, torch.Tensor], layers: Sequence[int], regions: Mapping[str, Region] | None = None) -> dict[str, Any]:
+    """Per language and MoE layer: where its routing goes (top expert, share, effective experts), how its
+    monolingual region spreads over the experts (the same measures), and the cosine between the two
+    distributions; per layer and expert, the language routed there most, and how far above the mean over
+    languages its share is (1: no language prefers the expert)."""
+    regions = dict(regions or {})
+    langs = list(routing)
+    spreads = {lang: spread(r) for lang, r in regions.items()}
+    per_lang: dict[str, list[dict[str, Any]]] = {}
+    for lang in langs:
+        rows = []
+        for i, layer in enumerate(layers):
+            share = routing[lang][i].tolist()
+            row: dict[str, Any] = {"layer": layer, "routing_share": share, "routing": concentration(share)}
+            if lang in spreads and layer in spreads[lang]:
+                counts = spreads[lang][layer]["selected"]
+                row |= {"region_per_expert": counts, "region": concentration(counts), "cosine": _cosine(counts, share)}
+            rows.append(row)
+        per_lang[lang] = rows
+    stacked = torch.stack([routing[lang] for lang in langs])  # (languages, layers, experts)
+    mean = stacked.mean(0).clamp_min(1e-12)
+    best = stacked.argmax(0)
+    experts = [
+        [
+            {
+                "expert": e,
+                "language": langs[int(best[i, e])],
+                "share": float(stacked[best[i, e], i, e]),
+                "over_mean": float(stacked[best[i, e], i, e] / mean[i, e]),
+            }
+            for e in range(stacked.shape[2])
+        ]
+        for i in range(len(layers))
+    ]
+    return {"languages": langs, "layers": list(layers), "per_language": per_lang, "per_expert": dict(zip(layers, experts, strict=True))}
+
+
+def report_markdown(report: Mapping[str, Any], top: int = 5) -> str:
+    """The `language_experts` report as Markdown: one table per language, then the most language-specific experts."""
+    lines = [
+        "# Language-specific experts",
+        "",
+        "Routing: each expert's share of a layer's top-k choices over the language's calibration tokens. Region: the language's "
+        "monolingual region's entries in each expert (fused expert tensors). Effective experts: exp(entropy) of the distribution "
+        "(1: one expert; all experts: spread evenly). Cosine: between the region's counts and the routing shares over experts.",
+    ]
+    for lang in report["languages"]:
+        lines += [
+            "",
+            f"## {lang}",
+            "",
+            "| layer | routing: top expert (share) | routing: effective experts | region: top expert (share) | region: effective experts | cosine |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in report["per_language"][lang]:
+            n = len(r["routing_share"])
+            cells = [str(r["layer"]), _top(r["routing"]), f"{r['routing']['effective']:.1f} of {n}"]
+            cells += [_top(r["region"]), f"{r['region']['effective']:.1f} of {n}", f"{r['cosine']:.2f}"] if "region" in r else ["-", "-", "-"]
+            lines.append("| " + " | ".join(cells) + " |")
+    ranked = sorted(((layer, e) for layer, row in report["per_expert"].items() for e in row), key=lambda t: -t[1]["over_mean"])[:top]
+    lines += [
+        "",
+        "## The most language-specific experts",
+        "",
+        "| layer | expert | language | its routing share | times the mean over languages |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {layer} | {e['expert']} | {e['language']} | {e['share']:.1%} | {e['over_mean']:.2f} |" for layer, e in ranked]
+    return "\n".join(lines) + "\n"
+
+
+def _top(c: Mapping[str, Any]) -> str:
+    return "-" if c["top"] is None else f"{c['top']} ({c['top_share']:.0%})"

@@ -7,7 +7,10 @@ them unchanged:
   calibration tokens; per tensor like the core region, or per output row (Wanda's own unit);
 - `lape` (Tang et al. 2024): FFN neurons chosen by language activation probability entropy; a neuron
   is its `down_proj` column (zeroing the column is zeroing the neuron's activation), optionally with
-  its `gate_proj`/`up_proj` rows;
+  its `gate_proj`/`up_proj` rows (rows j and intermediate + j of a fused `gate_up_proj`, as Phi-3's).
+  In a mixture-of-experts layer a neuron is (layer, expert, j), index `expert * intermediate + j` of its
+  layer in a neuron file; its probability counts the tokens routed to its expert where it fires, over
+  all the language's tokens (see `experts`);
 - `super-weight` (Yu et al. 2024): single `down_proj` entries found from activation spikes on a
   prompt, or imported as (layer, row, col) coordinates.
 
@@ -27,7 +30,7 @@ from typing import Any
 
 import torch
 
-from lm_eval_lingreg.anatomy import DEFAULT_SCOPE, base_model, compile_scope, in_scope, layer_index, scope_shapes
+from lm_eval_lingreg.anatomy import DEFAULT_SCOPE, base_model, compile_scope, experts_of, in_scope, layer_index, scope_shapes
 from lm_eval_lingreg.capture import activation_pass, body, hooked
 from lm_eval_lingreg.errors import RegionError, RegionFileError
 from lm_eval_lingreg.regions import Region
@@ -46,6 +49,7 @@ __all__ = [
     "lape_neurons",
     "load_lape",
     "down_projs",
+    "layer_neurons",
     "lape_region",
     "load_coordinates",
     "coordinates_region",
@@ -60,6 +64,7 @@ LAPE_TOP_RATE = 0.01
 LAPE_FILTER_RATE = 0.95
 LAPE_BAR_RATE = 0.95
 _DOWN_PROJ = ".mlp.down_proj.weight"  # after layers.<n>: the FFN down projection LAPE and super weights address
+_EXPERTS_DOWN_PROJ = ".mlp.experts.down_proj"  # after layers.<n>: the fused down projections of a layer's experts
 
 
 def _which(which: str) -> str:
@@ -166,16 +171,30 @@ def select_wanda(
 # LAPE -----------------------------------------------------------------------------------------
 
 
+def _act_name(module: torch.nn.Module) -> str | None:
+    """The activation submodule of a gated FFN block: `act_fn`, or Phi-3's `activation_fn` (on the gate half of its fused gate_up_proj)."""
+    return next((a for a in ("act_fn", "activation_fn") if isinstance(getattr(module, a, None), torch.nn.Module)), None)
+
+
 def _mlp_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """(name, mlp) of each decoder layer, in layer order, with `act_fn`, `gate_proj`, `down_proj`."""
+    """(name, mlp) of each decoder layer, in layer order, with an activation module, `gate_proj` (or a fused
+    `gate_up_proj`) and `down_proj` linear layers."""
     out = []
     for name, module in base_model(model).named_modules():
         index = layer_index(name, ".mlp")
-        if index is not None and all(hasattr(module, a) for a in ("act_fn", "gate_proj", "down_proj")):
-            out.append((index, name, module))
+        if index is not None and _act_name(module) and isinstance(getattr(module, "down_proj", None), torch.nn.Module):
+            if any(isinstance(getattr(module, g, None), torch.nn.Module) for g in ("gate_proj", "gate_up_proj")):
+                out.append((index, name, module))
     if not out:
-        raise RegionError("LAPE needs gated FFN blocks (layers.<n>.mlp with act_fn, gate_proj, down_proj), as in Llama, Gemma, Qwen and Mistral")
+        raise RegionError(
+            "this needs dense gated FFN blocks (layers.<n>.mlp with act_fn, gate_proj or gate_up_proj, down_proj), as in Llama, Gemma, Qwen, "
+            "Mistral and Phi-3; a mixture-of-experts model's FFN neurons are read per expert by `extract lape`, and super weights address dense down_proj only"
+        )
     return [(n, mod) for _, n, mod in sorted(out, key=lambda t: t[0])]
+
+
+def _decoder_mlps(model: torch.nn.Module) -> int:
+    return sum(1 for name, _ in base_model(model).named_modules() if layer_index(name, ".mlp") is not None)
 
 
 def activation_probabilities(
@@ -186,9 +205,23 @@ def activation_probabilities(
     progress: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, dict[str, int]]:
     """P(act_fn(gate_proj(x))_j > 0) over the real tokens of each language: (layers, neurons, languages),
-    and the tokens per language (LAPE's activation.py, through Hugging Face modules instead of vLLM)."""
-    mlps = _mlp_modules(model)
+    and the tokens per language (LAPE's activation.py, through Hugging Face modules instead of vLLM).
+    In a mixture-of-experts model the neurons of a layer are its experts' (`expert * intermediate + j`), each
+    firing only on the tokens routed to its expert (`experts.expert_statistics`)."""
+    from lm_eval_lingreg.experts import expert_modules, expert_statistics
+
     langs = list(samples_by_lang)
+    moe = expert_modules(model)
+    if moe:
+        if len(moe) != _decoder_mlps(model):
+            raise RegionError(f"LAPE per expert needs every layer to be a mixture of experts; {len(moe)} of {_decoder_mlps(model)} layers are")
+        columns, tokens = [], {}
+        for lang in langs:
+            stats = expert_statistics(model, samples_by_lang[lang], True, batch_size, pad_id, progress)
+            columns.append(stats.active.reshape(len(moe), -1) / stats.tokens)
+            tokens[lang] = stats.tokens
+        return torch.stack(columns, -1), tokens
+    mlps = _mlp_modules(model)
     probs = torch.zeros(len(mlps), mlps[0][1].down_proj.in_features, len(langs), dtype=torch.float64)
     tokens = {}
     for li, lang in enumerate(langs):
@@ -200,7 +233,7 @@ def activation_probabilities(
 
             return add
 
-        collect = {f"{name}.act_fn": counter(i) for i, (name, _) in enumerate(mlps)}
+        collect = {f"{name}.{_act_name(mlp)}": counter(i) for i, (name, mlp) in enumerate(mlps)}
         n = activation_pass(model, samples_by_lang[lang], collect, "output", batch_size, pad_id, progress)
         if not n:
             raise RegionError(f"the calibration samples of {lang} hold no tokens; give real text")
@@ -282,11 +315,24 @@ def load_lape(path: str | os.PathLike) -> list[list[torch.Tensor]]:
     return out
 
 
-def down_projs(shapes: Mapping[str, tuple[int, ...]]) -> dict[int, str]:
+def down_projs(shapes: Mapping[str, tuple[int, ...]], experts: bool = True) -> dict[int, str]:
+    """{layer: name} of the FFN down projections: `mlp.down_proj.weight`, and (with `experts`) a mixture-of-experts
+    layer's fused `mlp.experts.down_proj`."""
     out = {i: n for n in shapes if (i := layer_index(n, _DOWN_PROJ)) is not None}
+    if experts:
+        out |= {i: n for n in shapes if (i := layer_index(n, _EXPERTS_DOWN_PROJ)) is not None}
     if not out:
-        raise RegionError("no layers.<n>.mlp.down_proj.weight among the model's parameters (in scope): LAPE and super weights address FFN down projections")
+        raise RegionError(
+            "no layers.<n>.mlp.down_proj.weight"
+            + (" or layers.<n>.mlp.experts.down_proj" if experts else "")
+            + " among the model's parameters (in scope): LAPE and super weights address FFN down projections"
+        )
     return out
+
+
+def layer_neurons(name: str, shape: Sequence[int]) -> int:
+    """The FFN neurons of a layer, from its down projection: its columns, times the experts of a fused expert tensor."""
+    return experts_of(name, shape) * int(shape[-1])
 
 
 def lape_region(
@@ -310,23 +356,40 @@ def lape_region(
         )
     indices: dict[str, list[torch.Tensor]] = {}
     for layer, down in sorted(downs.items()):
-        hidden, inter = shapes[down]
+        hidden, inter = shapes[down][-2:]
         cols = torch.unique(torch.cat([neurons[i][layer] for i in chosen] or [torch.zeros(0, dtype=torch.long)]))
-        if cols.numel() and int(cols.max()) >= inter:
-            raise RegionError(f"layer {layer}: neuron {int(cols.max())} is out of range for {down} ({inter} neurons): the file was made for another model")
-        indices.setdefault(down, []).append((torch.arange(hidden)[:, None] * inter + cols[None, :]).reshape(-1))
+        total = layer_neurons(down, shapes[down])
+        if cols.numel() and int(cols.max()) >= total:
+            raise RegionError(f"layer {layer}: neuron {int(cols.max())} is out of range for {down} ({total} neurons): the file was made for another model")
+        expert, j = cols // inter, cols % inter  # expert 0 in a dense layer
+        indices.setdefault(down, []).append(((expert * hidden * inter + j)[None, :] + torch.arange(hidden)[:, None] * inter).reshape(-1))
         if gate_up:
-            for proj in ("gate_proj", "up_proj"):
-                name = down.replace("down_proj", proj)
-                if name not in shapes:
-                    raise RegionError(f"--gate-up: the model has no {name} (in scope)")
-                width = shapes[name][1]
-                indices.setdefault(name, []).append((cols[:, None] * width + torch.arange(width)[None, :]).reshape(-1))
+            for name, rows in _gate_up_rows(down, shapes, expert, j, inter):
+                width = shapes[name][-1]
+                indices.setdefault(name, []).append((rows[:, None] * width + torch.arange(width)[None, :]).reshape(-1))
     flat = {n: torch.cat(v) for n, v in indices.items()}
     if not any(v.numel() for v in flat.values()):
         raise RegionError("the LAPE neurons chosen are none: this language (or file) selects no neuron; pick another --lang or lower the LAPE thresholds")
     meta = {"kind": "lape", "languages_in_file": len(neurons), "language_positions": chosen, "gate_up": bool(gate_up), **(metadata or {})}
     return Region.from_indices(flat, shapes, meta)
+
+
+def _gate_up_rows(down: str, shapes: Mapping[str, tuple[int, ...]], expert: torch.Tensor, j: torch.Tensor, inter: int) -> list[tuple[str, torch.Tensor]]:
+    """(tensor, flat row indices) of neurons (expert, j) in the gate and up projections beside `down`: rows j of
+    `gate_proj` and `up_proj`, or rows j and inter + j (gate, then up) of a fused `gate_up_proj` (per expert)."""
+    fused = down.replace("down_proj", "gate_up_proj")
+    if fused in shapes:
+        rows_per_expert = shapes[fused][-2]
+        if rows_per_expert != 2 * inter:
+            raise RegionError(f"--gate-up: {fused} has {rows_per_expert} rows per expert, not 2 x {inter} (gate rows then up rows)")
+        return [(fused, torch.cat([expert * rows_per_expert + j, expert * rows_per_expert + inter + j]))]
+    out = []
+    for proj in ("gate_proj", "up_proj"):
+        name = down.replace("down_proj", proj)
+        if name not in shapes:
+            raise RegionError(f"--gate-up: the model has no {name} or {fused} (in scope)")
+        out.append((name, j))
+    return out
 
 
 # super weights --------------------------------------------------------------------------------
@@ -364,8 +427,8 @@ def load_coordinates(path: str | os.PathLike) -> list[tuple[int, int, int]]:
 
 
 def coordinates_region(coords: Iterable[tuple[int, int, int]], shapes: Mapping[str, tuple[int, ...]], metadata: Mapping | None = None) -> Region:
-    """Single `down_proj` entries: (layer, row, col) is `layers.<layer>.mlp.down_proj.weight[row, col]`."""
-    downs = down_projs(shapes)
+    """Single `down_proj` entries: (layer, row, col) is `layers.<layer>.mlp.down_proj.weight[row, col]` (dense layers)."""
+    downs = down_projs(shapes, experts=False)
     coords = sorted({tuple(int(v) for v in c) for c in coords})
     indices: dict[str, list[int]] = {}
     for layer, row, col in coords:

@@ -11,7 +11,18 @@ from lm_eval_lingreg.anatomy import DEFAULT_SCOPE, WITHOUT_ROUTERS, in_scope, is
 from lm_eval_lingreg.region_io import load_region, save_region
 from lm_eval_lingreg.regions import Region, apply
 
-from helpers import EXPERTS, MOE_FAMILIES, assert_unchanged, check_frozen_exact_and_rest_moved, make_tiny, random_region, snapshot
+from helpers import (
+    EXPERTS,
+    MOE_FAMILIES,
+    SENTENCES,
+    assert_unchanged,
+    check_frozen_exact_and_rest_moved,
+    lingreg,
+    make_tiny,
+    random_region,
+    snapshot,
+    tiny_tokenizer,
+)
 
 IDS = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
 
@@ -105,8 +116,6 @@ def test_a_dimension_perturbation_reaches_every_expert_and_the_router_and_restor
 def test_hf_perturbed_and_region_ablated_load_a_moe_model(tmp_path):
     from lm_eval_lingreg.models import PerturbedLM, RegionAblatedLM
 
-    from helpers import tiny_tokenizer
-
     model = make_tiny("qwen3_moe")
     model.save_pretrained(tmp_path / "m")
     tiny_tokenizer().save_pretrained(tmp_path / "m")
@@ -163,7 +172,6 @@ def test_per_expert_selection_gives_each_expert_its_share_and_leaves_dense_tenso
 
 @pytest.fixture(scope="module")
 def moe_dir(tmp_path_factory):
-    from helpers import SENTENCES, tiny_tokenizer
 
     root = tmp_path_factory.mktemp("moe")
     make_tiny("qwen3_moe").save_pretrained(root / "model")
@@ -176,7 +184,6 @@ def moe_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def moe_scores(moe_dir):
-    from helpers import lingreg
 
     out = moe_dir / "scores"
     args = ["--pretrained", moe_dir / "model", "--langs", "en,fr,zh", "--data", moe_dir / "text", "--samples", "4", "--out", out, "--device", "cpu"]
@@ -186,8 +193,6 @@ def moe_scores(moe_dir):
 
 def test_extract_per_expert_and_mask_info_show_the_spread_over_experts(moe_scores, tmp_path):
     import json
-
-    from helpers import lingreg
 
     for flag in ([], ["--per-expert"]):
         out = tmp_path / f"core{len(flag)}.safetensors"
@@ -214,3 +219,99 @@ def test_a_dense_region_has_no_expert_spread_and_the_methods_report_leaves_it_ou
     moe_region = random_region(make_tiny("mixtral"), 0.1)
     lines = expert_lines({"core": spread_rows(moe_region)})
     assert sum(line.startswith("| core | ") for line in lines) == 2 and "effective experts" in "\n".join(lines)
+
+
+# each expert's neurons (LAPE), routing, and the language-specific experts report ---------------------------------------
+
+
+def test_recomputed_expert_activations_are_the_ones_the_fused_forward_computes():
+    """The experts' call, captured by a hook, and the module's own weights give exactly the activations that
+    transformers' reference loop over experts computes (seen here through its act_fn, one call per expert hit)."""
+    from lm_eval_lingreg.capture import hooked
+    from lm_eval_lingreg.experts import expert_statistics
+
+    model = make_tiny("qwen3_moe")
+    model.config._experts_implementation = "eager"  # the loop calls act_fn once per expert, in expert order
+    seen = []
+    with hooked(model, {"model.layers.1.mlp.experts.act_fn": lambda y: seen.append((y > 0).sum(0).double())}, "output"), torch.no_grad():
+        model.model(input_ids=IDS)
+    stats = expert_statistics(model, [IDS[0].tolist()])
+    hit = [e for e in range(EXPERTS) if stats.routed[1, e] > 0]
+    assert stats.tokens == IDS.numel() and stats.routed.sum(-1).tolist() == [2.0 * IDS.numel()] * 2  # top-2 routing
+    assert len(seen) == len(hit) and all(torch.equal(stats.active[1, e], counts) for e, counts in zip(hit, seen, strict=True))
+    assert stats.active[1].sum() > 0
+
+
+def test_lape_on_a_moe_model_selects_neurons_per_expert_and_round_trips_through_a_neuron_file(moe_dir, tmp_path):
+
+    from lm_eval_lingreg.sources import load_lape
+
+    calib = ["--pretrained", moe_dir / "model", "--data", moe_dir / "text", "--samples", "4", "--device", "cpu"]
+    args = ["extract", "lape", *calib, "--langs", "en,fr,zh", "--top-rate", "0.2", "--gate-up", "--save-neurons", tmp_path / "n.pth"]
+    assert lingreg(*args, "--out", tmp_path / "lape.safetensors").returncode == 0
+    region, neurons = load_region(tmp_path / "lape.safetensors"), load_lape(tmp_path / "n.pth")
+    shapes = scope_shapes(make_tiny("qwen3_moe"))
+    experts, hidden, inter = shapes["model.layers.0.mlp.experts.down_proj"]
+    assert len(neurons) == 3 and len(neurons[0]) == 2
+    union = [torch.unique(torch.cat([lang[layer] for lang in neurons])) for layer in range(2)]
+    assert sum(u.numel() for u in union) > 0 and all(int(u.max()) < experts * inter for u in union if u.numel())
+    assert {n for n, i in region.indices.items() if i.numel()} <= {f"model.layers.{la}.mlp.experts.{p}" for la in (0, 1) for p in ("down_proj", "gate_up_proj")}
+    for layer, u in enumerate(union):
+        down = region.mask(f"model.layers.{layer}.mlp.experts.down_proj")
+        gate_up = region.mask(f"model.layers.{layer}.mlp.experts.gate_up_proj")
+        for n in u.tolist():
+            e, j = divmod(n, inter)
+            assert down[e, :, j].all() and gate_up[e, j].all() and gate_up[e, inter + j].all()
+        assert int(down.sum()) == u.numel() * hidden and int(gate_up.sum()) == 2 * u.numel() * shapes[f"model.layers.{layer}.mlp.experts.gate_up_proj"][2]
+    back = tmp_path / "back.safetensors"
+    assert lingreg("extract", "lape", "--pretrained", moe_dir / "model", "--neurons", tmp_path / "n.pth", "--gate-up", "--out", back).returncode == 0
+    assert load_region(back).digest() == region.digest()
+
+
+def test_lape_reads_phi3s_fused_gate_up_projection():
+    from lm_eval_lingreg.sources import activation_probabilities, lape_neurons, lape_region
+
+    model = make_tiny("phi3")
+    samples = {"en": [list(range(3, 40))], "fr": [list(range(100, 140))]}
+    probs, tokens = activation_probabilities(model, samples)
+    inter = model.model.layers[0].mlp.down_proj.in_features
+    assert probs.shape == (2, inter, 2) and tokens == {"en": 37, "fr": 40}
+    neurons = lape_neurons(probs, top_rate=0.2)
+    region = lape_region(neurons, scope_shapes(model), gate_up=True)
+    for layer in range(2):
+        u = torch.unique(torch.cat([lang[layer] for lang in neurons]))
+        gate_up = region.mask(f"model.layers.{layer}.mlp.gate_up_proj.weight")
+        assert int(gate_up.all(1).sum()) == 2 * u.numel() and gate_up[u].all() and gate_up[u + inter].all()
+
+
+def test_the_language_specific_experts_report(moe_dir, moe_scores, tmp_path):
+    import json
+
+    masks = []
+    for lang in ("en", "zh"):
+        masks.append(tmp_path / f"mono-{lang}.safetensors")
+        assert (
+            lingreg("extract", "monolingual", "--scores", moe_scores, "--langs", "en,fr,zh", "--lang", lang, "--ratio", "0.1", "--out", masks[-1]).returncode
+            == 0
+        )
+    calib = ["--pretrained", moe_dir / "model", "--data", moe_dir / "text", "--samples", "4", "--device", "cpu"]
+    assert lingreg("experts", *masks, *calib, "--langs", "en,fr,zh", "--out", tmp_path / "experts.json").returncode == 0
+    report = json.loads((tmp_path / "experts.json").read_text())
+    assert report["languages"] == ["en", "fr", "zh"] and report["layers"] == [0, 1]
+    for lang in ("en", "fr", "zh"):
+        for row in report["per_language"][lang]:
+            assert len(row["routing_share"]) == EXPERTS and abs(sum(row["routing_share"]) - 1) < 1e-9
+            assert ("region" in row) == (lang != "fr")
+    zh, mono_zh = report["per_language"]["zh"][0], load_region(masks[1])
+    assert sum(zh["region_per_expert"]) == sum(int(mono_zh.indices[f"model.layers.0.mlp.experts.{p}"].numel()) for p in ("gate_up_proj", "down_proj"))
+    proc = lingreg("experts", *masks, *calib, "--out", tmp_path / "experts.md")
+    text = (tmp_path / "experts.md").read_text()
+    assert proc.returncode == 0 and "## zh" in text and "## fr" not in text and "most language-specific experts" in text
+    core = tmp_path / "core.safetensors"
+    assert lingreg("extract", "core", "--scores", moe_scores, "--langs", "en,fr,zh", "--out", core).returncode == 0
+    proc = lingreg("experts", core, *calib)
+    assert proc.returncode == 2 and "names no language" in proc.stderr
+    proc = lingreg("experts", *masks, *calib, "--out", masks[0])
+    assert proc.returncode == 2 and "one of the inputs" in proc.stderr
+    proc = lingreg("experts", *calib, "--langs", "en")
+    assert proc.returncode == 0 and "## en" in proc.stdout

@@ -9,6 +9,7 @@
     lingreg mask info|compare|convert ... inspect, compare and convert region files
     lingreg params [--filter REGEX]       parameter names, shapes and residual-stream roles
     lingreg dims MASK --top 10            hidden dimensions a region concentrates on
+    lingreg experts MONO... --out r.md    mixture of experts: routing share and region spread per language and expert
     lingreg scan --layer 1 --op mul --value 4 --dims top:20,random:20   rank dimensions by effect
     lingreg generate --prompt P --compare base,mask=core,...            greedy outputs side by side
     lingreg steer-vector --from en --to fr --out v.safetensors          a steering vector per layer (DiffMean)
@@ -38,14 +39,14 @@ def build_parser():  # -> argparse.ArgumentParser
     import argparse
 
     from lm_eval_lingreg import __version__
-    from lm_eval_lingreg.cli import dims, model, regions, report, reproduce, steer, tasks, train
+    from lm_eval_lingreg.cli import dims, experts, model, regions, report, reproduce, steer, tasks, train
 
     p = argparse.ArgumentParser(prog="lingreg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"lm-eval-lingreg {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="more logging")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = p.add_subparsers(dest="command", required=True)
-    for group in (model, regions, dims, steer, train, report, reproduce, tasks):
+    for group in (model, regions, dims, experts, steer, train, report, reproduce, tasks):
         group.add_parsers(sub)
     return p
 

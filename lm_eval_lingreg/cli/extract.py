@@ -101,7 +101,11 @@ def _options() -> dict[str, tuple[dict[str, Any], tuple[str, ...]]]:
         ),
         "file_langs": ({"default": None, "help": "lape --neurons: the languages of the file in its order, to pick one with --lang"}, ("lape --neurons",)),
         "gate_up": (
-            {"action": "store_true", "default": False, "help": "lape: also the neurons' gate_proj and up_proj rows (default: down_proj columns only)"},
+            {
+                "action": "store_true",
+                "default": False,
+                "help": "lape: also the neurons' gate_proj and up_proj rows, or both rows of a fused gate_up_proj (default: down_proj columns only)",
+            },
             ("lape", "lape --neurons"),
         ),
         "top_rate": ({"type": float, "default": 0.01, "help": "lape: share of neurons kept by lowest entropy (default 0.01, as published)"}, ("lape",)),

@@ -63,14 +63,14 @@ def random_neurons_like(neurons: list[list[Any]], shapes: dict, seed: int) -> li
     """One 'language' of random neurons: as many per layer as the union of `neurons` holds."""
     import torch
 
-    from lm_eval_lingreg.sources import down_projs
+    from lm_eval_lingreg.sources import down_projs, layer_neurons
 
     downs = down_projs(shapes)
     gen = torch.Generator().manual_seed(seed)
     out = []
     for layer in range(len(neurons[0])):
         count = torch.unique(torch.cat([lang[layer] for lang in neurons])).numel()
-        out.append(torch.sort(torch.randperm(shapes[downs[layer]][1], generator=gen)[:count]).values)
+        out.append(torch.sort(torch.randperm(layer_neurons(downs[layer], shapes[downs[layer]]), generator=gen)[:count]).values)
     return [out]
 
 
