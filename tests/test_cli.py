@@ -401,6 +401,7 @@ def test_unexpected_errors_are_one_line_unless_debugging(monkeypatch):
         ["demo"],
         ["score", "--out", "x"],
         ["dims", "core", "--activations"],
+        ["experts"],
         ["scan"],
         ["generate", "--prompt", "x"],
         ["train", "--lang", "en", "--out", "x"],

@@ -50,6 +50,8 @@ CASES = [
     ("train-over-the-model", lambda w: ["train", "--pretrained", w["model"], "--lang", "ko", "--out", w["model"], "--steps", "1"], "model"),
     ("train-over-the-freeze-mask", lambda w: ["train", "--pretrained", w["model"], "--lang", "ko", "--freeze", w["mask"], "--out", w["mask"]], "mask"),
     ("train-into-the-corpus", lambda w: ["train", "--pretrained", w["model"], "--lang", "ko", "--data", w["corpus"], "--out", w["corpus"] / "ckpt"], "corpus"),
+    ("experts-over-a-region", lambda w: ["experts", w["mask"], "--pretrained", w["model"], "--out", w["mask"]], "mask"),
+    ("experts-into-the-corpus", lambda w: ["experts", "--pretrained", w["model"], "--data", w["corpus"], "--out", w["corpus"] / "ko.txt"], "corpus"),
     ("convert-onto-itself", lambda w: ["mask", "convert", w["mask"], w["mask"]], "mask"),
     ("plot-over-results", lambda w: ["plot", w["results"], "-o", w["results"] / "base" / "results.json"], "results"),
     ("table-over-results", lambda w: ["table", w["results"], "-o", w["results"] / "base" / "results.json"], "results"),
