@@ -144,6 +144,12 @@ class ExpertStats:
     tokens: int  # real tokens seen
     routed: torch.Tensor  # (layers, experts): tokens routed to each expert (a token counts in each of its top-k experts)
     active: torch.Tensor | None  # (layers, experts, intermediate): routed tokens whose act(gate) is positive, per neuron
+    #: with `inputs`, sums of squares of each expert's inputs over its routed tokens: the hidden states (layers, experts,
+    #: hidden), read by gate_up_proj, and act(gate) * up (layers, experts, intermediate), read by down_proj; and of
+    #: the hidden states of every token (layers, hidden), read by the router
+    hidden_sq: torch.Tensor | None = None
+    inner_sq: torch.Tensor | None = None
+    router_sq: torch.Tensor | None = None
 
 
 def _call_parts(call: tuple[tuple, dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,10 +166,12 @@ def expert_statistics(
     batch_size: int = 4,
     pad_id: int = 0,
     progress: Callable[[int], None] | None = None,
+    inputs: bool = False,
 ) -> ExpertStats:
     """Routing counts per expert and, with `neurons`, how often each expert neuron fires (act(gate) > 0) on the
-    tokens routed to its expert, over the real tokens of `samples`: one forward pass of the model body, the
-    experts' calls captured by a hook and their gate activations recomputed with the module's own weights."""
+    tokens routed to its expert, and with `inputs` the squared norms of each expert's inputs (Wanda's statistic),
+    over the real tokens of `samples`: one forward pass of the model body, the experts' calls captured by a hook
+    and their activations recomputed with the module's own weights."""
     from lm_eval_lingreg.capture import activation_pass
 
     modules = expert_modules(model)
@@ -173,6 +181,9 @@ def expert_statistics(
     experts, inter = int(first.shape[0]), int(first.shape[1]) // 2
     routed = torch.zeros(len(modules), experts, dtype=torch.float64)
     active = torch.zeros(len(modules), experts, inter, dtype=torch.float64) if neurons else None
+    hidden_sq = torch.zeros(len(modules), experts, int(first.shape[2]), dtype=torch.float64) if inputs else None
+    inner_sq = torch.zeros(len(modules), experts, inter, dtype=torch.float64) if inputs else None
+    router_sq = torch.zeros(len(modules), int(first.shape[2]), dtype=torch.float64) if inputs else None
 
     def collector(row: int, name: str, module: torch.nn.Module):
         if tuple(module.gate_up_proj.shape[:2]) != (experts, 2 * inter):
@@ -186,13 +197,22 @@ def expert_statistics(
             hidden, index = hidden[keep], index[keep].long()
             hit = torch.nn.functional.one_hot(index, experts + 1).sum(1)[:, :experts] > 0  # index == experts marks no expert
             routed[row] += hit.sum(0).to("cpu", torch.float64)
-            if active is None:
+            if router_sq is not None:
+                router_sq[row] += hidden.double().pow(2).sum(0).cpu()
+            if active is None and hidden_sq is None:
                 return
             for e in range(experts):
                 rows = hit[:, e]
-                if rows.any():
-                    gate = torch.nn.functional.linear(hidden[rows], module.gate_up_proj[e, :inter])
-                    active[row, e] += (module.act_fn(gate) > 0).sum(0).to("cpu", torch.float64)
+                if not rows.any():
+                    continue
+                x = hidden[rows]
+                gate = module.act_fn(torch.nn.functional.linear(x, module.gate_up_proj[e, :inter]))
+                if active is not None:
+                    active[row, e] += (gate > 0).sum(0).to("cpu", torch.float64)
+                if hidden_sq is not None:
+                    inner = gate * torch.nn.functional.linear(x, module.gate_up_proj[e, inter:])
+                    hidden_sq[row, e] += x.double().pow(2).sum(0).cpu()
+                    inner_sq[row, e] += inner.double().pow(2).sum(0).cpu()
 
         return add
 
@@ -200,7 +220,7 @@ def expert_statistics(
     tokens = activation_pass(model, samples, collect, "call", batch_size, pad_id, progress)
     if not tokens:
         raise RegionError("the calibration samples hold no tokens; give real text")
-    return ExpertStats(list(modules), tokens, routed, active)
+    return ExpertStats(list(modules), tokens, routed, active, hidden_sq, inner_sq, router_sq)
 
 
 def routing_share(stats: ExpertStats) -> torch.Tensor:

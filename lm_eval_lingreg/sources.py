@@ -4,7 +4,9 @@ them unchanged:
 
 - `magnitude`: top or bottom |W| per tensor;
 - `wanda` (Sun et al. 2024): |W_ij| * ||X_j||_2, the weight times the L2 norm of its input feature over
-  calibration tokens; per tensor like the core region, or per output row (Wanda's own unit);
+  calibration tokens; per tensor like the core region, or per output row (Wanda's own unit). A fused
+  expert tensor's inputs are those of each expert, over the tokens routed to it (a second forward pass);
+  a router's are the hidden states of every token;
 - `lape` (Tang et al. 2024): FFN neurons chosen by language activation probability entropy; a neuron
   is its `down_proj` column (zeroing the column is zeroing the neuron's activation), optionally with
   its `gate_proj`/`up_proj` rows (rows j and intermediate + j of a fused `gate_up_proj`, as Phi-3's).
@@ -126,7 +128,29 @@ def input_norms(
     tokens = activation_pass(model, samples, {m: adder(m) for m in linear}, "input", batch_size, pad_id, progress)
     if not tokens:
         raise RegionError("the calibration samples hold no tokens; give real text")
-    return {linear[m]: s.sqrt().cpu() for m, s in sums.items()}, tokens
+    return {linear[m]: s.sqrt().cpu() for m, s in sums.items()} | _expert_input_norms(model, samples, scope, batch_size, pad_id), tokens
+
+
+def _expert_input_norms(model: torch.nn.Module, samples: Sequence[Sequence[int]], scope: str, batch_size: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Wanda's statistic for the in-scope fused expert tensors (per expert, (experts, in_features)) and routers
+    (the hidden states of every token), from one more forward pass; empty for a dense model."""
+    from lm_eval_lingreg.experts import expert_modules, expert_statistics
+
+    modules = expert_modules(model)
+    params = in_scope(model, scope)
+    wanted = {f"{name}.{p}" for name, _ in modules.values() for p in ("gate_up_proj", "down_proj")} | {
+        f"{name.removesuffix('.experts')}.gate.weight" for name, _ in modules.values()
+    }
+    if not wanted & set(params):
+        return {}
+    stats = expert_statistics(model, samples, neurons=False, batch_size=batch_size, pad_id=pad_id, inputs=True)
+    out = {}
+    for row, (name, _) in enumerate(modules.values()):
+        out[f"{name}.gate_up_proj"] = stats.hidden_sq[row].sqrt().float()
+        out[f"{name}.down_proj"] = stats.inner_sq[row].sqrt().float()
+        router = f"{name.removesuffix('.experts')}.gate.weight"
+        out[router] = stats.router_sq[row].sqrt().float()
+    return {n: v for n, v in out.items() if n in params}
 
 
 def select_wanda(
@@ -150,13 +174,14 @@ def select_wanda(
             indices[name] = torch.zeros(0, dtype=torch.long)
             continue
         n = norms[name].to(torch.float32)
-        if p.dim() != 2 or n.shape != (p.shape[1],):
+        if p.dim() not in (2, 3) or n.shape != (*p.shape[:-2], p.shape[-1]):
             raise RegionError(f"{name}: activation norms of shape {tuple(n.shape)} do not fit the weight {tuple(p.shape)}")
-        score = p.detach().float().cpu().abs() * n[None, :]
+        score = p.detach().float().cpu().abs() * n.unsqueeze(-2)  # a fused expert tensor: each expert's own input norms
         if per_row:
-            k = int(ratio * p.shape[1])
-            cols = torch.topk(score, k, dim=1, largest=which == "top").indices if k else torch.zeros(p.shape[0], 0, dtype=torch.long)
-            flat = (torch.arange(p.shape[0])[:, None] * p.shape[1] + cols).reshape(-1)
+            rows, width = score.reshape(-1, p.shape[-1]), p.shape[-1]
+            k = int(ratio * width)
+            cols = torch.topk(rows, k, dim=1, largest=which == "top").indices if k else torch.zeros(rows.shape[0], 0, dtype=torch.long)
+            flat = (torch.arange(rows.shape[0])[:, None] * width + cols).reshape(-1)
             indices[name] = torch.sort(flat).values
         else:
             indices[name] = select_tensor(score, int(ratio * p.numel()), which)

@@ -15,6 +15,7 @@ from helpers import (
     EXPERTS,
     MOE_FAMILIES,
     SENTENCES,
+    TOP_K,
     assert_unchanged,
     check_frozen_exact_and_rest_moved,
     lingreg,
@@ -315,3 +316,20 @@ def test_the_language_specific_experts_report(moe_dir, moe_scores, tmp_path):
     assert proc.returncode == 2 and "one of the inputs" in proc.stderr
     proc = lingreg("experts", *calib, "--langs", "en")
     assert proc.returncode == 0 and "## en" in proc.stdout
+
+
+def test_wanda_weighs_each_expert_by_its_own_routed_inputs_and_the_router_by_every_token(moe):
+    from lm_eval_lingreg.experts import expert_statistics
+    from lm_eval_lingreg.sources import input_norms, select_wanda
+
+    sample = [IDS[0].tolist(), list(range(40, 70))]
+    stats = expert_statistics(moe, sample, neurons=False, inputs=True)
+    torch.testing.assert_close(stats.hidden_sq.sum(1), TOP_K * stats.router_sq)  # each token reaches TOP_K experts
+    assert bool(((stats.routed == 0)[..., None] == (stats.hidden_sq == 0).all(-1, keepdim=True)).all())
+    norms, tokens = input_norms(moe, sample)
+    assert tokens == 38 and norms["model.layers.0.mlp.experts.down_proj"].shape == (EXPERTS, stats.inner_sq.shape[2])
+    region = select_wanda(moe, norms, 0.25, per_row=True)
+    for name, shape in scope_shapes(moe).items():
+        if "experts" in name or is_router(name):
+            per_row = torch.bincount(region.indices[name] // shape[-1], minlength=torch.Size(shape[:-1]).numel())
+            assert per_row.tolist() == [int(0.25 * shape[-1])] * per_row.numel(), name
