@@ -333,3 +333,23 @@ def test_wanda_weighs_each_expert_by_its_own_routed_inputs_and_the_router_by_eve
         if "experts" in name or is_router(name):
             per_row = torch.bincount(region.indices[name] // shape[-1], minlength=torch.Size(shape[:-1]).numel())
             assert per_row.tolist() == [int(0.25 * shape[-1])] * per_row.numel(), name
+
+
+def test_the_methods_experiment_reports_the_spread_over_experts_on_a_moe_model(moe_dir, tmp_path):
+    import dataclasses
+    import json
+
+    from lm_eval_lingreg import experiments
+    from lm_eval_lingreg.experiments import methods
+    from lm_eval_lingreg.models import LingregLM
+    from lm_eval_lingreg.selection import select_random
+
+    lm = LingregLM(pretrained=str(moe_dir / "model"), device="cpu", dtype="float32", batch_size=1)
+    core = save_region(select_random(scope_shapes(lm.model), 0.05, seed=3), tmp_path / "core.safetensors")
+    plan = methods.Plan(langs=["ar", "zh"], samples=4, ratio=0.05, core=str(core), mono="", eval_langs=["en"], limit=1)
+    out = tmp_path / "methods"
+    seconds = methods.run(lm, plan, out)
+    page = methods.section(out, experiments.write_record(out, "methods", dataclasses.asdict(plan), seconds, "test"))
+    info = json.loads((out / "methods.json").read_text())
+    assert set(info["experts"]) == {"core", "wanda", "magnitude", "lape"} and info["super_weights"] == []
+    assert "## How each definition spreads over the experts" in page and "| wanda | 1 |" in page

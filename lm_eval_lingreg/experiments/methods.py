@@ -119,6 +119,7 @@ def run(lm: Any, plan: Plan, out: Path) -> dict[str, float]:
 
 def _build_sources(lm: Any, plan: Plan, samples: dict[str, Any], shapes: dict, timing: dict[str, float]) -> tuple[dict[str, Any], Any, list]:
     """The wanda, magnitude and LAPE regions, LAPE's neurons and the super weights found on the prompt, each timed into `timing`."""
+    from lm_eval_lingreg.experts import has_experts
     from lm_eval_lingreg.sources import (
         activation_probabilities,
         detect_super_weights,
@@ -144,7 +145,7 @@ def _build_sources(lm: Any, plan: Plan, samples: dict[str, Any], shapes: dict, t
     lape = lape_region(neurons, shapes)
     timing["lape"] = time.perf_counter() - t
     t = time.perf_counter()
-    found = detect_super_weights(model, tok(plan.prompt)["input_ids"], spike=plan.spike)
+    found = [] if has_experts(shapes) else detect_super_weights(model, tok(plan.prompt)["input_ids"], spike=plan.spike)  # dense down_proj only
     timing["super_weight"] = time.perf_counter() - t
     return {"wanda": wanda, "magnitude": magnitude, "lape": lape}, neurons, found
 
