@@ -353,3 +353,14 @@ def test_the_methods_experiment_reports_the_spread_over_experts_on_a_moe_model(m
     info = json.loads((out / "methods.json").read_text())
     assert set(info["experts"]) == {"core", "wanda", "magnitude", "lape"} and info["super_weights"] == []
     assert "## How each definition spreads over the experts" in page and "| wanda | 1 |" in page
+
+
+def test_scores_reach_every_expert_and_the_router(moe_scores):
+    from lm_eval_lingreg.scores import ScoreSet
+
+    scores = ScoreSet(moe_scores, ["en", "fr", "zh"])
+    for layer in (0, 1):
+        for part in ("gate_up_proj", "down_proj"):
+            s = scores.get("zh", f"model.layers.{layer}.mlp.experts.{part}")
+            assert s.shape[0] == EXPERTS and bool((s.reshape(EXPERTS, -1).abs().sum(1) > 0).all()), (layer, part)
+        assert scores.get("zh", f"model.layers.{layer}.mlp.gate.weight").abs().sum() > 0
