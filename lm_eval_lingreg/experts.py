@@ -90,11 +90,12 @@ def spread_rows(region: Region) -> list[dict[str, Any]]:
 SPREAD_HEADERS = ["layer", "entries in experts", "top expert (share)", "effective experts", "entries per expert"]
 
 
-def _counts(values: Sequence[int], shown: int = 8) -> str:
+def _counts(values: Sequence[float], shown: int = 8, fmt: str = "{}") -> str:
+    """Every value in expert order, or the `shown` largest as `e<expert>:<value>` when there are more experts."""
     if len(values) <= shown:
-        return " ".join(str(v) for v in values)
+        return " ".join(fmt.format(v) for v in values)
     top = sorted(range(len(values)), key=lambda e: (-values[e], e))[:shown]
-    return ", ".join(f"e{e}:{values[e]}" for e in top) + ", ..."
+    return ", ".join(f"e{e}:{fmt.format(values[e])}" for e in top) + ", ..."
 
 
 def spread_table(region: Region) -> list[list[Any]]:
@@ -288,13 +289,17 @@ def report_markdown(report: Mapping[str, Any], top: int = 5) -> str:
             "",
             f"## {lang}",
             "",
-            "| layer | routing: top expert (share) | routing: effective experts | region: top expert (share) | region: effective experts | cosine |",
-            "|---|---|---|---|---|---|",
+            "| layer | routing share per expert | routing: top expert (share) | routing: effective experts "
+            "| region entries per expert | region: top expert (share) | region: effective experts | cosine |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in report["per_language"][lang]:
             n = len(r["routing_share"])
-            cells = [str(r["layer"]), _top(r["routing"]), f"{r['routing']['effective']:.1f} of {n}"]
-            cells += [_top(r["region"]), f"{r['region']['effective']:.1f} of {n}", f"{r['cosine']:.2f}"] if "region" in r else ["-", "-", "-"]
+            cells = [str(r["layer"]), _counts(r["routing_share"], fmt="{:.0%}"), _top(r["routing"]), f"{r['routing']['effective']:.1f} of {n}"]
+            if "region" in r:
+                cells += [_counts(r["region_per_expert"]), _top(r["region"]), f"{r['region']['effective']:.1f} of {n}", f"{r['cosine']:.2f}"]
+            else:
+                cells += ["-"] * 4
             lines.append("| " + " | ".join(cells) + " |")
     ranked = sorted(((layer, e) for layer, row in report["per_expert"].items() for e in row), key=lambda t: -t[1]["over_mean"])[:top]
     lines += [
