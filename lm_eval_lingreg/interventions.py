@@ -239,9 +239,15 @@ def _neurons(p: Perturbation, model: torch.nn.Module) -> Neurons:
     from lm_eval_lingreg.sources import down_projs
 
     params = named_parameters(model)
+    shapes = {n: tuple(t.shape) for n, t in params.items()}
     try:
-        downs = down_projs({n: tuple(t.shape) for n, t in params.items()})
+        downs = down_projs(shapes, experts=False)
     except RegionError as e:
+        if down_projs(shapes):  # mixture-of-experts layers only: their experts share one fused module
+            raise PerturbationError(
+                f"{p}: this model's FFN layers are mixtures of experts, whose neurons live in one fused experts module; neuron= "
+                "addresses dense FFN down projections: change expert neurons' weights with mask= (their down_proj columns) instead"
+            ) from e
         raise PerturbationError(f"{p}: {e}; neuron= addresses the input of each layer's FFN down_proj") from e
     modules = dict(base_model(model).named_modules())
     layers = sorted(downs) if p.layers is None else list(p.layers)

@@ -185,3 +185,12 @@ def test_round_trip_of_the_compact_form():
         assert p.kind == "neuron" and p.on == "activation"
         assert Perturbation.parse(str(p)) == p
         assert Perturbation.from_dict(p.to_dict()) == p
+
+
+def test_mixture_of_experts_neurons_are_refused_with_the_weight_route():
+    model = make_tiny("qwen3_moe")
+    before = snapshot(model)
+    with pytest.raises(PerturbationError, match="mixtures of experts"):
+        perturb(model, parse_spec("neuron=1:op=zero"))
+    assert_unchanged(model, before)
+    assert _no_hooks(model)

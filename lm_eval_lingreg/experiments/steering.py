@@ -33,12 +33,12 @@ class Plan:
     source: str = "en"
     targets: list[str] = field(default_factory=lambda: list(CORE_LANGUAGES))  # ar, es, ru, zh, ko, vi
     vector_layers: list[int] = field(default_factory=lambda: [3, 8])  # DiffMean added after one of these layers...
-    vector_values: list[float] = field(default_factory=lambda: [0.5, 1.0])  # ...this many times
+    vector_values: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # ...this many times
     neuron_ops: list[str] = field(default_factory=lambda: ["mean", "median", "mul:3"])  # on the target's LAPE neurons
-    region_values: list[float] = field(default_factory=lambda: [1.5, 2.0])  # the target's monolingual region multiplied by
+    region_values: list[float] = field(default_factory=lambda: [1.5, 3.0])  # the target's monolingual region multiplied by
     reverse: list[str] = field(default_factory=lambda: ["en", *CORE_LANGUAGES])  # prompt languages of the reverse runs
     samples: int = 64  # calibration sentences per language (DiffMean and LAPE)
-    limit: int | None = 10  # articles per direction
+    limit: int | None = 8  # articles per direction
     tokens: int = 32
     batch_size: int = 8
 
