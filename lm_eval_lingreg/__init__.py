@@ -63,6 +63,11 @@ _PUBLIC = {
     "identify": "langid:identify",
     "language_metrics": "confusion:language_metrics",
     "chrf": "confusion:chrf",
+    # steering the output language
+    "diffmean": "steering:diffmean",
+    "save_vectors": "steering:save_vectors",
+    "load_vectors": "steering:load_vectors",
+    "export_steered": "steering:export_steered",
     # errors
     "LingregError": "errors:LingregError",
 }

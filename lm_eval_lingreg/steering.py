@@ -41,10 +41,12 @@ def diffmean(
     samples: int = 64,
     batch_size: int = 4,
     info: dict[str, Any] | None = None,
+    data: str | None = None,
 ) -> dict[int, torch.Tensor]:
     """{layer: mean residual stream after that layer on `target` sentences minus that on `source` sentences}
-    (float32), over every real token but BOS, of `samples` eld sentences per language. `info`, when given,
-    receives the token counts per language."""
+    (float32), over every real token but BOS, of `samples` calibration sentences per language (eld, or the
+    corpus `data` names, as `corpora.make_samples` reads it). `info`, when given, receives the token counts
+    per language."""
     from lm_eval_lingreg.corpora import make_samples
     from lm_eval_lingreg.interventions import decoder_layers
 
@@ -63,7 +65,7 @@ def diffmean(
     means: dict[str, dict[int, torch.Tensor]] = {}
     tokens: dict[str, int] = {}
     for lang in (src, tgt):
-        ids = [list(s) for s in make_samples(tokenizer, lang, samples).input_ids if len(s)]
+        ids = [list(s) for s in make_samples(tokenizer, lang, samples, data=data).input_ids if len(s)]
         sums, count = _sums(model, ids, modules, tokenizer.bos_token_id, tokenizer.pad_token_id or 0, batch_size)
         if count == 0:
             from lm_eval_lingreg.errors import CorpusError

@@ -15,6 +15,7 @@ PUBLIC = [
     "LingregLM", "RegionAblatedLM", "PerturbedLM", "evaluate_conditions",
     "Run", "read_run", "load_runs", "build_table", "render_table", "load_baseline", "compare", "load_rules", "apply_rules", "gate",
     "identify", "language_metrics", "chrf",
+    "diffmean", "save_vectors", "load_vectors", "export_steered",
     "LingregError",
 ]  # fmt: skip
 

@@ -55,6 +55,11 @@ def quick_language(bundled_model_dir, tmp_path_factory) -> Path:
     return _quick(tmp_path_factory, "language")
 
 
+@pytest.fixture(scope="module")
+def quick_steering(bundled_model_dir, tmp_path_factory) -> Path:
+    return _quick(tmp_path_factory, "steering")
+
+
 def _ratios(out: Path, metric: str = "token_perplexity") -> dict[str, dict[str, float]]:
     runs = {r.label: r for r in load_runs([out / "regions"])}
     base = runs.pop("base")
@@ -132,6 +137,28 @@ def test_the_chinese_region_stops_chinese_output_while_its_bottom_control_does_n
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("reproduce-steering")
+def test_a_diffmean_vector_and_lape_neuron_means_steer_english_prompts_into_chinese_and_the_region_does_not(quick_steering):
+    out = quick_steering / "out" / "steering"
+    runs = {r.label: r for r in load_runs([out / "steer" / "zh"])}
+    success = {c: r.value("en-zh", "steer_success") for c, r in runs.items()}
+    score = {c: r.value("en-zh", "steer_score") for c, r in runs.items()}
+    print(success, score)
+    assert success["base"] == 0.0, success  # unsteered, English prompts continue in English
+    assert success["diffmean-L3-x1"] == 1.0 and score["diffmean-L3-x1"] > 0, (success, score)  # every output in Chinese, sharing n-grams
+    assert success["lape-mean"] >= 0.5, success  # Chinese neurons fixed to their Chinese mean: Chinese comes out too
+    assert success["region-x2"] < success["diffmean-L3-x1"], success  # amplifying the Chinese region does not steer as far
+    # in reverse: the Chinese neurons zeroed, Chinese prompts stop coming out in Chinese
+    rev = {r.label: r for r in load_runs([out / "reverse" / "zh"])}
+    assert rev["base"].value("zh", "lang_fidelity") >= 0.5 and rev["lape-zero"].value("zh", "lang_fidelity") == 0.0
+    doc = quick_steering / "docs-steering" / "STEERING.md"
+    text = doc.read_text()
+    for part in ("## Success and meaning, per target language", "## In reverse", "## Against the papers' claims", "CLaS-Bench"):
+        assert part in text, part
+    assert (doc.parent / "figures" / "steering-tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
 @pytest.mark.xdist_group("reproduce-dimensions-forgetting")  # together about as long as the regions group
 def test_top_region_dimensions_break_the_model_far_more_than_random_ones(quick_dimensions):
     scan = json.loads((quick_dimensions / "out" / "dimensions" / "scan-dimension.json").read_text())
@@ -179,7 +206,7 @@ def test_docs_pages_regenerate_from_the_saved_results(tmp_path):
     results = tmp_path / "results"
     shutil.copytree(REPO / "docs" / "results", results)
     pages = [("regions", "REGIONS.md"), ("dimensions", "DIMENSIONS.md"), ("forgetting", "FORGETTING.md"), ("evaluation", "EVALUATION.md")]
-    pages += [(name, f"{name.upper()}.md") for name in ("protocol", "methods", "language") if (REPO / "docs" / f"{name.upper()}.md").is_file()]
+    pages += [(name, f"{name.upper()}.md") for name in ("protocol", "methods", "language", "steering") if (REPO / "docs" / f"{name.upper()}.md").is_file()]
     for name, page in pages:
         doc = tmp_path / page
         assert lingreg("reproduce", "--only", name, "--out", results, "--doc", doc, "--from-results").returncode == 0

@@ -256,3 +256,66 @@ def test_steer_vector_refuses_an_output_that_is_an_input(tiny_model_dir, tmp_pat
         tmp_path / "v.safetensors",
     )
     assert r.returncode == 2 and "same file" in r.stderr
+
+
+def _guide_commands() -> list[str]:
+    """The commands of the guide's "Steering the output language" block, continuation lines joined."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "guide" / "perturbations.md").read_text()
+    section = text[text.index("## Steering the output language") :]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [line for line in block.replace("\\\n", " ").splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _metric(stdout: str, metric: str) -> float:
+    """A metric's value from lm-eval's printed results table."""
+    import re
+
+    return float(re.search(rf"\|\s*{metric}\s*\|[^|]*\|\s*([0-9.]+)\s*\|", stdout).group(1))
+
+
+@pytest.mark.slow
+def test_the_guides_steering_commands_run_on_the_bundled_model_and_steer_english_into_chinese(bundled_model_dir, tmp_path):
+    """The vector-building command and the hf-perturbed evaluations of docs/guide/perturbations.md, run as written."""
+    import shlex
+
+    from helpers import bin_path, run
+
+    commands = _guide_commands()
+    wanted = [c for c in commands if c.startswith(("lingreg steer-vector", "lm_eval --model hf-perturbed", "lingreg extract lape"))]
+    assert len(wanted) == 5, commands
+    outputs = []
+    for command in wanted:
+        words = shlex.split(command)
+        proc = run([bin_path(words[0]), *words[1:]], cwd=tmp_path, env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+        assert proc.returncode == 0, (command, proc.stderr[-3000:])
+        outputs.append(proc.stdout)
+    assert (tmp_path / "en-zh.safetensors").is_file() and (tmp_path / "en-zh.pt").is_file() and (tmp_path / "lape-zh.safetensors").is_file()
+    gen_en, steer_vector, steer_neurons = outputs[1], outputs[2], outputs[4]
+    assert _metric(gen_en, "lang_fidelity") == 0.0  # no continuation of the English prompts stays in English
+    assert _metric(steer_vector, "steer_success") == 1.0 and _metric(steer_vector, "steer_score") > 0  # every one is in Chinese
+    assert _metric(steer_neurons, "steer_success") >= 0.5
+
+
+def test_steer_vector_calibrates_on_the_users_text_and_refuses_an_empty_one(tiny_model_dir, tmp_path):
+    data = tmp_path / "corpus"
+    data.mkdir()
+    (data / "en.txt").write_text("The cat sat on the mat.\nIt was a sunny day.\n")
+    (data / "fr.txt").write_text("Le chat est assis sur le tapis.\nIl faisait beau.\n")
+    out = tmp_path / "mine.safetensors"
+    r = lingreg("steer-vector", "--from", "en", "--to", "fr", "--samples", "2", "--data", data, "--pretrained", tiny_model_dir, "--device", "cpu",
+                "--out", out)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    mine, meta = load_vectors(out)
+    assert str(data) in meta["calibration"] and f"--data {data}" in meta["command"]
+    r = lingreg("steer-vector", "--from", "en", "--to", "fr", "--samples", "2", "--pretrained", tiny_model_dir, "--device", "cpu",
+                "--out", tmp_path / "eld.safetensors")  # fmt: skip
+    eld, _ = load_vectors(tmp_path / "eld.safetensors")
+    assert not torch.allclose(mine[0], eld[0])  # the text used is the one given
+    (data / "fr.txt").write_text("\n\n")
+    r = lingreg("steer-vector", "--from", "en", "--to", "fr", "--samples", "2", "--data", data, "--pretrained", tiny_model_dir, "--device", "cpu",
+                "--out", tmp_path / "empty.safetensors")  # fmt: skip
+    assert r.returncode == 2 and "fr" in r.stderr and not (tmp_path / "empty.safetensors").exists()
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -33,14 +33,15 @@ def cmd_steer_vector(args: argparse.Namespace) -> int:
     layers = None if args.layers in (None, "all") else Perturbation.from_dict({"layers": args.layers.replace(",", "+"), "dim": 0, "op": "zero"}).layers
     model, tokenizer = _args.load(args)
     info: dict = {}
-    print(f"measuring {args.source} -> {args.target} on {args.samples} sentences per language", file=sys.stderr)
-    vectors = diffmean(model, tokenizer, args.source, args.target, layers=layers, samples=args.samples, info=info)
+    source = args.data or "eld"
+    print(f"measuring {args.source} -> {args.target} on {args.samples} sentences per language ({source})", file=sys.stderr)
+    vectors = diffmean(model, tokenizer, args.source, args.target, layers=layers, samples=args.samples, info=info, data=args.data)
     metadata = {
         "method": "diffmean",
         "source": args.source,
         "target": args.target,
         "samples": args.samples,
-        "calibration": "eld sentences, BOS position left out",
+        "calibration": f"{source} sentences, BOS position left out",
         "tokens": info["tokens"],
         "model": model_name(model),
         "command": _command(args),
@@ -60,7 +61,7 @@ def cmd_steer_vector(args: argparse.Namespace) -> int:
 def _command(args: argparse.Namespace) -> str:
     """The command line that makes these vectors again."""
     words = ["lingreg", "steer-vector", "--from", args.source, "--to", args.target, "--samples", str(args.samples)]
-    for flag, value in (("--layers", args.layers), ("--pretrained", args.pretrained), ("--dtype", args.dtype), ("--out", args.out)):
+    for flag, value in (("--layers", args.layers), ("--data", args.data), ("--pretrained", args.pretrained), ("--dtype", args.dtype), ("--out", args.out)):
         if value is not None:
             words += [flag, str(value)]
     return shlex.join(words)
@@ -71,7 +72,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--from", dest="source", required=True, help="the language to steer away from (ISO code, e.g. en)")
     s.add_argument("--to", dest="target", required=True, help="the language to steer towards (ISO code, e.g. fr)")
     s.add_argument("--layers", default=None, help="layers to measure: 2,3 or 0-3 or all (default all)")
-    s.add_argument("--samples", type=_args.positive_int, default=64, help="eld calibration sentences per language (default 64)")
+    s.add_argument("--samples", type=_args.positive_int, default=64, help="calibration sentences per language (default 64)")
+    s.add_argument(
+        "--data",
+        default=None,
+        help="calibration text: 'eld' (default, offline), a directory of <iso>.txt/.jsonl, a file, or datasets:<path> (as `lingreg score --data`)",
+    )
     s.add_argument("--out", required=True, help="the vectors, .safetensors (use with vector=<file>:value=<alpha>)")
     s.add_argument("--steered", default=None, help="also write lm-eval's `steered` model file (.pt)")
     s.add_argument("--alpha", type=_args.finite_float, default=None, help="the coefficient written into --steered (default 4)")

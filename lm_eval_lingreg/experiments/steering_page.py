@@ -13,6 +13,7 @@ from typing import Any
 from lm_eval_lingreg.experiments import read_json
 from lm_eval_lingreg.experiments.steering import family
 from lm_eval_lingreg.languages import LANGUAGES
+from lm_eval_lingreg.steering import NEURON_SAMPLES
 
 LEVEL = 0.95
 FAMILIES = {"diffmean": "DiffMean vector", "lape": "LAPE neurons", "region": "monolingual region"}
@@ -85,7 +86,7 @@ def page(out: Path, plan: Any, record: dict[str, Any]) -> str:
         f"of the target minus that on {plan.samples} {src} ones (BOS left out), added `value` times after one layer "
         f"(`vector=<file>:layers=<layer>:value=<value>`).",
         f"- **Neurons** (`lape-<op>`): the target's LAPE neurons (LAPE's published thresholds, over {', '.join(_lape_langs(plan))}, "
-        f"{plan.samples} sentences each) set to their mean or median activation on {plan.samples // 2} eld sentences of the target "
+        f"{plan.samples} sentences each) set to their mean or median activation on {NEURON_SAMPLES} eld sentences of the target "
         "(`neurons=<file>:op=mean:lang=<tgt>`), or multiplied (`op=mul`).",
         "- **Regions** (`region-x<value>`): the target's shipped monolingual region (`mono-<tgt>-1`) multiplied by `value` "
         "(`mask=mono-<tgt>-1:op=mul:value=<value>`).",
@@ -208,11 +209,19 @@ def _claims(steer: dict[str, dict], reverse: dict[str, dict], plan: Any, labels:
     if diff and neur:
         better = [t for t, r in steer.items() if diff in r and neur in r and _difference(r, diff, neur, f"{plan.source}-{t}", "steer_score").lo > 0]
         worse = [t for t, r in steer.items() if diff in r and neur in r and _difference(r, diff, neur, f"{plan.source}-{t}", "steer_score").hi < 0]
-        agree = len(better) > len(steer) / 2 and not worse
+        verdict = (
+            "**agrees**."
+            if len(better) > len(steer) / 2 and not worse
+            else "**disagrees**."
+            if len(worse) > len(steer) / 2
+            else "**no clear difference** at this number of prompts."
+            if not better and not worse
+            else "**agrees for some targets only**."
+        )
         lines.append(
             f"- CLaS-Bench (arXiv 2601.08331): a DiffMean vector steers the output language better than neuron interventions. "
             f"Best settings compared on `steer_score`, `{diff}` against `{neur}`: DiffMean higher (interval above 0) for "
-            f"{len(better)} of {len(steer)} targets, lower for {len(worse)}: " + ("**agrees**." if agree else "**does not agree** in full.")
+            f"{len(better)} of {len(steer)} targets, lower for {len(worse)}: " + verdict
         )
     if neur:
         moved = [t for t, r in steer.items() if neur in r and _difference(r, neur, "base", f"{plan.source}-{t}", "steer_success").lo > 0]
