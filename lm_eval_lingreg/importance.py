@@ -16,6 +16,12 @@ Two loss normalisations (`loss_norm`):
 
 Gradients accumulate in `grad_dtype`: float32 (default, accurate) or bfloat16 (the official
 code, whose DeepSpeed ZeRO-2 run accumulated and saved bf16).
+
+Sharded (`shard_model`, PyTorch's FSDP2): parameters, gradients and sums are split over the ranks.
+Every micro-batch's gradient is reduce-scattered (summed in float32), and each rank adds its own
+shard of it into its own shard of the sum; scores are formed shard by shard and gathered one tensor
+at a time. Every rank runs the same number of micro-batches (collectives), padding with zero-weight
+ones where its share is shorter.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lm_eval_lingreg.anatomy import DEFAULT_SCOPE, in_scope, named_parameters
+from lm_eval_lingreg.anatomy import DEFAULT_SCOPE, base_model, in_scope, layer_index, named_parameters
 from lm_eval_lingreg.errors import UsageError
 from lm_eval_lingreg.lm_loss import DEFAULT_MAX_LOGITS_MB, IGNORE, backward_weighted_nll, next_token_labels, pad_batch
 
@@ -41,9 +47,15 @@ __all__ = [
     "sum_gradients",
     "importance",
     "global_importance",
+    "SHARDS",
+    "shard_model",
+    "is_sharded",
 ]
 
 LOSS_NORMS = ("sample", "batch-token")
+#: How scoring spreads the model over the ranks: `none` replicates it (gradients all-reduced at the end),
+#: `fsdp` shards parameters, gradients and sums with FSDP2.
+SHARDS = ("none", "fsdp")
 GRAD_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -96,11 +108,91 @@ def _loss_weights(keep: torch.Tensor, loss_norm: str) -> torch.Tensor:
     return (keep / keep.sum().clamp(min=1)).to(torch.float32)
 
 
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether `model`'s parameters are FSDP2 shards (`shard_model`)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded (DTensor) tensor, else the tensor itself."""
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for name, m in base_model(model).named_modules() if layer_index(name) is not None]
+
+
+def shard_model(model: torch.nn.Module, device: torch.device | str) -> None:
+    """Shard `model` in place over the default process group with FSDP2: one group per decoder layer, the rest
+    (embeddings, final norm, head) the root's. Gradients are reduce-scattered in float32 and summed over the ranks,
+    not averaged. One tiny forward makes the whole model FSDP's root (the scorer then runs its body and head
+    separately)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+    layers = _decoder_layers(model)
+    if not layers:
+        raise UsageError(f"--shard fsdp shards decoder layers (`layers.<n>`), and {type(model).__name__} has none; score it with --shard none")
+    mesh = init_device_mesh(torch.device(device).type, (dist.get_world_size(),))
+    policy = MixedPrecisionPolicy(reduce_dtype=torch.float32)
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)  # a plain SUM: gloo has no pre-multiplied sum
+    with torch.no_grad():
+        model(input_ids=torch.ones((1, 1), dtype=torch.long, device=device))
+    _reshard(model)
+
+
+def _reshard(model: torch.nn.Module) -> None:
+    """Free every gathered parameter of a sharded model: the model's parameters are its shards again."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 @contextlib.contextmanager
-def _summing_into(model: torch.nn.Module, targets: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> Iterator[None]:
-    """While the block runs: only `targets` take gradients, each added into its `grads` buffer as it is computed
-    (then dropped), in eval mode; afterwards every flag, hook and mode is as it was."""
-    flags = {id(p): p.requires_grad for p in model.parameters()}
+def _checkpointing(model: torch.nn.Module, on: bool) -> Iterator[None]:
+    """Recompute each decoder layer's activations in backward (transformers' gradient checkpointing) while the
+    block runs. Transformers checkpoints only layers in training mode: the layers' own flag is set, their
+    submodules (dropout) stay in eval mode."""
+    if not on:
+        yield
+        return
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UsageError(f"--activation-checkpointing: {type(model).__name__} does not support gradient checkpointing in transformers; drop the option")
+    was_on = bool(getattr(model, "is_gradient_checkpointing", False))
+    layers = _decoder_layers(model)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        for layer in layers:
+            layer.training = True
+        yield
+    finally:
+        for layer in layers:
+            layer.training = False
+        if not was_on:
+            model.gradient_checkpointing_disable()
+
+
+@contextlib.contextmanager
+def _summing_into(model: torch.nn.Module, targets: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], sharded: bool) -> Iterator[None]:
+    """While the block runs: only `targets` take gradients, in eval mode; replicated, each gradient is added into its
+    `grads` buffer as it is computed (then dropped); sharded, `_add_shards` does it after each backward. Afterwards
+    every flag, hook and mode is as it was."""
+    flags = {id(p): p.requires_grad for p in model.parameters()}  # sharded: the shards (the model is resharded between steps)
     hooks = []
     was_training = model.training
     try:
@@ -109,6 +201,8 @@ def _summing_into(model: torch.nn.Module, targets: dict[str, torch.Tensor], grad
         for name, p in targets.items():
             p.requires_grad_(True)
             p.grad = None
+            if sharded:
+                continue
 
             def accumulate(param: torch.Tensor, buf: torch.Tensor = grads[name]) -> None:
                 buf.add_(param.grad.to(buf.dtype))
@@ -118,12 +212,32 @@ def _summing_into(model: torch.nn.Module, targets: dict[str, torch.Tensor], grad
         model.eval()  # no dropout: the estimate is of the deployed model
         yield
     finally:
+        if sharded:
+            _reshard(model)  # an interrupted step may leave gathered parameters in the model's place
         model.train(was_training)
         for h in hooks:
             h.remove()
         for p in model.parameters():
             p.requires_grad_(flags[id(p)])
             p.grad = None
+
+
+def _add_shards(targets: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> None:
+    """Add this rank's shard of each reduced (summed over the ranks) gradient into its shard of the sum."""
+    for name, p in targets.items():
+        if p.grad is not None:
+            grads[name].add_(_local(p.grad).to(grads[name].dtype))
+            p.grad = None
+
+
+def _max_over_ranks(n: int) -> int:
+    import torch.distributed as dist
+
+    from lm_eval_lingreg.loading import collective_device
+
+    t = torch.tensor([n], dtype=torch.int64, device=collective_device(dist.get_backend()))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t[0])
 
 
 def sum_gradients(
@@ -137,38 +251,55 @@ def sum_gradients(
     loss_norm: str = "sample",
     grad_dtype: str | torch.dtype = "float32",
     start: GradientSum | None = None,
+    activation_checkpointing: bool = False,
 ) -> GradientSum:
     """Sum over `samples` of the loss gradient (normalised by `loss_norm`), accumulated in `grad_dtype`.
 
     `start` continues an earlier sum (its buffers are added to in place: cumulative
     checkpoints). `progress(samples_done, tokens_done)` is called after every batch;
-    `max_logits_mb` bounds one chunk of vocabulary-sized logits (memory). The model's
-    `requires_grad` flags are restored afterwards; its weights are never changed.
+    `max_logits_mb` bounds one chunk of vocabulary-sized logits (memory); `activation_checkpointing`
+    recomputes the layers' activations in backward (memory for long sequences). The model's
+    `requires_grad` flags are restored afterwards; its weights are never changed. On a sharded model
+    (`shard_model`) every rank calls this together, and the sums are this rank's shards of the global sums.
     """
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
     check_loss_norm(loss_norm)
     dtype = grad_dtype_of(grad_dtype)
     targets = in_scope(model, scope)
+    sharded = is_sharded(model)
     if start is not None:
-        if set(start.grads) != set(targets) or any(g.dtype != dtype for g in start.grads.values()):
-            raise UsageError("cannot continue a gradient sum made over other parameters or in another dtype")
+        if set(start.grads) != set(targets) or any(g.dtype != dtype or g.shape != _local(targets[n]).shape for n, g in start.grads.items()):
+            raise UsageError("cannot continue a gradient sum made over other parameters, shards or in another dtype")
         grads, tokens, done = start.grads, start.tokens, start.samples
     else:
-        grads, tokens, done = {n: torch.zeros(p.shape, dtype=dtype, device=p.device) for n, p in targets.items()}, 0, 0
-    with _summing_into(model, targets, grads):
-        device = next(iter(targets.values())).device
-        for batch in micro_batches(samples, batch_size, loss_norm):
-            ids, attn = pad_batch(batch, pad_id)
+        grads, tokens, done = {n: torch.zeros(_local(p).shape, dtype=dtype, device=p.device) for n, p in targets.items()}, 0, 0
+    device = next(iter(targets.values())).device
+    batches = list(micro_batches(samples, batch_size, loss_norm))
+    steps = _max_over_ranks(len(batches)) if sharded else len(batches)
+    with _summing_into(model, targets, grads, sharded), _checkpointing(model, activation_checkpointing):
+        for i in range(steps):
+            batch = batches[i] if i < len(batches) else []
+            ids, attn = pad_batch(batch or [[pad_id, pad_id]], pad_id)
             ids, attn = ids.to(device), attn.to(device)
             labels = next_token_labels(ids, attn)
             keep = labels != IGNORE
-            if bool(keep.any()):
-                backward_weighted_nll(model, ids, attn, labels, _loss_weights(keep, loss_norm), max_logits_mb)
-            tokens += int(keep.sum())
-            done += ids.shape[0]
-            if progress is not None:
-                progress(done, tokens)
+            count = int(keep.sum()) if batch else 0
+            weights = _loss_weights(keep, loss_norm) if count else torch.zeros(ids.shape, device=device)
+            if sharded and not count:  # every rank runs every step's collectives: one token, weighing nothing
+                ids, attn = torch.full((1, 2), pad_id, dtype=torch.long, device=device), torch.ones((1, 2), dtype=torch.long, device=device)
+                labels, weights = next_token_labels(ids, attn), torch.zeros((1, 2), device=device)
+            if count or sharded:
+                if sharded:
+                    model.unshard()  # the root's parameters (embeddings, head): the body and head run outside its forward
+                backward_weighted_nll(model, ids, attn, labels, weights, max_logits_mb)
+                if sharded:
+                    _add_shards(targets, grads)
+            if batch:
+                tokens += count
+                done += len(batch)
+                if progress is not None:
+                    progress(done, tokens)
     return GradientSum(grads, done, tokens)
 
 
@@ -205,14 +336,35 @@ def importance(model: torch.nn.Module, grads: Mapping[str, torch.Tensor]) -> dic
     return {n: (params[n].detach().to(torch.float32) * g.to(torch.float32)).to(g.dtype).cpu() for n, g in grads.items()}
 
 
+@torch.no_grad()
+def _gathered_importance(model: torch.nn.Module, grads: Mapping[str, torch.Tensor], keep: bool) -> tuple[dict[str, torch.Tensor], bool]:
+    """theta * sum formed on each rank's shards, then gathered one tensor at a time (so no rank ever holds more
+    than one whole tensor on its device); ranks with `keep` copy each to the CPU. (scores, any sum non-zero)."""
+    from torch.distributed.tensor import DTensor
+
+    params = named_parameters(model)
+    scores, nonzero = {}, False
+    for n, g in grads.items():
+        p = params[n]
+        nonzero |= bool(g.any())
+        local = (_local(p).detach().to(torch.float32) * g.to(torch.float32)).to(g.dtype)
+        whole = DTensor.from_local(local, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride()).full_tensor()
+        if keep:
+            scores[n] = whole.cpu()
+        del whole
+    return scores, bool(_max_over_ranks(int(nonzero)))
+
+
 def global_importance(model: torch.nn.Module, result: GradientSum, distributed: bool, keep: bool = True) -> tuple[dict[str, torch.Tensor], bool, int, int]:
     """Importance of the gradients summed over all ranks (one tensor reduced at a time; local sums unchanged):
     (scores, whether any summed gradient is non-zero, global samples, global tokens). Every rank takes part in
     the reductions; only ranks with `keep` (rank 0, which writes) form the scores in CPU memory, the others
-    return an empty dict. Without torch.distributed, plain `importance`."""
+    return an empty dict. Without torch.distributed, plain `importance`; on a sharded model, `_gathered_importance`."""
     if not distributed:
         scores = importance(model, result.grads)
         return scores, any(bool(s.any()) for s in scores.values()), result.samples, result.tokens
+    if is_sharded(model):
+        return *_gathered_importance(model, result.grads, keep), *_reduced_counts(result)
     params = named_parameters(model)
     scores, nonzero = {}, False
     with torch.no_grad():

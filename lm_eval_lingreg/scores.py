@@ -51,6 +51,7 @@ __all__ = [
     "checkpoint_path",
     "IMPORTED_FINGERPRINT",
     "resumable",
+    "check_shard",
 ]
 
 log = logging.getLogger(__name__)
@@ -245,13 +246,17 @@ class Scoring:
     loss_norm: str = "sample"
     grad_dtype: str = "float32"
     checkpoints: tuple[int, ...] = ()
+    shard: str = "none"  # how the ranks hold the model: not in the configuration (the sums agree to float rounding)
+    activation_checkpointing: bool = False  # memory only: not in the configuration
 
     def __post_init__(self) -> None:
         from lm_eval_lingreg.corpora import UNITS
-        from lm_eval_lingreg.importance import check_loss_norm, grad_dtype_of
+        from lm_eval_lingreg.importance import SHARDS, check_loss_norm, grad_dtype_of
 
         check_loss_norm(self.loss_norm)
         grad_dtype_of(self.grad_dtype)
+        if self.shard not in SHARDS:
+            raise UsageError(f"unknown --shard {self.shard!r}; expected one of {', '.join(SHARDS)}")
         if self.unit not in UNITS:
             raise UsageError(f"unknown sampling unit {self.unit!r}; expected one of {', '.join(UNITS)}")
         points = tuple(self.checkpoints)
@@ -270,7 +275,7 @@ class Scoring:
 
     def config(self, model: str, fingerprint: str, lang: str, corpus_sha256: str) -> dict[str, Any]:
         """The score file's configuration: everything that changes the scores beyond float32 rounding (not
-        chunking; batch size only under `batch-token`, which it defines, or bfloat16 accumulation, where it
+        chunking, sharding or activation checkpointing; batch size only under `batch-token`, which it defines, or bfloat16 accumulation, where it
         decides when the sum is rounded)."""
         config = {
             "model": model,
@@ -299,6 +304,38 @@ def check_score_targets(paths: Sequence[Path], lang: str) -> None:
             raise OutputError(f"{path} is {kind}, where the scores of {lang} go; move it away, or choose another --out")
 
 
+def check_shard(model: torch.nn.Module, shard: str, device: str | None = None) -> str | None:
+    """Where FSDP2 puts the shards (`shard="fsdp"`), after refusing every set-up it cannot run in; None for `none`."""
+    import os
+
+    import torch.distributed as dist
+
+    from lm_eval_lingreg.importance import SHARDS, is_sharded
+
+    if shard not in SHARDS:
+        raise UsageError(f"unknown --shard {shard!r}; expected one of {', '.join(SHARDS)}")
+    if shard == "none":
+        if is_sharded(model):
+            raise UsageError("this model is already sharded with FSDP2; score it with --shard fsdp")
+        return None
+    launch = "torchrun --nproc_per_node N -m lm_eval_lingreg.cli score ... --shard fsdp (N >= 2)"
+    if not (dist.is_available() and dist.is_initialized()):
+        if os.environ.get("WORLD_SIZE") == "1":
+            raise UsageError(
+                f"--shard fsdp splits the model over several processes, and this run has one (WORLD_SIZE=1); launch `{launch}`, or drop --shard fsdp"
+            )
+        raise UsageError(f"--shard fsdp needs several processes and none were started: launch `{launch}`, or drop --shard fsdp")
+    if dist.get_world_size() < 2:
+        raise UsageError(f"--shard fsdp splits the model over several processes, and this process group has one; launch `{launch}`, or drop --shard fsdp")
+    target = torch.device(device) if device is not None else next(model.parameters()).device
+    backend = dist.get_backend()
+    if target.type not in ("cpu", "cuda") or (backend == "gloo") != (target.type == "cpu"):
+        raise UsageError(
+            f"--shard fsdp on {target.type} with the {backend} backend: FSDP2 runs on GPUs with --backend nccl, or on the CPU with --device cpu --backend gloo"
+        )
+    return str(target)
+
+
 def score_languages(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -308,25 +345,33 @@ def score_languages(
     model_label: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    device: str | None = None,
     **options: Any,
 ) -> dict[str, dict]:
     """Score each language into `<out_dir>/<lang>.safetensors`, reusing matching finished ones.
 
     `options` are the fields of `Scoring` (data, unit, seq_len, seed, batch_size, scope, max_logits_mb,
-    loss_norm, grad_dtype, checkpoints).
+    loss_norm, grad_dtype, checkpoints, shard, activation_checkpointing).
     Under torch.distributed, every rank scores its shard of the samples, gradients are summed
-    across ranks and rank 0 writes (holding the output's lock for the whole run).
+    across ranks and rank 0 writes (holding the output's lock for the whole run). With `shard="fsdp"`
+    the model is sharded in place with FSDP2 (onto `device`, by default where it is) once its
+    fingerprint is taken, and stays sharded.
     """
     import torch.distributed as dist
 
     scoring = Scoring(samples, **options)
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    target = check_shard(model, scoring.shard, device)
     out_dir = Path(out_dir)
     if rank == 0:
         check_writable(out_dir, directory=True, into=True)
         for lang in langs:  # the files this run will write, before any work
             check_score_targets([score_path(out_dir, lang), *(checkpoint_path(out_dir, n, lang) for n in scoring.checkpoints)], lang)
     identity = (model_label or model_name(model), model_fingerprint(model))
+    if target is not None:
+        from lm_eval_lingreg.importance import shard_model
+
+        shard_model(model, target)
     summary = {}
     with output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
         if rank == 0:
@@ -393,6 +438,7 @@ def _score_language(
             if tokens == 0 or not nonzero:
                 raise ScoreFileError(f"{lang}: the summed gradients are all zero ({tokens} tokens scored); nothing to rank. Use samples of at least 2 tokens")
             info = {"samples": samples, "tokens": tokens, "source": batch.source, "world_size": world, "lm_eval_lingreg": __version__}
+            info |= {"shard": scoring.shard} if scoring.shard != "none" else {}
             info |= {"corpus_sha256": batch.sha256} if n == scoring.samples else {"checkpoint_of": scoring.samples}
             if rank == 0:  # save_scores creates the folder, and removes it again if the write fails (a full disk)
                 save_scores(path.parent, lang, scores, info, config)
@@ -436,6 +482,7 @@ def _sum_shard(model: torch.nn.Module, mine: list[list[int]], scoring: Scoring, 
         loss_norm=scoring.loss_norm,
         grad_dtype=scoring.grad_dtype,
         start=start,
+        activation_checkpointing=scoring.activation_checkpointing,
     )
 
 

@@ -15,7 +15,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     import logging
 
     from lm_eval_lingreg.languages import parse_languages
-    from lm_eval_lingreg.loading import init_distributed, load_model
+    from lm_eval_lingreg.loading import init_distributed, load_model, resolve_dtype
     from lm_eval_lingreg.outputs import check_writable
     from lm_eval_lingreg.scores import PAPER_SCORING, score_languages
 
@@ -26,7 +26,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         check_writable(args.out, into=True)
     else:
         logging.getLogger("lm_eval_lingreg").setLevel(logging.WARNING)
-    model, tokenizer = load_model(args.pretrained, device=dist.device, dtype=args.dtype)
+    # sharded: each rank reads the model into host memory, and FSDP2 moves only its shards to the device
+    model, tokenizer = load_model(args.pretrained, device="cpu" if args.shard == "fsdp" else dist.device, dtype=resolve_dtype(args.dtype, dist.device))
     score_languages(
         model,
         tokenizer,
@@ -45,6 +46,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         grad_dtype=args.grad_dtype,
         checkpoints=args.checkpoints,
         overwrite=args.overwrite,
+        shard=args.shard,
+        activation_checkpointing=args.activation_checkpointing,
+        device=dist.device,
     )
     if dist.rank == 0:
         print(Path(args.out).resolve())
@@ -139,7 +143,7 @@ SCORE_DEFAULTS = {"unit": "sentences", "seq_len": 512, "batch_size": 4, "loss_no
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from lm_eval_lingreg.anatomy import DEFAULT_SCOPE
     from lm_eval_lingreg.corpora import UNITS
-    from lm_eval_lingreg.importance import GRAD_DTYPES, LOSS_NORMS
+    from lm_eval_lingreg.importance import GRAD_DTYPES, LOSS_NORMS, SHARDS
     from lm_eval_lingreg.lm_loss import DEFAULT_MAX_LOGITS_MB
     from lm_eval_lingreg.loading import BACKENDS
 
@@ -195,6 +199,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help=f"memory for one chunk of fp32 logits in the head/loss (default {DEFAULT_MAX_LOGITS_MB:g} MB: 64 positions of a 262K vocabulary, 512 of a 32K one)",
     )
     s.add_argument("--backend", choices=BACKENDS, default="auto", help="under torchrun: nccl (GPUs) or gloo (CPU); auto picks by --device")
+    s.add_argument(
+        "--shard",
+        choices=SHARDS,
+        default="none",
+        help="under torchrun: none (default) keeps the whole model and gradient sums on every rank; fsdp shards parameters, gradients and sums "
+        "over the ranks with FSDP2 (for models whose float32 sums do not fit one device)",
+    )
+    s.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute each layer's activations during backward: less memory for long sequences, about one more forward of time",
+    )
     s.add_argument("--overwrite", action="store_true", help="rescore languages whose saved scores were made with another model, text or option")
     _args.model_options(s)
     s.set_defaults(func=cmd_score, dtype=None)
