@@ -165,17 +165,20 @@ def _reshard(model: torch.nn.Module) -> None:
 
 @contextlib.contextmanager
 def _checkpointing(model: torch.nn.Module, on: bool) -> Iterator[None]:
-    """Recompute each decoder layer's activations in backward (transformers' gradient checkpointing) while the
-    block runs. Transformers checkpoints only layers in training mode: the layers' own flag is set, their
-    submodules (dropout) stay in eval mode."""
+    """Recompute each decoder layer's activations in backward (transformers' activation checkpointing, non-reentrant)
+    while the block runs. Transformers checkpoints only layers in training mode: the layers' own flag is set, their
+    submodules (dropout) stay in eval mode. Afterwards the model is as it was."""
     if not on:
         yield
         return
     if not getattr(model, "supports_gradient_checkpointing", False):
-        raise UsageError(f"--activation-checkpointing: {type(model).__name__} does not support gradient checkpointing in transformers; drop the option")
-    was_on = bool(getattr(model, "is_gradient_checkpointing", False))
+        raise UsageError(f"--activation-checkpointing: transformers cannot checkpoint {type(model).__name__}'s layers; drop the option")
+    was_on = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
     layers = _decoder_layers(model)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    renamed = hasattr(model, "activation_checkpointing_enable")  # transformers' name since 5.x; gradient_ before
+    enable = model.activation_checkpointing_enable if renamed else model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
+    model.disable_input_require_grads()  # the embeddings' hook it adds: non-reentrant checkpoints need no input gradient
     try:
         for layer in layers:
             layer.training = True
@@ -184,7 +187,7 @@ def _checkpointing(model: torch.nn.Module, on: bool) -> Iterator[None]:
         for layer in layers:
             layer.training = False
         if not was_on:
-            model.gradient_checkpointing_disable()
+            (model.activation_checkpointing_disable if renamed else model.gradient_checkpointing_disable)()
 
 
 @contextlib.contextmanager

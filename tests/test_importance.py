@@ -153,3 +153,23 @@ def test_unknown_loss_norm_and_grad_dtype_are_clear_errors(tiny_model, tok):
         imp.sum_gradients(tiny_model, samples, loss_norm="token")
     with pytest.raises(UsageError, match="gradient dtype 'fp8'"):
         imp.sum_gradients(tiny_model, samples, grad_dtype="fp8")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_activation_checkpointing_recomputes_the_layers_and_leaves_the_gradients_unchanged(arch, tok, monkeypatch):
+    import transformers.modeling_utils as modeling_utils
+
+    calls = []
+    real = modeling_utils.checkpoint
+    monkeypatch.setattr(modeling_utils, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = make_tiny(arch)
+    samples = make_samples(tok, "zh", 6).input_ids
+    plain = imp.sum_gradients(model, samples, batch_size=3)
+    assert not calls
+    modes, hooks = [m.training for m in model.modules()], [len(m._forward_hooks) for m in model.modules()]
+    checkpointed = imp.sum_gradients(model, samples, batch_size=3, activation_checkpointing=True)
+    assert len(calls) == 2 * 2  # each of the 2 layers, in each of the 2 micro-batches
+    for n, g in plain.grads.items():
+        assert float((checkpointed.grads[n].double() - g.double()).norm() / g.double().norm()) <= 1e-6, n
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    assert [m.training for m in model.modules()] == modes and [len(m._forward_hooks) for m in model.modules()] == hooks
