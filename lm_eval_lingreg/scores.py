@@ -304,20 +304,19 @@ def check_score_targets(paths: Sequence[Path], lang: str) -> None:
             raise OutputError(f"{path} is {kind}, where the scores of {lang} go; move it away, or choose another --out")
 
 
-def check_shard(model: torch.nn.Module, shard: str, device: str | None = None) -> str | None:
-    """Where FSDP2 puts the shards (`shard="fsdp"`), after refusing every set-up it cannot run in; None for `none`."""
+def check_shard(shard: str, device: str | torch.device) -> None:
+    """Refuse a sharding mode this process cannot run: `fsdp` needs a process group of 2 or more ranks (torchrun)
+    and a device its backend can reduce-scatter on (GPUs with nccl, the CPU with gloo)."""
     import os
 
     import torch.distributed as dist
 
-    from lm_eval_lingreg.importance import SHARDS, is_sharded
+    from lm_eval_lingreg.importance import SHARDS
 
     if shard not in SHARDS:
         raise UsageError(f"unknown --shard {shard!r}; expected one of {', '.join(SHARDS)}")
     if shard == "none":
-        if is_sharded(model):
-            raise UsageError("this model is already sharded with FSDP2; score it with --shard fsdp")
-        return None
+        return
     launch = "torchrun --nproc_per_node N -m lm_eval_lingreg.cli score ... --shard fsdp (N >= 2)"
     if not (dist.is_available() and dist.is_initialized()):
         if os.environ.get("WORLD_SIZE") == "1":
@@ -327,13 +326,11 @@ def check_shard(model: torch.nn.Module, shard: str, device: str | None = None) -
         raise UsageError(f"--shard fsdp needs several processes and none were started: launch `{launch}`, or drop --shard fsdp")
     if dist.get_world_size() < 2:
         raise UsageError(f"--shard fsdp splits the model over several processes, and this process group has one; launch `{launch}`, or drop --shard fsdp")
-    target = torch.device(device) if device is not None else next(model.parameters()).device
-    backend = dist.get_backend()
-    if target.type not in ("cpu", "cuda") or (backend == "gloo") != (target.type == "cpu"):
+    kind, backend = torch.device(device).type, dist.get_backend()
+    if kind not in ("cpu", "cuda") or (backend == "gloo") != (kind == "cpu"):
         raise UsageError(
-            f"--shard fsdp on {target.type} with the {backend} backend: FSDP2 runs on GPUs with --backend nccl, or on the CPU with --device cpu --backend gloo"
+            f"--shard fsdp on {kind} with the {backend} backend: FSDP2 runs on GPUs with --backend nccl, or on the CPU with --device cpu --backend gloo"
         )
-    return str(target)
 
 
 def score_languages(
@@ -361,14 +358,19 @@ def score_languages(
 
     scoring = Scoring(samples, **options)
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    target = check_shard(model, scoring.shard, device)
+    from lm_eval_lingreg.importance import is_sharded
+
+    target = torch.device(device) if device is not None else next(model.parameters()).device
+    check_shard(scoring.shard, target)
+    if is_sharded(model):
+        raise UsageError("this model is already sharded (FSDP2); pass it whole: scoring shards it once its fingerprint is taken")
     out_dir = Path(out_dir)
     if rank == 0:
         check_writable(out_dir, directory=True, into=True)
         for lang in langs:  # the files this run will write, before any work
             check_score_targets([score_path(out_dir, lang), *(checkpoint_path(out_dir, n, lang) for n in scoring.checkpoints)], lang)
     identity = (model_label or model_name(model), model_fingerprint(model))
-    if target is not None:
+    if scoring.shard == "fsdp":
         from lm_eval_lingreg.importance import shard_model
 
         shard_model(model, target)

@@ -90,5 +90,19 @@ def test_a_process_group_fsdp_cannot_run_on_is_refused(monkeypatch, world, backe
     monkeypatch.setattr(dist, "get_world_size", lambda: world)
     monkeypatch.setattr(dist, "get_backend", lambda: backend)
     with pytest.raises(UsageError, match=message):
-        check_shard(make_tiny("llama"), "fsdp", device)
-    assert check_shard(make_tiny("llama"), "none", device) is None
+        check_shard("fsdp", device)
+    check_shard("none", device)
+
+
+def test_a_model_already_sharded_or_an_unknown_mode_is_refused(tok, tmp_path, monkeypatch):
+    from lm_eval_lingreg import importance
+    from lm_eval_lingreg.errors import UsageError
+    from lm_eval_lingreg.scores import score_languages
+
+    model = make_tiny("llama")
+    with pytest.raises(UsageError, match="unknown --shard 'ddp'"):
+        score_languages(model, tok, ["zh"], tmp_path / "s", 2, shard="ddp", progress=False)
+    monkeypatch.setattr(importance, "is_sharded", lambda m: True)
+    with pytest.raises(UsageError, match="already sharded"):
+        score_languages(model, tok, ["zh"], tmp_path / "s", 2, progress=False)
+    assert not (tmp_path / "s").exists()

@@ -17,11 +17,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     from lm_eval_lingreg.languages import parse_languages
     from lm_eval_lingreg.loading import init_distributed, load_model, resolve_dtype
     from lm_eval_lingreg.outputs import check_writable
-    from lm_eval_lingreg.scores import PAPER_SCORING, score_languages
+    from lm_eval_lingreg.scores import PAPER_SCORING, check_shard, score_languages
 
     _args.resolve_preset(args, SCORE_DEFAULTS, PAPER_SCORING if args.preset == "paper" else {})
     langs = parse_languages(args.langs)
     dist = init_distributed(args.backend, args.device)
+    check_shard(args.shard, dist.device)  # before the model is read
     if dist.rank == 0:
         check_writable(args.out, into=True)
     else:
