@@ -243,6 +243,12 @@ def _max_over_ranks(n: int) -> int:
     return int(t[0])
 
 
+def _step_tensors(batch: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ids, attn = pad_batch(batch, pad_id)
+    ids, attn = ids.to(device), attn.to(device)
+    return ids, attn, next_token_labels(ids, attn)
+
+
 def sum_gradients(
     model: torch.nn.Module,
     samples: Sequence[list[int]],
@@ -280,24 +286,24 @@ def sum_gradients(
     device = next(iter(targets.values())).device
     batches = list(micro_batches(samples, batch_size, loss_norm))
     steps = _max_over_ranks(len(batches)) if sharded else len(batches)
+
+    def step(ids: torch.Tensor, attn: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> None:
+        if sharded:
+            model.unshard()  # the root's parameters (embeddings, head): the body and head run outside its forward
+        backward_weighted_nll(model, ids, attn, labels, weights, max_logits_mb)
+        if sharded:
+            _add_shards(targets, grads)
+
     with _summing_into(model, targets, grads, sharded), _checkpointing(model, activation_checkpointing):
         for i in range(steps):
             batch = batches[i] if i < len(batches) else []
-            ids, attn = pad_batch(batch or [[pad_id, pad_id]], pad_id)
-            ids, attn = ids.to(device), attn.to(device)
-            labels = next_token_labels(ids, attn)
-            keep = labels != IGNORE
-            count = int(keep.sum()) if batch else 0
-            weights = _loss_weights(keep, loss_norm) if count else torch.zeros(ids.shape, device=device)
-            if sharded and not count:  # every rank runs every step's collectives: one token, weighing nothing
-                ids, attn = torch.full((1, 2), pad_id, dtype=torch.long, device=device), torch.ones((1, 2), dtype=torch.long, device=device)
-                labels, weights = next_token_labels(ids, attn), torch.zeros((1, 2), device=device)
-            if count or sharded:
-                if sharded:
-                    model.unshard()  # the root's parameters (embeddings, head): the body and head run outside its forward
-                backward_weighted_nll(model, ids, attn, labels, weights, max_logits_mb)
-                if sharded:
-                    _add_shards(targets, grads)
+            ids, attn, labels = _step_tensors(batch or [[pad_id, pad_id]], pad_id, device)
+            count = int((labels != IGNORE).sum()) if batch else 0
+            if count:
+                step(ids, attn, labels, _loss_weights(labels != IGNORE, loss_norm))
+            elif sharded:  # every rank runs every step's collectives: without a token of its own, one weighing nothing
+                ids, attn, labels = _step_tensors([[pad_id, pad_id]], pad_id, device)
+                step(ids, attn, labels, torch.zeros(ids.shape, device=device))
             if batch:
                 tokens += count
                 done += len(batch)
