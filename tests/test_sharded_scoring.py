@@ -51,7 +51,7 @@ def test_sharded_scores_equal_one_process(world, model, request, tmp_path):
     model_dir = request.getfixturevalue(model)
     _one_process(model_dir, tmp_path / "one")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world), str(WORKER), str(model_dir), str(tmp_path / "many")]
-    proc = run([*cmd, *(["--activation-checkpointing"] if world == 2 else [])])
+    proc = run([*cmd, *(["--activation-checkpointing"] if world == 2 else [])], timeout=900)  # a rank left out of a collective hangs
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in REFERENCE:
         _assert_same_scores(tmp_path / "many" / name, tmp_path / "one" / name, world)
