@@ -275,8 +275,8 @@ class Scoring:
 
     def config(self, model: str, fingerprint: str, lang: str, corpus_sha256: str) -> dict[str, Any]:
         """The score file's configuration: everything that changes the scores beyond float32 rounding (not
-        chunking, sharding or activation checkpointing; batch size only under `batch-token`, which it defines, or bfloat16 accumulation, where it
-        decides when the sum is rounded)."""
+        chunking, sharding or activation checkpointing; batch size only under `batch-token`, which it defines,
+        or bfloat16 accumulation, where it decides when the sum is rounded)."""
         config = {
             "model": model,
             "model_fingerprint": fingerprint,
