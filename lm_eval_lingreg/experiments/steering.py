@@ -38,7 +38,7 @@ class Plan:
     region_values: list[float] = field(default_factory=lambda: [1.5, 3.0])  # the target's monolingual region multiplied by
     reverse: list[str] = field(default_factory=lambda: ["en", *CORE_LANGUAGES])  # prompt languages of the reverse runs
     samples: int = 64  # calibration sentences per language (DiffMean and LAPE)
-    limit: int | None = 8  # articles per direction
+    limit: int | None = 6  # articles per direction
     tokens: int = 32
     batch_size: int = 8
 
