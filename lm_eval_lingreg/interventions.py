@@ -213,7 +213,8 @@ def _steering(p: Perturbation, model: torch.nn.Module) -> Steering:
     dtype = next(model.parameters()).dtype
     if dtype.is_floating_point:
         top = max(float(vectors[la].abs().max()) for la in chosen) * abs(p.value)
-        if not math.isfinite(top) or top > torch.finfo(dtype).max:
+        # the hook scales the vector after casting it to the activation's dtype: the value itself must fit too
+        if not math.isfinite(top) or top > torch.finfo(dtype).max or abs(p.value) > torch.finfo(dtype).max:
             raise PerturbationError(f"{p}: value {p.value:g} times the vector overflows the model's {dtype}; use a smaller value")
     return Steering({la: layers[la] for la in chosen}, {la: vectors[la] for la in chosen}, path, file_sha256(p.vector), metadata)
 
@@ -330,7 +331,10 @@ def _steering_hook(vector: torch.Tensor, alpha: float):
         if key not in cast:
             cast.clear()
             cast[key] = vector.to(device=h.device, dtype=h.dtype) * alpha
-        return h + cast[key]
+        out = h + cast[key]
+        if not bool(torch.isfinite(out).all()) and bool(torch.isfinite(h).all()):
+            raise PerturbationError(f"the steering vector times {alpha:g} overflows {h.dtype} in the residual stream; use a smaller value")
+        return out
 
     return hook
 
@@ -436,6 +440,9 @@ def perturb(model: torch.nn.Module, perturbations: Perturbation | Sequence[Pertu
     """Apply perturbations in order. Every one is validated before any weight changes; `op=mean` (activations)
     needs the `tokenizer` to measure the mean on calibration text."""
     perts = [perturbations] if isinstance(perturbations, Perturbation) else list(perturbations)
+    wrong = next((p for p in perts if not isinstance(p, Perturbation)), None)
+    if wrong is not None:
+        raise PerturbationError(f"perturb takes Perturbation values (from parse_spec or Perturbation.parse), got {type(wrong).__name__} {str(wrong)[:60]!r}")
     params = named_parameters(model)
     resolved = [(p, resolve(p, model, params)) for p in perts]
     if tokenizer is None and any(p.op in ("mean", "median") for p in perts):
@@ -500,6 +507,10 @@ def _apply_neurons(p: Perturbation, model: torch.nn.Module, tokenizer: Any, summ
     values = neuron_statistic(model, tokenizer, p.lang, neurons.names, neurons.indices, p.op) if p.op in ("mean", "median") else {}
     hooks = [add_hook(m, _neuron_hook(p, la, neurons.indices[la], values.get(la)), "input") for la, m in neurons.modules.items()]
     summary.append({"perturbation": str(p), "entries": 0, "neurons": neurons.count, "activation_layers": sorted(neurons.modules)})
+    if isinstance(p.neurons, str):
+        from lm_eval_lingreg.region_io import file_sha256, resolve
+
+        summary[-1]["neurons_sha256"] = file_sha256(resolve(p.neurons))
     if values:
         summary[-1][p.op] = {str(la): [float(v) for v in values[la]] for la in sorted(values)} if neurons.count <= 64 else "(per neuron; not listed)"
         summary[-1][f"{p.op}_text"] = f"eld sentences, {NEURON_SAMPLES} of {p.lang}, every token but BOS"

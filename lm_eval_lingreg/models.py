@@ -285,9 +285,15 @@ class PerturbedLM(LingregLM):
                 "hf-perturbed needs a perturbation in --model_args, e.g. layer=1,dim=2100,op=mul,value=4 "
                 "or param=<name>,index=<i>,op=mul,value=4 or perturb=spec.yaml"
             )
-        for p in perturbations:  # region files are read and checked before the model loads
+        for p in perturbations:  # region, neuron-region and vector files are read and checked before the model loads
             if p.kind == "region" and isinstance(p.mask, str):
                 load_region(p.mask)
+            elif p.kind == "neuron" and isinstance(p.neurons, str):
+                load_region(p.neurons)
+            elif p.kind == "steering":
+                from lm_eval_lingreg.steering import load_vectors
+
+                load_vectors(p.vector)
         super().__init__(pretrained=pretrained, **kwargs)
         self.perturbation = apply_perturbations(self._model, perturbations, tokenizer=self.tokenizer)
         self._lingreg_info.update(self.perturbation.info())

@@ -75,6 +75,12 @@ def diffmean(
         means[lang] = {la: s / count for la, s in sums.items()}
     if info is not None:
         info["tokens"] = tokens
+    if all(bool(torch.equal(means[tgt][la], means[src][la])) for la in chosen):
+        raise PerturbationError(
+            f"the mean activations on the {src} and {tgt} calibration text are identical, so the vector would be zero: the same text "
+            f"was read for both languages ({'--data ' + str(data) + ' names one text for both' if data else 'check the corpus'}); give each "
+            "language its own text, e.g. a folder with <iso>.txt per language"
+        )
     vectors = {la: (means[tgt][la] - means[src][la]).float() for la in chosen}
     bad_layer = next((la for la, v in vectors.items() if not bool(torch.isfinite(v).all())), None)
     if bad_layer is not None:
@@ -287,6 +293,8 @@ def export_steered(vectors: Mapping[int, torch.Tensor], path: str | os.PathLike,
 
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
         raise PerturbationError(f"alpha must be a finite number, got {alpha!r}")
+    if abs(alpha) > torch.finfo(torch.float32).max:
+        raise PerturbationError(f"alpha {alpha:g} overflows float32 (largest {torch.finfo(torch.float32).max:.4g}); use a smaller coefficient")
     size = check_vectors(vectors)
     hidden = hidden_size(model)
     if hidden is not None and size != hidden:

@@ -318,4 +318,36 @@ def test_steer_vector_calibrates_on_the_users_text_and_refuses_an_empty_one(tiny
     r = lingreg("steer-vector", "--from", "en", "--to", "fr", "--samples", "2", "--data", data, "--pretrained", tiny_model_dir, "--device", "cpu",
                 "--out", tmp_path / "empty.safetensors")  # fmt: skip
     assert r.returncode == 2 and "fr" in r.stderr and not (tmp_path / "empty.safetensors").exists()
-    assert len(r.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_one_text_for_both_languages_an_overflowing_value_and_bad_outputs_are_refused_first(tiny_model_dir, tmp_path):
+    """Found by probing: each gave a silent zero vector, NaN outputs or a half-written pair of files."""
+    one = tmp_path / "fr.txt"
+    one.write_text("Le chat est assis sur le tapis.\nIl faisait beau.\n")
+    out = tmp_path / "v.safetensors"
+    r = lingreg("steer-vector", "--from", "en", "--to", "fr", "--samples", "2", "--data", one, "--pretrained", tiny_model_dir, "--device", "cpu", "--out", out)
+    assert r.returncode == 2 and "identical" in r.stderr and not out.exists()
+    r = lingreg("steer-vector", "--from", "EN", "--to", "Fr", "--samples", "2", "--pretrained", tiny_model_dir, "--device", "cpu", "--out", out)
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "dir.pt").mkdir()
+    r = lingreg("steer-vector", "--from", "en", "--to", "fr", "--samples", "2", "--pretrained", tiny_model_dir, "--device", "cpu",
+                "--out", tmp_path / "w.safetensors", "--steered", tmp_path / "dir.pt")  # fmt: skip
+    assert r.returncode == 2 and not (tmp_path / "w.safetensors").exists()
+    assert "Loading" not in r.stderr  # refused before the model is read
+    r = lingreg("steer-vector", "--from", "en", "--to", "EN", "--pretrained", tiny_model_dir, "--out", tmp_path / "u.safetensors")
+    assert r.returncode == 2 and "both en" in r.stderr
+    _, meta = load_vectors(out)
+    assert meta["source"] == "en" and meta["target"] == "fr"  # codes as the package writes them
+
+    model = make_tiny("llama")
+    path = save_vectors(_vectors(model), tmp_path / "small.safetensors")
+    before = snapshot(model)
+    for value in ("1e39", "-1e39"):
+        with pytest.raises(PerturbationError, match="overflows"):
+            perturb(model, parse_spec(f"vector={path}:value={value}"))
+    assert_unchanged(model, before)
+    assert _no_hooks(model)
+    with pytest.raises(PerturbationError, match="perturb takes Perturbation values"):
+        perturb(model, [parse_spec(f"vector={path}:value=1")[0], "neuron=2:op=zero"])
+    assert _no_hooks(model)

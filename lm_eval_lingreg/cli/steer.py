@@ -17,10 +17,16 @@ def cmd_steer_vector(args: argparse.Namespace) -> int:
     from lm_eval_lingreg.anatomy import hidden_size, model_name
     from lm_eval_lingreg.errors import UsageError
     from lm_eval_lingreg.languages import parse_languages
+    from lm_eval_lingreg.outputs import check_writable
     from lm_eval_lingreg.perturbation import Perturbation
     from lm_eval_lingreg.steering import diffmean, export_steered, save_vectors
 
-    parse_languages([args.source, args.target])
+    codes = [parse_languages([code]) for code in (args.source, args.target)]
+    if any(len(c) != 1 for c in codes):
+        raise UsageError(f"--from {args.source} --to {args.target}: a steering vector goes from one language to one other; give one code each, e.g. en and fr")
+    args.source, args.target = codes[0][0], codes[1][0]
+    if args.source == args.target:
+        raise UsageError(f"--from and --to are both {args.source}: a steering vector goes from one language to another")
     if not args.out.endswith(".safetensors"):
         raise UsageError(f"--out {args.out}: steering vectors are written as .safetensors; name it <name>.safetensors")
     if args.steered:
@@ -30,6 +36,11 @@ def cmd_steer_vector(args: argparse.Namespace) -> int:
             raise UsageError(f"--steered {args.steered}: lm-eval's steered model reads .pt files; name it <name>.pt")
     elif args.alpha is not None:
         raise UsageError("--alpha is the coefficient written into the --steered file; give --steered too")
+    check_writable(args.out)  # both outputs, before the model is read
+    if args.steered:
+        check_writable(args.steered)
+    if args.steered and args.alpha is not None and abs(args.alpha) > 3.4e38:
+        raise UsageError(f"--alpha {args.alpha:g} overflows float32 (largest 3.403e+38); use a smaller coefficient")
     layers = None if args.layers in (None, "all") else Perturbation.from_dict({"layers": args.layers.replace(",", "+"), "dim": 0, "op": "zero"}).layers
     model, tokenizer = _args.load(args)
     info: dict = {}
