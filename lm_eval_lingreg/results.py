@@ -333,8 +333,23 @@ def _values(results: Mapping[str, Any], path: Path) -> dict[str, dict[str, float
                 raise ReportError(f"{path}: {task} has {m} {v:g}; perplexities are >= 1 and bits per byte >= 0, so the file is corrupt; rerun the evaluation")
             if kind != "ppl" and not math.isnan(v) and not (0 <= v <= MEAN_RANGE[m]):
                 raise ReportError(f"{path}: {task} has {m} {v:g}, outside 0-{MEAN_RANGE[m]:g}; the file is corrupt; rerun the evaluation")
+        if kind == "steer" and _steer_impossible(got):
+            raise ReportError(
+                f"{path}: {task} has steer_score {got['steer_score']:g} with steer_chrf {got.get('steer_chrf', math.nan):g} and steer_success "
+                f"{got.get('steer_success', math.nan):g}; steer_score is the chrF of outputs in the wanted language, never above steer_chrf and 0 "
+                "when none is, so the file is corrupt; rerun the evaluation"
+            )
         values.setdefault(task_row(task), {}).update(got)
     return values
+
+
+def _steer_impossible(got: Mapping[str, float]) -> bool:
+    """steer_score above steer_chrf, or above 0 with no output in the wanted language."""
+    score = got.get("steer_score", math.nan)
+    if math.isnan(score):
+        return False
+    chrf, success = got.get("steer_chrf", math.nan), got.get("steer_success", math.nan)
+    return (not math.isnan(chrf) and score > chrf + 1e-9) or (success == 0 and score > 0)
 
 
 def _items(data: Mapping[str, Any], path: Path, values: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Items]:

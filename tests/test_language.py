@@ -369,6 +369,13 @@ def test_results_with_impossible_generation_values_are_refused(tmp_path):
         read_run(path)
     path.write_text(json.dumps({"results": {"lingreg_gen_en": {"chrf,none": 50.0}}, "config": {}}))
     assert math.isclose(read_run(path).value("en", "chrf"), 50.0)
+    steer = {"steer_success,none": 0.0, "steer_chrf,none": 0.0, "steer_score,none": 50.0}  # a score without an output in the language
+    for forged in (steer, {**steer, "steer_success,none": 1.0, "steer_chrf,none": 20.0}):  # a score above its chrF
+        path.write_text(json.dumps({"results": {"lingreg_steer_en_fr": forged}, "config": {}}))
+        with pytest.raises(ReportError, match="never above steer_chrf"):
+            read_run(path)
+    path.write_text(json.dumps({"results": {"lingreg_steer_en_fr": {**steer, "steer_success,none": 0.5, "steer_chrf,none": 60.0}}, "config": {}}))
+    assert read_run(path).value("en-fr", "steer_score") == 50.0
 
 
 def test_a_rule_on_a_generation_metric_compares_by_difference(tmp_path):
