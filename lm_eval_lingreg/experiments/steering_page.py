@@ -191,7 +191,32 @@ def _reverse(reverse: dict[str, dict], plan: Any, out: Path) -> list[str]:
             cells.append(_fmt(_difference(runs, c, "base", iso, "lang_fidelity")) if c in runs else "-")
         where = " / ".join(_detected(out, iso, c) if c in runs else "-" for c in ("lape-zero", "region-zero"))
         lines.append(f"| {LANGUAGES[iso].name} | " + " | ".join(cells) + f" | {where} |")
+    lines += ["", "What came out instead (computed from the runs above):", ""]
+    for cond in ("lape-zero", "region-zero"):
+        moved = {
+            iso: _majority(out, iso, cond) for iso, runs in reverse.items() if cond in runs and _difference(runs, cond, "base", iso, "lang_fidelity").hi < 0
+        }
+        tried = sum(cond in runs for runs in reverse.values())
+        if not tried:
+            continue
+        named = [f"{LANGUAGES[iso].name} ({LANGUAGES[m].name})" for iso, m in moved.items() if m in LANGUAGES]
+        other = [LANGUAGES[iso].name for iso, m in moved.items() if m not in LANGUAGES]
+        lines.append(
+            f"- `{cond}`: fidelity fell (interval below 0) for {len(moved)} of {tried} prompt languages"
+            + (f"; the language the outputs came out in most often was another of the 30 for {', '.join(named)}" if named else "")
+            + (f"; none of the 30 ('other'), or no single language, for {', '.join(other)}" if other else "")
+            + "."
+        )
     return [*lines, ""]
+
+
+def _majority(out: Path, iso: str, cond: str) -> str:
+    """The language a reverse condition's outputs were identified as most often ('mixed' on a tie)."""
+    from collections import Counter
+
+    items = read_json(out / "reverse" / iso / cond / "results.json").get("lingreg_items", {}).get(f"lingreg_gen_{iso}", {})
+    top = Counter(items.get("detected_lang", [])).most_common(2)
+    return top[0][0] if top and (len(top) == 1 or top[0][1] > top[1][1]) else "mixed"
 
 
 def _detected(out: Path, iso: str, cond: str) -> str:
