@@ -46,12 +46,25 @@ class Target:
     offset: float = 0.0
 
 
-def _region_targets(p: Perturbation, model: torch.nn.Module) -> list[Target]:
+def _checked_region(value: Any, model: torch.nn.Module) -> Any:
+    """A `mask=`/`neurons=` value (a Region, a file or a shipped mask's name) as a Region checked against the model."""
     from lm_eval_lingreg.region_io import load_region
     from lm_eval_lingreg.regions import Region, validate
 
-    region = p.mask if isinstance(p.mask, Region) else load_region(p.mask)
+    region = value if isinstance(value, Region) else load_region(value)
     validate(region, model)
+    return region
+
+
+def _check_value_fits(p: Perturbation, model: torch.nn.Module) -> None:
+    """Refuse an operand of set/add/mul that the model's floating dtype cannot hold."""
+    dtype = next(model.parameters()).dtype
+    if p.op in ("set", "add", "mul") and dtype.is_floating_point and abs(p.value) > torch.finfo(dtype).max:
+        raise PerturbationError(f"{p}: value {p.value:g} overflows the model's {dtype} (largest {torch.finfo(dtype).max:.4g}); use a smaller value")
+
+
+def _region_targets(p: Perturbation, model: torch.nn.Module) -> list[Target]:
+    region = _checked_region(p.mask, model)
     return [Target(n, idx) for n, idx in region.indices.items() if idx.numel()]
 
 
@@ -153,9 +166,7 @@ def _activation_layers(p: Perturbation, model: torch.nn.Module) -> dict[int, tor
     bad_dims = [d for d in p.dims if hidden is not None and d >= hidden]
     if bad_dims:
         raise PerturbationError(f"dim={bad_dims[0]} out of range: the hidden size is {hidden} (dims 0..{hidden - 1})")
-    dtype = next(model.parameters()).dtype
-    if p.op in ("set", "add", "mul") and dtype.is_floating_point and abs(p.value) > torch.finfo(dtype).max:
-        raise PerturbationError(f"{p}: value {p.value:g} overflows the model's {dtype} (largest {torch.finfo(dtype).max:.4g}); use a smaller value")
+    _check_value_fits(p, model)
     return {la: layers[la] for la in chosen}
 
 
@@ -275,19 +286,13 @@ def _neurons(p: Perturbation, model: torch.nn.Module) -> Neurons:
     missing = [n for n in names.values() if n not in modules]
     if missing:
         raise PerturbationError(f"{p}: no module {missing[0]!r} in this model to hook")
-    dtype = next(model.parameters()).dtype
-    if p.op in ("set", "add", "mul") and dtype.is_floating_point and abs(p.value) > torch.finfo(dtype).max:
-        raise PerturbationError(f"{p}: value {p.value:g} overflows the model's {dtype} (largest {torch.finfo(dtype).max:.4g}); use a smaller value")
+    _check_value_fits(p, model)
     return Neurons({la: modules[n] for la, n in names.items()}, names, indices)
 
 
 def _region_neurons(p: Perturbation, model: torch.nn.Module, downs: Mapping[int, str], widths: Mapping[int, int]) -> dict[int, torch.Tensor]:
     """{layer: the columns of its down_proj that the `neurons=` region holds an entry of} (layers without any left out)."""
-    from lm_eval_lingreg.region_io import load_region
-    from lm_eval_lingreg.regions import Region, validate
-
-    region = p.neurons if isinstance(p.neurons, Region) else load_region(p.neurons)
-    validate(region, model)
+    region = _checked_region(p.neurons, model)
     out = {}
     for la, down in downs.items():
         idx = region.indices.get(down)
@@ -301,8 +306,10 @@ def _region_neurons(p: Perturbation, model: torch.nn.Module, downs: Mapping[int,
     return out
 
 
-def _neuron_hook(p: Perturbation, layer: int, indices: torch.Tensor, values: torch.Tensor | None):
-    """Change the chosen neurons of the FFN's intermediate activation (the down projection's input)."""
+def _entries_hook(p: Perturbation, layer: int, indices: torch.Tensor, values: torch.Tensor | None):
+    """Change entries `indices` of the last dimension of the hooked activation (hidden dimensions of the residual
+    stream, or neurons of the FFN's intermediate activation): to `values` when given (a measured mean or median),
+    else by `p`'s operation; an activation driven to inf or NaN is an error."""
     placed: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def hook(x: torch.Tensor) -> torch.Tensor:
@@ -335,20 +342,6 @@ def _steering_hook(vector: torch.Tensor, alpha: float):
         if not bool(torch.isfinite(out).all()) and bool(torch.isfinite(h).all()):
             raise PerturbationError(f"the steering vector times {alpha:g} overflows {h.dtype} in the residual stream; use a smaller value")
         return out
-
-    return hook
-
-
-def _activation_hook(p: Perturbation, layer: int, means: Mapping[int, torch.Tensor] | None = None):
-    dims = list(p.dims)
-
-    def hook(h: torch.Tensor) -> torch.Tensor:
-        h = h.clone()
-        x = means[layer].to(h.dtype).to(h.device).expand_as(h[..., dims]) if means is not None else _operate(p, h[..., dims])
-        if not bool(torch.isfinite(x).all()):
-            raise PerturbationError(f"{p} overflows {h.dtype} at layer {layer} (the activation becomes inf or NaN); use a smaller value")
-        h[..., dims] = x
-        return h
 
     return hook
 
@@ -469,7 +462,8 @@ def perturb(model: torch.nn.Module, perturbations: Perturbation | Sequence[Pertu
             if p.on == "activation":
                 layers = _activation_layers(p, model)
                 means = activation_means(model, tokenizer, layers, p.dims) if p.op == "mean" else None
-                applied.hooks += [add_hook(m, _activation_hook(p, la, means), "output") for la, m in layers.items()]
+                dims = torch.tensor(p.dims, dtype=torch.int64)
+                applied.hooks += [add_hook(m, _entries_hook(p, la, dims, None if means is None else means[la]), "output") for la, m in layers.items()]
                 applied.summary.append({"perturbation": str(p), "entries": 0, "activation_layers": sorted(layers)})
                 if means is not None:
                     cal = MEAN_CALIBRATION
@@ -505,7 +499,7 @@ def _apply_neurons(p: Perturbation, model: torch.nn.Module, tokenizer: Any, summ
 
     neurons = _neurons(p, model)
     values = neuron_statistic(model, tokenizer, p.lang, neurons.names, neurons.indices, p.op) if p.op in ("mean", "median") else {}
-    hooks = [add_hook(m, _neuron_hook(p, la, neurons.indices[la], values.get(la)), "input") for la, m in neurons.modules.items()]
+    hooks = [add_hook(m, _entries_hook(p, la, neurons.indices[la], values.get(la)), "input") for la, m in neurons.modules.items()]
     summary.append({"perturbation": str(p), "entries": 0, "neurons": neurons.count, "activation_layers": sorted(neurons.modules)})
     if isinstance(p.neurons, str):
         from lm_eval_lingreg.region_io import file_sha256, resolve

@@ -95,16 +95,18 @@ def _gen_yaml(iso: str) -> str:
     return f'{HEADER}include: _lingreg_gen_template_yaml\ntask: {gen_task(iso)}\ntask_alias: {LANGUAGES[iso].name}\ndataset_kwargs:\n  lang: "{iso}"\n'
 
 
+def _pair_yaml(task: str, alias: str, template: str, src: str, tgt: str, header: str = HEADER) -> str:
+    """A task of one language pair: the shared template, with the pair as its dataset arguments."""
+    return f'{header}include: {template}\ntask: {task}\ntask_alias: {alias}\ndataset_kwargs:\n  src: "{src}"\n  tgt: "{tgt}"\n'
+
+
 def _mt_yaml(src: str, tgt: str, template: str = "_lingreg_mt_template_yaml", header: str = HEADER) -> str:
-    alias = f"{LANGUAGES[src].name} to {LANGUAGES[tgt].name}"
-    return f'{header}include: {template}\ntask: {mt_task(src, tgt)}\ntask_alias: {alias}\ndataset_kwargs:\n  src: "{src}"\n  tgt: "{tgt}"\n'
+    return _pair_yaml(mt_task(src, tgt), f"{LANGUAGES[src].name} to {LANGUAGES[tgt].name}", template, src, tgt, header)
 
 
 def _steer_yaml(src: str, tgt: str) -> str:
     alias = f"{LANGUAGES[src].name} prompts, {LANGUAGES[tgt].name} wanted"
-    return (
-        f'{HEADER}include: _lingreg_steer_template_yaml\ntask: {steer_task(src, tgt)}\ntask_alias: {alias}\ndataset_kwargs:\n  src: "{src}"\n  tgt: "{tgt}"\n'
-    )
+    return _pair_yaml(steer_task(src, tgt), alias, "_lingreg_steer_template_yaml", src, tgt)
 
 
 def _group_yaml(group: str, alias: str, tasks: Iterable[str], metrics: Sequence[str]) -> str:

@@ -48,13 +48,7 @@ def process_steering(doc: dict, results: list) -> dict:
     """Did the output come out in the wanted language (`steer_success`), how close is it to that language's
     text of the same article (`steer_chrf`, the reference cut to the output's length), and both at once
     (`steer_score`: the chrF of an output in the wanted language, 0 for any other)."""
-    from lm_eval_lingreg.confusion import chrf, language_metrics
-    from lm_eval_lingreg.langid import clean
-
-    output = clean(results[0])
-    reference = doc["reference"][: max(1, len(output.strip()))]
-    m = language_metrics(doc["tgt"], output)
-    score = chrf(output.strip(), reference)
+    m, score = _continuation(doc["tgt"], doc["reference"], results[0])
     return {
         "steer_success": m["lang_fidelity"],
         "steer_chrf": score,
@@ -66,12 +60,17 @@ def process_steering(doc: dict, results: list) -> dict:
 
 def process_generation(doc: dict, results: list) -> dict:
     """A continuation's language and its chrF against the real continuation, cut to the output's length."""
+    m, score = _continuation(doc["lang"], doc["reference"], results[0])
+    return {**m, "chrf": score}
+
+
+def _continuation(lang: str, reference: str, raw: str) -> tuple[dict, float]:
+    """(language metrics of the output against `lang`, its chrF against `reference` cut to the output's length)."""
     from lm_eval_lingreg.confusion import chrf, language_metrics
     from lm_eval_lingreg.langid import clean
 
-    output = clean(results[0])
-    reference = doc["reference"][: max(1, len(output.strip()))]
-    return {**language_metrics(doc["lang"], output), "chrf": chrf(output.strip(), reference)}
+    output = clean(raw)
+    return language_metrics(lang, output), chrf(output.strip(), reference[: max(1, len(output.strip()))])
 
 
 def process_translation(doc: dict, results: list) -> dict:

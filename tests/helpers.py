@@ -197,3 +197,19 @@ def small_tmpfs(path: Path, size: str):
         yield path
     finally:
         subprocess.run(["umount", str(path)], capture_output=True)
+
+
+def train_frozen(model: torch.nn.Module, region, ids: torch.Tensor, steps: int, **adamw):
+    """`steps` AdamW steps (`adamw` options) on the LM loss of `ids` with `region` frozen, in train mode; the frozen
+    entries are checked after every step. Returns (the FrozenRegion, the optimizer)."""
+    from lm_eval_lingreg.freeze import FrozenRegion
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **adamw)
+    frozen = FrozenRegion(model, region).attach(opt)
+    model.train()
+    for _ in range(steps):
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        assert frozen.verify()
+    return frozen, opt

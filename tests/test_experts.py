@@ -23,6 +23,7 @@ from helpers import (
     random_region,
     snapshot,
     tiny_tokenizer,
+    train_frozen,
 )
 
 IDS = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
@@ -59,17 +60,9 @@ def test_ablation_of_expert_entries_changes_the_output_and_restores_bit_exactly(
 
 
 def test_frozen_expert_entries_are_unchanged_after_training(moe):
-    from lm_eval_lingreg.freeze import FrozenRegion
-
     before = snapshot(moe)
     region = random_region(moe, 0.05, seed=2)
-    moe.train()
-    opt = torch.optim.AdamW([p for p in moe.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.01)
-    frozen = FrozenRegion(moe, region).attach(opt)
-    for _ in range(3):
-        moe(input_ids=IDS, labels=IDS).loss.backward()
-        opt.step()
-        opt.zero_grad()
+    frozen, _ = train_frozen(moe, region, IDS, 3, lr=1e-2, weight_decay=0.01)
     assert frozen.verify()
     check_frozen_exact_and_rest_moved(moe, before, region)
 

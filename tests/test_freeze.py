@@ -8,21 +8,14 @@ from lm_eval_lingreg.anatomy import named_parameters
 from lm_eval_lingreg.freeze import FreezeCallback, FrozenRegion, merge_and_reimpose
 from lm_eval_lingreg.training import pack
 
-from helpers import SENTENCES, check_frozen_exact_and_rest_moved, make_tiny, random_region, tiny_tokenizer
+from helpers import SENTENCES, check_frozen_exact_and_rest_moved, make_tiny, random_region, tiny_tokenizer, train_frozen
 
 
 def test_adamw_with_weight_decay_never_moves_frozen_entries(tiny_model):
     region = random_region(tiny_model)
     before = {n: p.detach().clone() for n, p in named_parameters(tiny_model).items()}
-    opt = torch.optim.AdamW(tiny_model.parameters(), lr=1e-2, weight_decay=0.5, betas=(0.9, 0.99))
-    frozen = FrozenRegion(tiny_model, region).attach(opt)
     ids = torch.randint(3, 300, (4, 24))
-    tiny_model.train()
-    for _ in range(6):
-        tiny_model(input_ids=ids, labels=ids).loss.backward()
-        opt.step()
-        opt.zero_grad()
-        assert frozen.verify()
+    frozen, opt = train_frozen(tiny_model, region, ids, 6, lr=1e-2, weight_decay=0.5, betas=(0.9, 0.99))
     check_frozen_exact_and_rest_moved(tiny_model, before, region)
     frozen.detach()  # after detaching, the region trains like the rest
     tiny_model(input_ids=ids, labels=ids).loss.backward()

@@ -16,7 +16,7 @@ from lm_eval_lingreg.anatomy import named_parameters, scope_shapes
 from lm_eval_lingreg.regions import Region, apply, jaccard
 from lm_eval_lingreg.selection import select_random
 
-from helpers import SENTENCES, bin_path, lingreg, lm_eval_results, make_tiny, run, tiny_tokenizer
+from helpers import SENTENCES, bin_path, lingreg, lm_eval_results, make_tiny, run, tiny_tokenizer, train_frozen
 
 ON_CPU = os.environ.get("LINGREG_GPU_TESTS_ON_CPU") == "1"
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not (torch.cuda.is_available() or ON_CPU), reason="needs CUDA")]
@@ -98,17 +98,9 @@ def test_torchrun_with_nccl_on_one_gpu_matches_one_process(tiny_model_dir, tmp_p
 
 @pytest.mark.parametrize("fused", [False, pytest.param(True, marks=needs_real_gpu)])
 def test_frozen_entries_survive_adamw_on_the_gpu(model, fused):
-    from lm_eval_lingreg.freeze import FrozenRegion
-
     region = select_random(scope_shapes(model), 0.05, seed=0)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.5, fused=fused)
-    frozen = FrozenRegion(model, region).attach(opt)
     ids = torch.randint(3, 300, (4, 24), device=DEVICE)
-    model.train()
-    for _ in range(4):
-        model(input_ids=ids, labels=ids).loss.backward()
-        opt.step()
-        opt.zero_grad()
+    frozen, _ = train_frozen(model, region, ids, 4, lr=1e-2, weight_decay=0.5, fused=fused)
     assert frozen.verify()
 
 

@@ -15,6 +15,7 @@ timings, command), so its page can be rewritten from the results alone. `reprodu
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,22 @@ def read_json(path: Path, what: str = "results file") -> Any:
 
     hint = "; rerun the experiment without --from-results"
     return loads_json(read_text(path, UsageError, what), UsageError, str(path), hint=hint)
+
+
+def runs_by_label(folder: Path) -> dict[str, Any]:
+    """{label: run} of the results files under `folder`."""
+    from lm_eval_lingreg.results import load_runs
+
+    return {r.label: r for r in load_runs([folder])}
+
+
+def fmt_interval(v: Any, digits: int = 2) -> str:
+    """A value, or an interval as `value [lo, hi]`, with `digits` decimals; NaN as "-"."""
+    if hasattr(v, "lo"):
+        return f"{fmt_interval(v.value, digits)} [{fmt_interval(v.lo, digits)}, {fmt_interval(v.hi, digits)}]"
+    if isinstance(v, float) and math.isnan(v):
+        return "-"
+    return f"{v:.{digits}f}"
 
 
 def read_record(out: Path) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lm_eval_lingreg.experiments import runs_by_label
 from lm_eval_lingreg.languages import CORE_LANGUAGES, LANGUAGES
 
 NAME = "evaluation"
@@ -94,12 +95,6 @@ def _precision_run(pretrained: str, dtype: str, regions: dict, plan: Plan, path:
     write_json(path, {"dtype": dtype, "tokens_per_condition": tokens, "tokens_per_second": tokens * len(regions) / seconds, "perplexity": ppl})
 
 
-def _runs(folder: Path) -> dict[str, Any]:
-    from lm_eval_lingreg.results import load_runs
-
-    return {r.label: r for r in load_runs([folder])}
-
-
 def _first(run: Any, k: int) -> Any:
     """The run cut to its first k documents per language (values recomputed from the documents)."""
     import copy
@@ -132,7 +127,7 @@ def _bos_part(out: Path, plan: Plan) -> list[str]:
     from lm_eval_lingreg.report import fmt_short as fmt
     from lm_eval_lingreg.results import geomean
 
-    ctx, sco = _runs(out / "context"), _runs(out / "score")
+    ctx, sco = runs_by_label(out / "context"), runs_by_label(out / "score")
     ctx = {k: _recompute(_first(v, plan.bos_limit)) for k, v in ctx.items()}
     langs = plan.langs
     change = {iso: sco["base"].value(iso, "token_perplexity") / ctx["base"].value(iso, "token_perplexity") for iso in langs}
@@ -180,7 +175,7 @@ def _interval_part(out: Path, plan: Plan) -> list[str]:
     from lm_eval_lingreg import uncertainty
     from lm_eval_lingreg.report import fmt_short as fmt
 
-    runs = _runs(out / "context")
+    runs = runs_by_label(out / "context")
     rows, widths = [], {}
     for k in plan.ci_docs:
         cut = {c: _first(r, k) for c, r in runs.items()}

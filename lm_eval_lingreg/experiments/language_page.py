@@ -10,24 +10,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lm_eval_lingreg.experiments import fmt_interval as _fmt
 from lm_eval_lingreg.experiments import read_json
+from lm_eval_lingreg.experiments import runs_by_label as _runs
 from lm_eval_lingreg.languages import LANGUAGES
 
 LEVEL = 0.95
-
-
-def _runs(folder: Path) -> dict[str, Any]:
-    from lm_eval_lingreg.results import load_runs
-
-    return {r.label: r for r in load_runs([folder])}
-
-
-def _fmt(v: Any, digits: int = 2) -> str:
-    if hasattr(v, "lo"):
-        return f"{_fmt(v.value, digits)} [{_fmt(v.lo, digits)}, {_fmt(v.hi, digits)}]"
-    if isinstance(v, float) and math.isnan(v):
-        return "-"
-    return f"{v:.{digits}f}"
 
 
 def _table(runs: dict, metric: str, conds: list[str], rows: list[str], base: str | None = None, digits: int = 2) -> list[str]:

@@ -130,10 +130,9 @@ def _condition(spec: str, **paths: Any) -> list[Any] | None:
 def _steer(lm: Any, plan: Plan, folder: Path, vectors: dict[str, Path], neurons: dict[str, Path | None]) -> None:
     from lm_eval_lingreg.evaluation import evaluate_conditions
     from lm_eval_lingreg.language_tasks import steer_task
-    from lm_eval_lingreg.region_io import resolve
 
     for tgt in plan.targets:
-        region = _shipped(f"mono-{tgt}-1", resolve)
+        region = _shipped(f"mono-{tgt}-1")
         conditions = {}
         for label, spec in plan.conditions(tgt).items():
             if ("{neurons}" in spec and neurons.get(tgt) is None) or ("{region}" in spec and region is None):
@@ -168,13 +167,12 @@ def _plot(plan: Plan, out: Path) -> None:
 def _reverse(lm: Any, plan: Plan, folder: Path, neurons: dict[str, Path | None]) -> None:
     from lm_eval_lingreg.evaluation import evaluate_conditions
     from lm_eval_lingreg.language_tasks import gen_task
-    from lm_eval_lingreg.region_io import resolve
 
     for iso in plan.reverse:
         conditions: dict[str, Any] = {"base": None}
         if neurons.get(iso) is not None:
             conditions["lape-zero"] = _condition("neurons={neurons}:op=zero", neurons=neurons[iso])
-        region = _shipped(f"mono-{iso}-1", resolve)
+        region = _shipped(f"mono-{iso}-1")
         if region is not None:
             conditions["region-zero"] = _condition("mask={region}", region=region)
         evaluate_conditions(
@@ -188,15 +186,11 @@ def _reverse(lm: Any, plan: Plan, folder: Path, neurons: dict[str, Path | None])
         )
 
 
-def _shipped(name: str, resolve: Any) -> str | None:
+def _shipped(name: str) -> str | None:
     """A shipped mask's name when the package has it, else None."""
-    from lm_eval_lingreg.errors import LingregError
+    from lm_eval_lingreg.region_io import shipped_masks
 
-    try:
-        resolve(name)
-    except (LingregError, OSError):
-        return None
-    return name
+    return name if name in shipped_masks() else None
 
 
 def section(out: Path, record: dict[str, Any]) -> str:

@@ -10,7 +10,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lm_eval_lingreg.experiments import read_json
+from lm_eval_lingreg.experiments import fmt_interval as _fmt
+from lm_eval_lingreg.experiments import read_json, runs_by_label
 from lm_eval_lingreg.experiments.steering import family
 from lm_eval_lingreg.languages import LANGUAGES
 from lm_eval_lingreg.steering import NEURON_SAMPLES
@@ -20,17 +21,7 @@ FAMILIES = {"diffmean": "DiffMean vector", "lape": "LAPE neurons", "region": "mo
 
 
 def _runs(folder: Path) -> dict[str, Any]:
-    from lm_eval_lingreg.results import load_runs
-
-    return {r.label: r for r in load_runs([folder])} if folder.is_dir() else {}
-
-
-def _fmt(v: Any, digits: int = 2) -> str:
-    if hasattr(v, "lo"):
-        return f"{_fmt(v.value, digits)} [{_fmt(v.lo, digits)}, {_fmt(v.hi, digits)}]"
-    if isinstance(v, float) and math.isnan(v):
-        return "-"
-    return f"{v:.{digits}f}"
+    return runs_by_label(folder) if folder.is_dir() else {}
 
 
 def _value(runs: dict, cond: str, row: str, metric: str) -> Any:
